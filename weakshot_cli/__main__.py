@@ -1,0 +1,3 @@
+from weakshot_cli.cli import main
+
+main()

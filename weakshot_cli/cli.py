@@ -1,0 +1,195 @@
+"""The ``weakshot`` command line: parse options, call one function, print."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from weakshot_cli import __version__
+from weakshot_cli.errors import UserError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+state = {"debug": False}
+
+app = typer.Typer(
+    name="weakshot",
+    help="Segment more classes than your masks cover: base-class masks + novel-class image tags "
+    "-> a full-class segmenter (SimFormer).\n\n"
+    "Typical path: weakshot split -> train -> evaluate -> pseudolabel -> retrain -> predict. "
+    "Try 'weakshot demo' for the whole path on a synthetic dataset.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"weakshot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    state["debug"] = debug
+
+
+def _csv(value: Optional[str]) -> Optional[list[str]]:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.command()
+def split(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the new weak-shot dataset.")],
+    images: Annotated[Path, typer.Option(help="Image folder; train/ and val/ subfolders name the splits.")],
+    masks: Annotated[Optional[Path], typer.Option(help="Label PNG folder, same layout and stems as --images.")] = None,
+    classes: Annotated[Optional[Path], typer.Option(help="Class names, one per line (line i = value i).")] = None,
+    coco: Annotated[
+        Optional[list[str]],
+        typer.Option(help="COCO JSON instead of PNG masks, as PATH or SPLIT=PATH; repeat for each split."),
+    ] = None,
+    novel: Annotated[Optional[str], typer.Option(help="Comma-separated novel class names.")] = None,
+    novel_ratio: Annotated[
+        Optional[float], typer.Option(help="Pick this fraction of classes as novel at random (SimFormer: 0.25).")
+    ] = None,
+    preset: Annotated[
+        Optional[str], typer.Option(help="Published SimFormer split: coco-stuff-10k-s1..s4 or ade20k-s1..s4.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for --novel-ratio.")] = 0,
+    tags: Annotated[
+        Optional[Path],
+        typer.Option(help="Real mode: image-level tags (.json, .csv or .npy) for masks that cover base classes only."),
+    ] = None,
+    ignore_index: Annotated[int, typer.Option(help="Label value meaning 'unlabelled' (CamVid 11, COCO 255).")] = 255,
+    reduce_zero_label: Annotated[
+        bool, typer.Option(help="ADE20K convention: value 0 is ignore and k becomes class k-1.")
+    ] = False,
+    label_map: Annotated[
+        Optional[Path], typer.Option(help="JSON/CSV source value -> class id ('ignore' allowed); unlisted -> ignore.")
+    ] = None,
+    img_suffix: Annotated[str, typer.Option(help="Suffix stripped from image stems (e.g. _leftImg8bit).")] = "",
+    mask_suffix: Annotated[str, typer.Option(help="Suffix stripped from label stems (e.g. _gtFine_labelIds).")] = "",
+    strict: Annotated[bool, typer.Option(help="Treat label-convention warnings as errors.")] = False,
+    exist_ok: Annotated[bool, typer.Option(help="Replace a weak-shot dataset already in --out.")] = False,
+) -> None:
+    """Make a weak-shot dataset: hide novel-class pixels from training labels and keep image-level tags.
+
+    Benchmark mode (full masks): pick novel classes with --novel, --novel-ratio or --preset; training
+    labels get novel pixels set to ignore and tags come from the full masks; validation keeps full masks.
+
+    Real mode (base-only masks): pass --tags; novel classes are those no training mask contains.
+
+    Example (CamVid, void = 11):
+
+      weakshot split --images data/camvid/images --masks data/camvid/labels
+        --classes data/camvid/classes.txt --ignore-index 11 --novel tree,car,sign_symbol -o camvid-ws
+    """
+    from weakshot_cli.data.split import SplitOptions, run_split, summary_table
+
+    opts = SplitOptions(
+        out=out, images=images, masks=masks, coco=coco or [], classes=classes, ignore_index=ignore_index,
+        reduce_zero_label=reduce_zero_label, label_map=label_map, img_suffix=img_suffix, mask_suffix=mask_suffix,
+        novel=_csv(novel), novel_ratio=novel_ratio, preset=preset, seed=seed, tags=tags, strict=strict,
+        exist_ok=exist_ok,
+    )
+    if not 0 <= ignore_index <= 255:
+        raise UserError(f"--ignore-index must be in 0..255, got {ignore_index}")
+    manifest = run_split(opts, console, argv=sys.argv[1:])
+    console.print(summary_table(manifest))
+    console.print(f"Wrote [bold]{out / 'weakshot.json'}[/]")
+
+
+def _not_built(name: str, issue: str) -> None:
+    raise UserError(f"'weakshot {name}' is not built yet in this version ({issue})")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train() -> None:
+    """Train SimFormer on a weak-shot dataset (not built yet).
+
+    Example: weakshot train runs/camvid-ws --preset small --iters 2000
+    """
+    _not_built("train", "planned: SimFormer training")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def evaluate() -> None:
+    """Measure a checkpoint on a dataset split: mIoU, base/novel mIoU, per-class IoU (not built yet).
+
+    Example: weakshot evaluate runs/train/train/weights/best.pt camvid-ws --split val
+    """
+    _not_built("evaluate", "planned: evaluation")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def predict() -> None:
+    """Segment images with a checkpoint and save index PNGs and overlays (not built yet).
+
+    Example: weakshot predict runs/train/train/weights/best.pt photos/ --save-overlay
+    """
+    _not_built("predict", "planned: prediction")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def pseudolabel() -> None:
+    """Write novel-class pseudo-labels for the training images into a new dataset (not built yet).
+
+    Example: weakshot pseudolabel runs/train/train/weights/best.pt camvid-ws -o camvid-pl
+    """
+    _not_built("pseudolabel", "planned: pseudo-labelling")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def retrain() -> None:
+    """Train a plain MaskFormer on a pseudo-labelled dataset (not built yet).
+
+    Example: weakshot retrain camvid-pl
+    """
+    _not_built("retrain", "planned: retraining")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Working folder for the demo.")] = Path("runs/demo"),
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
+    exist_ok: Annotated[bool, typer.Option(help="Reuse a demo folder that already exists.")] = False,
+) -> None:
+    """Run weakshot end to end on a synthetic dataset made from a seed.
+
+    In this version the demo generates the synthetic dataset and splits it (the later stages are
+    not built yet). Example: weakshot demo -o runs/demo
+    """
+    from weakshot_cli.demo import run_demo
+
+    run_demo(out, seed, exist_ok, console)
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()  # standalone: usage errors and --help are handled (and exited) by Typer itself
+    except UserError as e:
+        if state["debug"] or "--debug" in sys.argv[1:]:
+            raise
+        err_console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as e:
+        if state["debug"] or "--debug" in sys.argv[1:]:
+            raise
+        err_console.print(f"[red]internal error:[/] {e.__class__.__name__}: {e} (rerun with --debug for the "
+                          "traceback and please report it)", soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,140 @@
+"""The ``weakshot.json`` manifest: the one object that carries a dataset through every stage."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from weakshot_cli.errors import UserError
+from weakshot_cli.io import write_json
+
+MANIFEST = "weakshot.json"
+VERSION = 1
+IGNORE = 255
+
+
+@dataclass
+class Item:
+    image: str
+    label: str | None
+    tags: list[int]
+
+
+@dataclass
+class Manifest:
+    """Class ids are positions in ``classes``; ``base`` and ``novel`` partition them.
+
+    ``novel_masks`` is False for a weak-shot dataset (training labels hide every novel pixel) and
+    True after pseudo-labelling, when training labels carry novel masks too.
+    """
+
+    classes: list[str]
+    base: list[int]
+    novel: list[int]
+    splits: dict[str, list[Item]]
+    root: Path = field(default=Path("."), compare=False)
+    novel_masks: bool = False
+    source: dict = field(default_factory=dict)
+    ignore_index: int = IGNORE
+    version: int = VERSION
+
+    def resolve(self, rel: str) -> Path:
+        """Absolute path of a manifest entry; relative entries may not leave the dataset root."""
+        p = Path(rel)
+        if p.is_absolute():
+            return p
+        full = (self.root / p).resolve()
+        if not full.is_relative_to(self.root.resolve()):
+            raise UserError(f"path {rel!r} escapes the dataset folder", self.root / MANIFEST)
+        return full
+
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "classes": self.classes,
+            "base": self.base,
+            "novel": self.novel,
+            "ignore_index": self.ignore_index,
+            "novel_masks": self.novel_masks,
+            "splits": {
+                name: [{"image": it.image, "label": it.label, "tags": it.tags} for it in items]
+                for name, items in self.splits.items()
+            },
+            "source": self.source,
+        }
+
+    def save(self, root: str | Path) -> Path:
+        self.root = Path(root)
+        return write_json(self.root / MANIFEST, self.to_dict())
+
+
+def _fail(path: Path, msg: str) -> UserError:
+    return UserError(f"inconsistent manifest: {msg}", path)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and check a manifest (a dataset folder or the JSON file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"no {MANIFEST} here; make a dataset with 'weakshot split' first", path) from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"invalid JSON (line {e.lineno}: {e.msg})", path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read manifest ({e.__class__.__name__})", path) from None
+    if not isinstance(obj, dict):
+        raise _fail(path, "top level must be an object")
+    if obj.get("version") != VERSION:
+        raise _fail(path, f"unsupported version {obj.get('version')!r} (this weakshot reads {VERSION})")
+    classes, base, novel = obj.get("classes"), obj.get("base"), obj.get("novel")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise _fail(path, "'classes' must be a non-empty list of names")
+    if len(set(classes)) != len(classes):
+        raise _fail(path, "'classes' has duplicate names")
+    k = len(classes)
+    for name, ids in (("base", base), ("novel", novel)):
+        if not isinstance(ids, list) or not all(isinstance(i, int) and 0 <= i < k for i in ids):
+            raise _fail(path, f"'{name}' must be a list of class ids in 0..{k - 1}")
+    if set(base) & set(novel):
+        raise _fail(path, f"classes {sorted(set(base) & set(novel))} are both base and novel")
+    if set(base) | set(novel) != set(range(k)) or len(base) + len(novel) != k:
+        raise _fail(path, "'base' and 'novel' must together list every class exactly once")
+    if obj.get("ignore_index", IGNORE) != IGNORE:
+        raise _fail(path, "'ignore_index' must be 255 inside a weak-shot dataset")
+    splits_obj = obj.get("splits")
+    if not isinstance(splits_obj, dict) or not splits_obj:
+        raise _fail(path, "'splits' must be an object of split name -> items")
+    splits: dict[str, list[Item]] = {}
+    for name, items in splits_obj.items():
+        if not isinstance(items, list):
+            raise _fail(path, f"split {name!r} must be a list")
+        parsed = []
+        for n, it in enumerate(items):
+            if not isinstance(it, dict) or not isinstance(it.get("image"), str):
+                raise _fail(path, f"item {n} of split {name!r} needs an 'image' path")
+            label, tags = it.get("label"), it.get("tags", [])
+            if label is not None and not isinstance(label, str):
+                raise _fail(path, f"item {n} of split {name!r}: 'label' must be a path or null")
+            if not isinstance(tags, list) or not all(isinstance(t, int) and 0 <= t < k for t in tags):
+                raise _fail(path, f"item {n} of split {name!r}: 'tags' must be class ids in 0..{k - 1}")
+            parsed.append(Item(it["image"], label, sorted(set(tags))))
+        splits[name] = parsed
+    m = Manifest(
+        classes=classes,
+        base=sorted(base),
+        novel=sorted(novel),
+        splits=splits,
+        root=path.parent,
+        novel_masks=bool(obj.get("novel_masks", False)),
+        source=obj.get("source") or {},
+    )
+    for items in splits.values():
+        for it in items:
+            m.resolve(it.image)
+            if it.label is not None:
+                m.resolve(it.label)
+    return m

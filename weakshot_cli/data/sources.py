@@ -1,0 +1,70 @@
+"""Finding image/label pairs in the folders and COCO files a practitioner brings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from weakshot_cli.data.labels import IMAGE_EXTS, LABEL_EXTS
+from weakshot_cli.errors import UserError
+
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "test": "test"}
+
+
+@dataclass
+class Pair:
+    split: str
+    stem: str
+    image: Path
+    label: Path
+
+
+@dataclass
+class Discovery:
+    pairs: list[Pair]
+    unlabelled_images: list[Path]
+    orphan_labels: list[Path]
+
+
+def _split_of(rel: Path) -> str:
+    """Top-level folder names like train/ or validation/ name the split; anything else is train."""
+    return SPLIT_NAMES.get(rel.parts[0].lower(), "train") if len(rel.parts) > 1 else "train"
+
+
+def _index(root: Path, exts: tuple[str, ...], suffix: str, kind: str) -> dict[tuple[str, str], Path]:
+    if not root.is_dir():
+        raise UserError(f"{kind} folder not found", root)
+    found: dict[tuple[str, str], Path] = {}
+    for p in sorted(root.rglob("*")):
+        if p.name.startswith(".") or p.suffix.lower() not in exts or not p.is_file():
+            continue
+        stem = p.stem[: -len(suffix)] if suffix and p.stem.endswith(suffix) else p.stem
+        key = (_split_of(p.relative_to(root)), stem)
+        if key in found:
+            raise UserError(f"duplicate {kind} stem {stem!r} in split {key[0]!r} (also {found[key]})", p)
+        found[key] = p
+    return found
+
+
+def discover_folders(images: Path, masks: Path, img_suffix: str = "", mask_suffix: str = "") -> Discovery:
+    """Pair images and label PNGs by stem, split by top-level folder name (nested folders allowed)."""
+    imgs = _index(images, IMAGE_EXTS, img_suffix, "image")
+    labels = _index(masks, LABEL_EXTS, mask_suffix, "label")
+    if not imgs:
+        raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) found", images)
+    pairs = [Pair(split, stem, p, labels.get((split, stem))) for (split, stem), p in imgs.items()]
+    return Discovery(
+        pairs=[p for p in pairs if p.label is not None],
+        unlabelled_images=[p.image for p in pairs if p.label is None],
+        orphan_labels=[p for k, p in labels.items() if k not in imgs],
+    )
+
+
+def safe_join(root: Path, rel: str, where: Path) -> Path:
+    """``root / rel`` where ``rel`` comes from a file the user handed us: it may not escape ``root``."""
+    p = Path(rel)
+    full = (root / p).resolve()
+    if p.is_absolute() or not full.is_relative_to(root.resolve()):
+        raise UserError(f"path {rel!r} escapes the images folder {root}", where)
+    return full

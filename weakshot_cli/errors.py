@@ -1,0 +1,13 @@
+"""The one error type users see: a single line naming the file and the problem, exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Bad input or a refused operation; the CLI prints it as one line and exits 2."""
+
+    def __init__(self, message: str, path: str | Path | None = None):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)

@@ -1,0 +1,44 @@
+"""Atomic file writes: a crash never leaves a half-written file where a good one is expected."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_label_png(path: str | Path, label: np.ndarray, palette: list[int] | None = None) -> Path:
+    """Save a uint8 index map losslessly; with a palette it becomes a 'P' PNG (VOC style)."""
+    img = Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8))
+    if palette is not None:
+        img.putpalette(palette)  # an 'L' image becomes 'P' with its indices unchanged
+    return atomic_write(path, lambda p: img.save(p, format="PNG"))
