@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from weakshot_cli import __version__
 from weakshot_cli.errors import UserError
@@ -182,7 +183,7 @@ def main() -> None:
     except UserError as e:
         if state["debug"] or "--debug" in sys.argv[1:]:
             raise
-        err_console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -190,6 +191,6 @@ def main() -> None:
     except Exception as e:
         if state["debug"] or "--debug" in sys.argv[1:]:
             raise
-        err_console.print(f"[red]internal error:[/] {e.__class__.__name__}: {e} (rerun with --debug for the "
+        err_console.print(f"[red]internal error:[/] {e.__class__.__name__}: {escape(str(e))} (rerun with --debug for the "
                           "traceback and please report it)", soft_wrap=True)
         sys.exit(1)

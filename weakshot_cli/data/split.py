@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import track
 from rich.table import Table
 
@@ -66,7 +67,7 @@ class Warnings:
         if self.strict:
             raise UserError(f"{message} (--strict)", path)
         where = f"{path}: " if path else ""
-        self.console.print(f"[yellow]warning:[/] {where}{message}", highlight=False)
+        self.console.print(f"[yellow]warning:[/] {escape(where + message)}", highlight=False)
 
 
 def _check_out(opts: SplitOptions) -> None:
@@ -132,7 +133,7 @@ def _scan(found: Discovery, k: int, convention: LabelConvention, warn: Warnings,
         counts = np.bincount(raw.ravel(), minlength=256)
         hist += counts
         ids = set(int(v) for v in np.unique(lut[np.flatnonzero(counts)]))
-        bad = sorted(v for v in np.flatnonzero(counts) if lut[v] != IGNORE and lut[v] >= k)
+        bad = sorted(int(v) for v in np.flatnonzero(counts) if lut[v] != IGNORE and lut[v] >= k)
         if bad:
             raise UserError(f"label values {bad} exceed the {k} classes (ids 0..{k - 1}); check "
                             "--ignore-index / --reduce-zero-label / --label-map", pair.label)

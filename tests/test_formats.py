@@ -1,0 +1,179 @@
+"""Input formats: tags (JSON, CSV, npy), COCO JSON rasterisation, label maps, class names."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from conftest import assert_user_error, run_cli
+from weakshot_cli.data.labels import read_class_names, read_label_map
+from weakshot_cli.data.manifest import load_manifest
+from weakshot_cli.data.tags import load_tags
+from weakshot_cli.errors import UserError
+
+CLASSES = ["background", "lamp", "clock", "sofa"]
+
+
+def test_tags_json_csv_npy_agree(tmp_path):
+    expected = {"img1": {1, 2}, "img2": set(), "img3": {3}}
+    (tmp_path / "t.json").write_text(json.dumps({"img1": ["lamp", "clock"], "img2": [], "img3.jpg": ["sofa"]}))
+    (tmp_path / "t.csv").write_text("image,labels\nimg1,lamp;clock\nimg2,\nimg3.jpg, sofa \n")
+    # WSSS cls_labels.npy: pickled dict of float multi-hot vectors, background excluded
+    np.save(tmp_path / "t.npy", {"img1": np.array([1, 1, 0], np.float32), "img2": np.zeros(3, np.float32),
+                                 "img3": np.array([0, 0, 1], np.float32)}, allow_pickle=True)
+    np.save(tmp_path / "full.npy", {"img1": np.array([0, 1, 1, 0]), "img2": np.zeros(4),
+                                    "img3": np.array([0, 0, 0, 1])}, allow_pickle=True)
+    for name in ("t.json", "t.csv", "t.npy", "full.npy"):
+        assert load_tags(tmp_path / name, CLASSES) == expected, name
+
+
+def test_npy_tags_refuse_pickled_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    payload = pickle.dumps(np.array(Evil(), dtype=object))
+    path = tmp_path / "evil.npy"
+    header = {"descr": "|O", "fortran_order": False, "shape": ()}
+    with path.open("wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.write(payload)
+    with pytest.raises(UserError, match="refusing to load builtins.print"):
+        load_tags(path, CLASSES)
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("bad.json", "{not json", "invalid JSON"),
+    ("list.json", "[1, 2]", "must be an object"),
+    ("names.json", '{"a": "lamp"}', "must be a list of class names"),
+    ("unknown.json", '{"a": ["lampp"]}', "unknown class 'lampp'"),
+    ("escape.json", '{"../../etc/passwd": ["lamp"]}', "must be an image name, not a path"),
+    ("noheader.csv", "a,lamp\n", "header 'image,labels'"),
+    ("tags.txt", "a lamp", "unknown tags format"),
+    ("empty.json", "{}", "no image tags"),
+])
+def test_bad_tag_files(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UserError, match=message) as e:
+        load_tags(tmp_path / name, CLASSES)
+    assert name in str(e.value)
+
+
+def test_npy_tags_wrong_length(tmp_path):
+    np.save(tmp_path / "t.npy", {"a": np.ones(7)}, allow_pickle=True)
+    with pytest.raises(UserError, match="has length 7; expected 4"):
+        load_tags(tmp_path / "t.npy", CLASSES)
+
+
+def test_label_map_and_class_name_errors(tmp_path):
+    (tmp_path / "m.json").write_text('{"x": 1}')
+    with pytest.raises(UserError, match="key 'x' is not an integer"):
+        read_label_map(tmp_path / "m.json")
+    (tmp_path / "m.csv").write_text("1,2,3\n")
+    with pytest.raises(UserError, match="source,target"):
+        read_label_map(tmp_path / "m.csv")
+    (tmp_path / "m2.json").write_text('{"300": 1}')
+    with pytest.raises(UserError, match="outside 0..255"):
+        read_label_map(tmp_path / "m2.json")
+    (tmp_path / "c.txt").write_text("a\nb\na\n")
+    with pytest.raises(UserError, match="duplicate class names: a"):
+        read_class_names(tmp_path / "c.txt")
+    (tmp_path / "c2.txt").write_text("a\n\nb\n")
+    with pytest.raises(UserError, match="blank class name on line 2"):
+        read_class_names(tmp_path / "c2.txt")
+
+
+# ---- COCO JSON ------------------------------------------------------------------------------------------------------
+
+def _coco(tmp_path: Path, annotations: list[dict], h: int = 20, w: int = 30) -> tuple[Path, Path]:
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    Image.new("RGB", (w, h)).save(images / "a.jpg")
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": h, "width": w}],
+        "annotations": annotations,
+        "categories": [{"id": 5, "name": "grass"}, {"id": 2, "name": "dog"}, {"id": 9, "name": "ball"}],
+    }
+    path = tmp_path / "inst.json"
+    path.write_text(json.dumps(data))
+    return images, path
+
+
+def _box(x0, y0, x1, y1):
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
+def test_coco_polygons_rle_crowd_and_paint_order(tmp_path):
+    h, w = 20, 30
+    grass = np.zeros((h, w), np.uint8, order="F")
+    grass[:, :20] = 1
+    compressed = mask_utils.encode(grass)
+    compressed["counts"] = compressed["counts"].decode()
+    crowd = np.zeros((h, w), np.uint8, order="F")
+    crowd[15:, 22:] = 1
+    uncompressed = {"size": [h, w], "counts": [int(c) for c in _runs(crowd)]}
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 9, "segmentation": _box(2, 2, 6, 6), "iscrowd": 0},  # small ball
+        {"id": 2, "image_id": 1, "category_id": 5, "segmentation": compressed, "iscrowd": 0},  # big grass
+        {"id": 3, "image_id": 1, "category_id": 2, "segmentation": _box(21, 1, 28, 10), "iscrowd": 0},
+        {"id": 4, "image_id": 1, "category_id": 2, "segmentation": uncompressed, "iscrowd": 1},
+    ]
+    images, path = _coco(tmp_path, anns)
+    out = tmp_path / "ws"
+    r = run_cli("split", "--images", images, "--coco", f"train={path}", "--novel", "ball", "-o", out)
+    assert r.returncode == 0, r.stderr
+    m = load_manifest(out)
+    assert m.classes == ["dog", "grass", "ball"]  # sorted by category id -> contiguous ids
+    full = np.asarray(Image.open(out / "full" / "train" / "a.png"))
+    assert full[4, 4] == 2  # the small ball stays on top of the larger grass painted first
+    assert full[10, 10] == 1 and full[5, 25] == 0
+    assert full[18, 25] == 255  # crowd -> ignore
+    assert full[0, 29] == 255  # unlabelled
+    train = np.asarray(Image.open(m.resolve(m.splits["train"][0].label)))
+    assert train[4, 4] == 255 and train[10, 10] == 1  # novel ball hidden in training labels
+    assert m.splits["train"][0].tags == [0, 1, 2]
+
+
+def _runs(mask: np.ndarray) -> list[int]:
+    flat = mask.ravel(order="F")
+    runs, current, n = [], 0, 0
+    for v in flat:
+        if v != current:
+            runs.append(n)
+            current, n = v, 0
+        n += 1
+    runs.append(n)
+    return runs
+
+
+@pytest.mark.parametrize("seg,message", [
+    ([[1, 2, 3, 4]], "broken polygon"),
+    ([[1, 2, 3, "x", 5, 6]], "broken polygon"),
+    ({"size": [5, 5], "counts": "abc"}, "does not match the image"),
+    ({"size": [20, 30], "counts": [1, 2]}, "do not add up"),
+    ("nonsense", "must be polygons or RLE"),
+])
+def test_coco_bad_segmentation(tmp_path, seg, message):
+    images, path = _coco(tmp_path, [{"id": 7, "image_id": 1, "category_id": 2, "segmentation": seg}])
+    out = tmp_path / "ws"
+    r = run_cli("split", "--images", images, "--coco", path, "--novel", "ball", "-o", out)
+    assert_user_error(r, "inst.json", "annotation 7", message)
+    assert not out.exists()
+
+
+def test_coco_missing_keys_and_escaping_file_name(tmp_path):
+    images, path = _coco(tmp_path, [])
+    path.write_text(json.dumps({"images": [], "categories": []}))
+    assert_user_error(run_cli("split", "--images", images, "--coco", path, "--novel", "x", "-o", tmp_path / "ws"),
+                      "inst.json", "no 'annotations' list")
+    data = {"images": [{"id": 1, "file_name": "../../etc/passwd", "height": 4, "width": 4}], "annotations": [],
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    path.write_text(json.dumps(data))
+    assert_user_error(run_cli("split", "--images", images, "--coco", path, "--novel", "b", "-o", tmp_path / "ws"),
+                      "inst.json", "escapes the images folder")

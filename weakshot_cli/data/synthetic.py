@@ -1,0 +1,198 @@
+"""A seeded synthetic segmentation dataset for the demo and the tests.
+
+Classes differ only by texture (stuff) and shape (things); every colour is drawn per instance from one
+shared range, so a network has to learn structure, and base-to-novel transfer is a real test. The files
+are written in the plain PNG-folder layout a user would bring, so the demo exercises the real import path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy.ndimage import gaussian_filter
+
+from weakshot_cli.io import atomic_write, write_text
+
+STUFF = ["grass", "water", "brick", "sand"]
+THINGS = ["disc", "square", "triangle", "star", "ring", "cross"]
+CLASSES: list[str] = STUFF + THINGS
+# Two things and one stuff with unrelated cues: a pointed outline, a hollow round outline, a regular grid.
+DEMO_NOVEL: list[str] = ["star", "ring", "brick"]
+
+IGNORE = 255
+_SUPERSAMPLE = 4  # things are drawn at 4x and averaged: soft edges, and an honest "ambiguous" band
+_MIN_REGION = 0.05  # stuff regions smaller than this fraction of the image are merged away (no 1-pixel tags)
+
+
+def _colour_pair(rng: np.random.Generator, min_dist: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two colours from the shared range, far enough apart for a texture between them to show."""
+    while True:
+        a, b = rng.uniform(10, 245, size=(2, 3))
+        if np.linalg.norm(a - b) >= min_dist:
+            return a, b
+
+
+def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency noise: a few random values upsampled bicubically to size x size."""
+    coarse = Image.fromarray(rng.standard_normal((cells, cells)).astype(np.float32))
+    return np.asarray(coarse.resize((size, size), Image.BICUBIC))
+
+
+def _rotated(size: int, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates rotated by ``angle``, so every texture comes at a random orientation."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    c, s = np.cos(angle), np.sin(angle)
+    return x * c + y * s, -x * s + y * c
+
+
+def _stuff_texture(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Mixing weight in [0, 1] between a region's two colours; the pattern alone identifies the class."""
+    if name == "grass":  # fine, blade-like noise
+        n = gaussian_filter(rng.random((size, size)), sigma=(rng.uniform(1.0, 1.6), 0.4))
+        return np.clip(0.5 + 0.25 * (n - n.mean()) / n.std(), 0.0, 1.0)
+    if name == "water":  # smooth wavy stripes
+        u, v = _rotated(size, rng.uniform(0, np.pi))
+        period, wave = rng.uniform(7, 13), rng.uniform(18, 36)
+        phase = 2 * np.pi * u / period + rng.uniform(1.0, 2.5) * np.sin(2 * np.pi * v / wave + rng.uniform(0, 6.3))
+        return 0.5 + 0.5 * np.sin(phase)
+    if name == "brick":  # staggered rectangles separated by mortar lines
+        u, v = _rotated(size, rng.choice([0.0, np.pi / 2]) + rng.uniform(-0.3, 0.3))
+        h = rng.uniform(6, 10)
+        w, mortar = h * rng.uniform(2.0, 3.0), rng.uniform(1.2, 2.0)
+        offset = (np.floor(v / h) % 2) * w / 2
+        return ((v % h < mortar) | ((u + offset) % w < mortar)).astype(np.float32)
+    if name == "sand":  # sparse 2x2 speckles on a faintly uneven ground
+        dots = rng.random((size, size)) < rng.uniform(0.03, 0.06)
+        dots = dots | np.roll(dots, 1, 0) | np.roll(dots, 1, 1) | np.roll(dots, (1, 1), (0, 1))
+        return np.clip(0.9 * dots + 0.1 * np.abs(_smooth_field(rng, size, 4)), 0.0, 1.0)
+    raise KeyError(name)
+
+
+def _thing_texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A weak fill pattern drawn from one set shared by all things, so a thing's texture says nothing of its class."""
+    kind = rng.integers(3)
+    u, _ = _rotated(size, rng.uniform(0, 2 * np.pi))
+    if kind == 0:
+        return np.zeros((size, size), np.float32)
+    if kind == 1:  # linear shading
+        return (u - u.min()) / (u.max() - u.min())
+    return 0.5 + 0.5 * np.sin(2 * np.pi * u / rng.uniform(4, 8))
+
+
+def _outline(name: str, r: float) -> list[np.ndarray]:
+    """Polygon(s) of a thing, centred at the origin with radius ``r``; a second polygon is a hole."""
+    def circle(radius: float) -> np.ndarray:
+        t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        return radius * np.stack([np.cos(t), np.sin(t)], 1)
+
+    def regular(n: int, radii: list[float]) -> np.ndarray:
+        t = np.arange(n * len(radii)) * 2 * np.pi / (n * len(radii))
+        rad = np.resize(np.asarray(radii), len(t))
+        return np.stack([rad * np.cos(t), rad * np.sin(t)], 1)
+
+    if name == "disc":
+        return [circle(r)]
+    if name == "ring":
+        return [circle(r), circle(r * 0.55)]
+    if name == "square":
+        return [regular(4, [r])]
+    if name == "triangle":
+        return [regular(3, [r * 1.15])]
+    if name == "star":
+        return [regular(5, [r * 1.2, r * 0.5])]
+    if name == "cross":
+        a, b = r, r * 0.32
+        return [np.array([[b, b], [a, b], [a, -b], [b, -b], [b, -a], [-b, -a], [-b, -b], [-a, -b], [-a, b],
+                          [-b, b], [-b, a], [b, a]])]
+    raise KeyError(name)
+
+
+def _coverage(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Fraction of each pixel a randomly sized, placed and rotated thing covers."""
+    r = rng.uniform(0.1, 0.22) * size
+    centre = rng.uniform(0.1, 0.9, size=2) * size
+    angle = rng.uniform(0, 2 * np.pi)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    canvas = Image.new("L", (size * _SUPERSAMPLE, size * _SUPERSAMPLE), 0)
+    draw = ImageDraw.Draw(canvas)
+    for i, poly in enumerate(_outline(name, r)):
+        pts = (poly @ rot.T + centre) * _SUPERSAMPLE
+        draw.polygon([tuple(p) for p in pts], fill=0 if i else 255)
+    a = np.asarray(canvas, dtype=np.float32).reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE)
+    return a.mean(axis=(1, 3)) / 255.0
+
+
+def _stuff_layout(rng: np.random.Generator, size: int) -> np.ndarray:
+    """1-3 stuff classes in regions with smooth random boundaries (argmax of smooth noise fields)."""
+    k = int(rng.integers(1, 4))
+    classes = rng.choice(len(STUFF), size=k, replace=False)
+    fields = np.stack([_smooth_field(rng, size, 4) for _ in range(k)])
+    while True:
+        winner = fields.argmax(0)
+        area = np.bincount(winner.ravel(), minlength=len(fields)) / winner.size
+        small = np.flatnonzero(area < _MIN_REGION)
+        if len(small) == 0:
+            return classes[winner]
+        fields[small[0]] = -np.inf
+
+
+def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image (uint8 HxWx3) and its label map (uint8 HxW, class index or 255 on ambiguous edge pixels)."""
+    label = _stuff_layout(rng, size).astype(np.uint8)
+    image = np.zeros((size, size, 3), np.float32)
+    for cls in np.unique(label):
+        a, b = _colour_pair(rng, min_dist=80)
+        t = _stuff_texture(STUFF[cls], rng, size)[..., None]
+        image = np.where((label == cls)[..., None], a + t * (b - a), image)
+
+    for _ in range(int(rng.integers(0, 5))):
+        cls = int(rng.integers(len(THINGS)))
+        cov = _coverage(THINGS[cls], rng, size)
+        inside = cov >= 0.5
+        if not inside.any():
+            continue
+        behind = image[inside].mean(0)
+        for _ in range(10):  # keep the outline visible against what it is painted on
+            a, b = _colour_pair(rng, min_dist=50)
+            if np.linalg.norm(a - behind) >= 60:
+                break
+        fill = a + 0.5 * _thing_texture(rng, size)[..., None] * (b - a)
+        image = image * (1 - cov[..., None]) + fill * cov[..., None]
+        label[inside] = len(STUFF) + cls
+        label[(cov > 0.05) & (cov < 0.95)] = IGNORE
+
+    u, _ = _rotated(size, rng.uniform(0, 2 * np.pi))
+    light = rng.uniform(0.8, 1.2) * (1 + rng.uniform(-0.15, 0.15) * (u - u.mean()) / size)
+    image = image * light[..., None] + rng.uniform(-20, 20)
+    image += rng.normal(0, rng.uniform(2, 6), image.shape)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    img = Image.fromarray(array)
+    atomic_write(path, lambda p: img.save(p, format="PNG"))
+
+
+def make_synthetic(out_dir: str | Path, n_train: int = 240, n_val: int = 60, size: int = 96, seed: int = 0) -> Path:
+    """Write images/{train,val}, labels/{train,val} and classes.txt under ``out_dir``; return ``out_dir``.
+
+    Image i of a split depends only on (seed, split, i), so changing n_train leaves val unchanged.
+    classes.txt is written last: its presence marks a finished dataset. Refuses to write into existing
+    image or label folders that hold files, so a user's data is never overwritten.
+    """
+    out = Path(out_dir)
+    if size < 32 or n_train < 0 or n_val < 0:
+        raise ValueError(f"need size >= 32 and non-negative counts, got size={size}, n_train={n_train}, n_val={n_val}")
+    for sub in ("images", "labels"):
+        if (out / sub).is_dir() and any(p.is_file() for p in (out / sub).rglob("*")):
+            raise ValueError(f"{out / sub} already contains files; refusing to overwrite, choose an empty folder")
+    for split_id, (split, n) in enumerate((("train", n_train), ("val", n_val))):
+        for i in range(n):
+            image, label = render_sample(np.random.default_rng([seed, split_id, i]), size)
+            stem = f"syn_{i:06d}"
+            _save_png(out / "images" / split / f"{stem}.png", image)
+            _save_png(out / "labels" / split / f"{stem}.png", label)
+    write_text(out / "classes.txt", "".join(f"{c}\n" for c in CLASSES))
+    return out
