@@ -304,3 +304,12 @@ def test_camvid_split_hides_novel_pixels(tmp_path):
             expected = np.where(np.isin(full, m.novel), 255, full) if split == "train" else full
             np.testing.assert_array_equal(label(m, it), expected)
             assert it.tags == sorted(set(np.unique(full).tolist()) - {255})
+
+
+def test_benchmark_mode_keeps_full_training_masks_apart_for_the_oracle(toy):
+    out = toy["tmp"] / "ws"
+    assert run_cli(*split_args(toy, out, "--novel", "c")).returncode == 0
+    m = load_manifest(out)
+    for it in m.splits["train"]:
+        np.testing.assert_array_equal(np.asarray(Image.open(m.resolve(it.full))), toy["train"][Path(it.image).stem])
+    assert all(it.full is None for it in m.splits["val"])

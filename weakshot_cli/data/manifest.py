@@ -16,9 +16,13 @@ IGNORE = 255
 
 @dataclass
 class Item:
+    """``full`` (benchmark-mode training items only) holds the unhidden mask: read by ``--oracle``
+    and never by weak-shot training."""
+
     image: str
     label: str | None
     tags: list[int]
+    full: str | None = None
 
 
 @dataclass
@@ -58,7 +62,8 @@ class Manifest:
             "ignore_index": self.ignore_index,
             "novel_masks": self.novel_masks,
             "splits": {
-                name: [{"image": it.image, "label": it.label, "tags": it.tags} for it in items]
+                name: [{"image": it.image, "label": it.label, "tags": it.tags, **({"full": it.full} if it.full else {})}
+                       for it in items]
                 for name, items in self.splits.items()
             },
             "source": self.source,
@@ -116,12 +121,12 @@ def load_manifest(path: str | Path) -> Manifest:
         for n, it in enumerate(items):
             if not isinstance(it, dict) or not isinstance(it.get("image"), str):
                 raise _fail(path, f"item {n} of split {name!r} needs an 'image' path")
-            label, tags = it.get("label"), it.get("tags", [])
-            if label is not None and not isinstance(label, str):
-                raise _fail(path, f"item {n} of split {name!r}: 'label' must be a path or null")
+            label, tags, full = it.get("label"), it.get("tags", []), it.get("full")
+            if label is not None and not isinstance(label, str) or full is not None and not isinstance(full, str):
+                raise _fail(path, f"item {n} of split {name!r}: 'label' and 'full' must be paths or null")
             if not isinstance(tags, list) or not all(isinstance(t, int) and 0 <= t < k for t in tags):
                 raise _fail(path, f"item {n} of split {name!r}: 'tags' must be class ids in 0..{k - 1}")
-            parsed.append(Item(it["image"], label, sorted(set(tags))))
+            parsed.append(Item(it["image"], label, sorted(set(tags)), full))
         splits[name] = parsed
     m = Manifest(
         classes=classes,
@@ -134,7 +139,7 @@ def load_manifest(path: str | Path) -> Manifest:
     )
     for items in splits.values():
         for it in items:
-            m.resolve(it.image)
-            if it.label is not None:
-                m.resolve(it.label)
+            for rel in (it.image, it.label, it.full):
+                if rel is not None:
+                    m.resolve(rel)
     return m

@@ -290,11 +290,15 @@ def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: l
         label = lut[read_raw_label(s.pair.label)].astype(np.uint8)
         train = s.pair.split == "train"
         item_tags = set(s.present) if benchmark else s.present | tags.get(s.pair.stem, set())
+        full = None
         if train and benchmark:
+            full = f"full/train/{s.pair.stem}.png"
+            if s.pair.label != staging / full:  # COCO input already cached it there
+                write_label_png(staging / full, label)
             label = hide[label]  # honest weak-shot: novel pixels never reach training
         rel = f"labels/{s.pair.split}/{s.pair.stem}.png"
         write_label_png(staging / rel, label)
-        splits.setdefault(s.pair.split, []).append(Item(str(s.pair.image.resolve()), rel, sorted(item_tags)))
+        splits.setdefault(s.pair.split, []).append(Item(str(s.pair.image.resolve()), rel, sorted(item_tags), full))
     for c in novel:
         if not any(c in it.tags for it in splits.get("train", [])):
             warn(f"novel class {classes[c]!r} is tagged in no training image; it cannot be learned")
