@@ -115,13 +115,61 @@ def _not_built(name: str, issue: str) -> None:
     raise UserError(f"'weakshot {name}' is not built yet in this version ({issue})")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train() -> None:
-    """Train SimFormer on a weak-shot dataset (not built yet).
+@app.command()
+def train(
+    dataset: Annotated[Optional[Path], typer.Argument(help="Weak-shot dataset folder made by 'weakshot split'.")] = None,
+    preset: Annotated[str, typer.Option(help="Model/schedule preset: r50 (the paper's) or small (CPU-friendly).")] = "r50",
+    iters: Annotated[Optional[int], typer.Option(help="Training iterations.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Train for this many epochs instead of --iters.")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Global batch size (split across processes).")] = None,
+    imgsz: Annotated[Optional[int], typer.Option(help="Training crop size (multiple of 32).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="resnet18, resnet34, resnet50 or resnet101.")] = None,
+    backbone_weights: Annotated[
+        Optional[str], typer.Option(help="imagenet (torchvision weights), none (from scratch) or a state-dict path.")
+    ] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    amp: Annotated[Optional[str], typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16 or off.")] = None,
+    no_sim: Annotated[bool, typer.Option("--no-sim", help="Ablation: no SimNet loss.")] = False,
+    no_dist: Annotated[bool, typer.Option("--no-dist", help="Ablation: no distillation into novel masks.")] = False,
+    no_comp: Annotated[bool, typer.Option("--no-comp", help="Ablation: no complementary loss.")] = False,
+    oracle: Annotated[
+        bool, typer.Option(help="Upper bound: plain MaskFormer on full masks (benchmark-mode datasets only).")
+    ] = False,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override any config field: --set dist_weight=0.5.")
+    ] = None,
+    project: Annotated[Path, typer.Option(help="Parent folder of run folders.")] = Path("runs"),
+    name: Annotated[Optional[str], typer.Option(help="Run name (default: train, train2, ...).")] = None,
+    exist_ok: Annotated[bool, typer.Option(help="Reuse the run folder --name if it exists.")] = False,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue a run exactly: its folder or weights/last.pt.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Start a new run from this checkpoint's weights.")] = None,
+) -> None:
+    """Train SimFormer on a weak-shot dataset; writes runs/train/NAME with weights, logs and plots.
 
-    Example: weakshot train runs/camvid-ws --preset small --iters 2000
+    Examples:
+
+      weakshot train datasets/camvid-ws --preset small --iters 2000 --device cpu
+
+      weakshot train datasets/coco-ws --preset r50 --batch 8 --iters 60000 --set comp_weight=0.15
+
+      torchrun --nproc-per-node 4 -m weakshot_cli train datasets/coco-ws --batch 16
+
+      weakshot train --resume runs/train/train3
     """
-    _not_built("train", "planned: SimFormer training")
+    from weakshot_cli.engine.config import build_config
+    from weakshot_cli.engine.train import run_train
+
+    overrides = dict(iters=iters, epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=workers,
+                     backbone=backbone, backbone_weights=backbone_weights, lr=lr, seed=seed, amp=amp,
+                     oracle=oracle or None, use_sim=False if no_sim else None, use_dist=False if no_dist else None,
+                     use_comp=False if no_comp else None)
+    summary = run_train(dataset, lambda: build_config(preset, overrides, set_ or []), project, name, exist_ok,
+                        resume, weights, console)
+    console.print(f"Done: {summary['iter']}/{summary['iters']} iterations; weights in "
+                  f"[bold]{Path(summary['run_dir']) / 'weights'}[/]")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,0 +1,207 @@
+"""Torch datasets over a manifest: augmented training crops and whole evaluation images.
+
+Tag policy under augmentation: novel pixels can only lie where the training label is unknown (255),
+so a crop keeps an image's novel tags only if it keeps at least ``tag_keep`` (default half) of the
+image's unknown pixels; crops are re-drawn up to ``crop_tries`` times to meet that, else the best
+one is used and its novel tags are dropped. Tags are never decided from hidden pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from weakshot_cli.data.labels import IGNORE, open_image, read_raw_label
+from weakshot_cli.data.manifest import Item, Manifest
+
+MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+
+
+def load_rgb(path) -> torch.Tensor:
+    """uint8 [3,H,W] RGB, whatever the file's mode (grayscale, palette, RGBA, CMYK, 16-bit)."""
+    img = open_image(path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        img = v2.functional.to_pil_image((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+    return TF.pil_to_tensor(img.convert("RGB"))
+
+
+def normalise(image: torch.Tensor) -> torch.Tensor:
+    return (image.float() - MEAN) / STD
+
+
+@dataclass
+class AugConfig:
+    imgsz: int = 512
+    scale: tuple[float, float] = (0.5, 2.0)
+    flip: float = 0.5
+    color: float = 0.5
+    tag_keep: float = 0.5
+    crop_tries: int = 10
+
+
+def color_jitter(image: torch.Tensor, g: torch.Generator, p: float) -> torch.Tensor:
+    """SSD-style photometric jitter (brightness +-32, contrast and saturation 0.5-1.5, hue +-18 deg),
+    each applied with probability ``p``, drawn from ``g`` so it never touches the global RNG."""
+    def u(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * torch.rand(1, generator=g).item()
+
+    draws = [(torch.rand(1, generator=g).item() < p) for _ in range(4)]
+    if draws[0]:
+        image = (image.float() + u(-32, 32)).clamp(0, 255).to(torch.uint8)
+    if draws[1]:
+        image = TF.adjust_contrast(image, u(0.5, 1.5))
+    if draws[2]:
+        image = TF.adjust_saturation(image, u(0.5, 1.5))
+    if draws[3]:
+        image = TF.adjust_hue(image, u(-0.05, 0.05))
+    return image
+
+
+class TrainDataset(Dataset):
+    """Training crops. Items are fetched as ``(index, seed)`` so every augmentation is reproducible
+    from the sampler alone (exact resume, any number of workers)."""
+
+    def __init__(self, manifest: Manifest, aug: AugConfig, split: str = "train", oracle: bool = False):
+        self.m, self.aug, self.oracle = manifest, aug, oracle
+        self.items: list[Item] = manifest.splits[split]
+        self.novel = torch.tensor(manifest.novel, dtype=torch.long)
+        if oracle and any(it.full is None for it in self.items):
+            raise ValueError("oracle training needs a benchmark-mode dataset (training items with 'full' masks)")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def label_path(self, item: Item):
+        return self.m.resolve(item.full if self.oracle else item.label)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        item = self.items[index]
+        g = torch.Generator().manual_seed(seed)
+        image = tv_tensors.Image(load_rgb(self.m.resolve(item.image)))
+        label = tv_tensors.Mask(torch.from_numpy(read_raw_label(self.label_path(item)).astype(np.int64))[None])
+        a = self.aug
+        short = min(image.shape[-2:])
+        s = a.scale[0] + (a.scale[1] - a.scale[0]) * torch.rand(1, generator=g).item()
+        size = max(1, round(a.imgsz * s))
+        h, w = image.shape[-2:]
+        nh, nw = (size, max(1, round(w * size / short))) if h <= w else (max(1, round(h * size / short)), size)
+        image = TF.resize(image, [nh, nw], antialias=True)
+        label = TF.resize(label, [nh, nw], interpolation=v2.InterpolationMode.NEAREST)
+        top, left, keep_novel = self._crop(label[0], g)
+        ch, cw = min(a.imgsz, nh), min(a.imgsz, nw)
+        image, label = TF.crop(image, top, left, ch, cw), TF.crop(label, top, left, ch, cw)
+        image = color_jitter(image, g, a.color)
+        if torch.rand(1, generator=g).item() < a.flip:
+            image, label = TF.horizontal_flip(image), TF.horizontal_flip(label)
+        pad = [0, a.imgsz - cw, 0, a.imgsz - ch]  # left, right, top, bottom
+        image = F.pad(normalise(image), pad, value=0.0)
+        sem = F.pad(label[0], pad, value=IGNORE)
+        pad_mask = torch.ones(a.imgsz, a.imgsz, dtype=torch.bool)
+        pad_mask[:ch, :cw] = False
+        tags = torch.tensor(item.tags, dtype=torch.long)
+        if not keep_novel:
+            tags = tags[~torch.isin(tags, self.novel)]
+        return {"image": image, "sem": sem, "pad": pad_mask, "tags": tags, "index": index}
+
+    def _crop(self, label: torch.Tensor, g: torch.Generator) -> tuple[int, int, bool]:
+        """Pick a crop that keeps novel tags true (see module docstring)."""
+        size = self.aug.imgsz
+        h, w = label.shape
+        unknown = (label == IGNORE).to(torch.int64)
+        total = int(unknown.sum())
+        integral = F.pad(unknown.cumsum(0).cumsum(1), (1, 0, 1, 0))
+        best = (0, 0, -1.0)
+        for _ in range(self.aug.crop_tries):
+            top = int(torch.randint(0, h - min(size, h) + 1, (1,), generator=g))
+            left = int(torch.randint(0, w - min(size, w) + 1, (1,), generator=g))
+            b, r = top + min(size, h), left + min(size, w)
+            kept = int(integral[b, r] - integral[top, r] - integral[b, left] + integral[top, left])
+            frac = kept / total if total else 0.0
+            if frac > best[2]:
+                best = (top, left, frac)
+            if frac >= self.aug.tag_keep:
+                break
+        return best[0], best[1], best[2] >= self.aug.tag_keep
+
+
+def collate_train(batch: list[dict]) -> dict:
+    return {
+        "image": torch.stack([b["image"] for b in batch]),
+        "sem": torch.stack([b["sem"] for b in batch]),
+        "pad": torch.stack([b["pad"] for b in batch]),
+        "tags": [b["tags"] for b in batch],
+        "index": [b["index"] for b in batch],
+    }
+
+
+class EvalDataset(Dataset):
+    """Whole images, optionally resized so the short side is ``imgsz``; labels stay at full size."""
+
+    def __init__(self, manifest: Manifest, split: str, imgsz: int | None = None):
+        self.m, self.items, self.imgsz = manifest, manifest.splits[split], imgsz
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        image = load_rgb(self.m.resolve(item.image))
+        label = torch.from_numpy(read_raw_label(self.m.resolve(item.label)).astype(np.int64))
+        h, w = image.shape[-2:]
+        if self.imgsz:
+            s = self.imgsz / min(h, w)
+            image = TF.resize(image, [max(1, round(h * s)), max(1, round(w * s))], antialias=True)
+        return {"image": normalise(image), "label": label, "index": index}
+
+
+def collate_eval(batch: list[dict]) -> dict:
+    """Pad images to a shared size that is a multiple of 32 (the network's largest stride)."""
+    h = max(b["image"].shape[-2] for b in batch)
+    w = max(b["image"].shape[-1] for b in batch)
+    H, W = math.ceil(h / 32) * 32, math.ceil(w / 32) * 32
+    images = torch.stack([F.pad(b["image"], [0, W - b["image"].shape[-1], 0, H - b["image"].shape[-2]])
+                          for b in batch])
+    return {"image": images, "sizes": [tuple(b["image"].shape[-2:]) for b in batch],
+            "labels": [b["label"] for b in batch], "index": [b["index"] for b in batch]}
+
+
+def build_targets(batch: dict, base: list[int], novel: list[int], novel_masks: bool) -> list[dict]:
+    """Per-image targets for the criterion, from the (base-only, unless ``novel_masks``) label map.
+
+    Base classes present in the crop get masks; tagged novel classes get a target without a mask.
+    With ``novel_masks`` (oracle or pseudo-labelled data) every class in the map gets a mask and
+    the criterion's ``sem`` still shows only base pixels.
+    """
+    n = len(batch["tags"])
+    novel_t = torch.tensor(novel, dtype=torch.long)
+    base_lut = torch.full((256,), IGNORE, dtype=torch.long)
+    base_lut[torch.tensor(base, dtype=torch.long)] = torch.tensor(base, dtype=torch.long)
+    targets = []
+    for i in range(n):
+        sem = batch["sem"][i]
+        present = torch.unique(sem)
+        present = present[present != IGNORE]
+        if novel_masks:
+            labels, has_mask = present, torch.ones(len(present), dtype=torch.bool)
+            tags_novel = present[torch.isin(present, novel_t)]
+        else:
+            tags_novel = batch["tags"][i][torch.isin(batch["tags"][i], novel_t)]
+            labels = torch.cat([present, tags_novel])
+            has_mask = torch.cat([torch.ones(len(present), dtype=torch.bool),
+                                  torch.zeros(len(tags_novel), dtype=torch.bool)])
+        masks = (sem[None] == labels[:, None, None]) & has_mask[:, None, None]
+        ref = i ^ 1 if (i ^ 1) < n else (0 if n > 1 else i)
+        targets.append({"labels": labels, "masks": masks, "has_mask": has_mask, "sem": base_lut[sem],
+                        "pad": batch["pad"][i], "ref": ref, "novel_tags": tags_novel})
+    return targets

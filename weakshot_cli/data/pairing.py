@@ -1,0 +1,74 @@
+"""Reference-image pairing on the fly, from image-level tags, for any batch size.
+
+Each global batch is a list of pairs ``[a0, r0, a1, r1, ...]``: the reference of an image with novel
+tags shares one of its novel classes (and, where possible, a base class); otherwise it shares a
+base class. The cross-image SimNet and distillation losses pair positions 2k and 2k+1.
+Every batch is a pure function of (seed, iteration), which makes resuming exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+
+class PairBatchSampler:
+    """Yields, for this rank, lists of ``(dataset index, augmentation seed)``."""
+
+    def __init__(self, tags: list[list[int]], base: list[int], novel: list[int], global_batch: int,
+                 seed: int = 0, rank: int = 0, world: int = 1, start_iter: int = 0):
+        if global_batch % world:
+            raise ValueError(f"batch {global_batch} is not divisible by the {world} processes")
+        self.n, self.batch, self.seed = len(tags), global_batch, seed
+        self.rank, self.world, self.start_iter = rank, world, start_iter
+        novel_set, base_set = set(novel), set(base)
+        self.novel_tags = [sorted(set(t) & novel_set) for t in tags]
+        self.base_tags = [set(t) & base_set for t in tags]
+        self.with_class: dict[int, np.ndarray] = {
+            c: np.array([i for i, t in enumerate(tags) if c in t]) for c in range(max(base + novel, default=-1) + 1)
+        }
+        self.pairs_per_batch = (global_batch + 1) // 2
+        self._perm: tuple[int, np.ndarray] = (-1, np.empty(0))
+
+    def _partner(self, a: int, rng: np.random.Generator) -> int:
+        if self.novel_tags[a]:
+            pool = self.with_class[self.novel_tags[a][rng.integers(len(self.novel_tags[a]))]]
+            pool = pool[pool != a]
+            if len(pool):
+                picks = pool[rng.permutation(len(pool))[:10]]
+                sharing_base = [int(p) for p in picks if self.base_tags[p] & self.base_tags[a]]
+                return sharing_base[0] if sharing_base else int(picks[0])
+        if self.base_tags[a]:
+            classes = sorted(self.base_tags[a])
+            pool = self.with_class[classes[rng.integers(len(classes))]]
+            pool = pool[pool != a]
+            if len(pool):
+                return int(pool[rng.integers(len(pool))])
+        others = self.n - 1
+        return a if others == 0 else int((a + 1 + rng.integers(others)) % self.n)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+        return self._perm[1]
+
+    def global_batch(self, it: int) -> list[tuple[int, int]]:
+        """Anchors walk through per-epoch permutations, so every image is an anchor once per epoch."""
+        first = it * self.pairs_per_batch
+        anchors = []
+        for k in range(first, first + self.pairs_per_batch):
+            epoch, pos = divmod(k, self.n)
+            anchors.append(int(self._permutation(epoch)[pos]))
+        rng = np.random.default_rng([self.seed, it, 1])
+        order = [x for a in anchors for x in (a, self._partner(a, rng))][: self.batch]
+        aug_seeds = rng.integers(0, 2**62, size=len(order))
+        return [(i, int(s)) for i, s in zip(order, aug_seeds)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_rank = self.batch // self.world
+        it = self.start_iter
+        while True:
+            batch = self.global_batch(it)
+            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+            it += 1

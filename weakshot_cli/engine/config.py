@@ -1,0 +1,144 @@
+"""Training configuration: one flat dataclass, named presets, and ``--set key=value`` overrides.
+
+Defaults follow the SimFormer paper (alpha 0.1, beta 0.2, gamma 0.1, BCE distillation, cross-image
+student); the authors' release choices are options (gamma 0.05, ``dist_func=cce``,
+``dist_cross_image=false``, beta 0.15 on COCO, alpha 0.5 on ADE20K).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from weakshot_cli.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    # model
+    backbone: str = "resnet50"
+    backbone_weights: str = "imagenet"  # imagenet | none | path to a torchvision ResNet state dict
+    norm: str = "auto"  # auto: frozen_bn with pretrained weights, bn when training from scratch; or gn
+    num_queries: int = 100
+    hidden_dim: int = 256
+    mask_dim: int = 256
+    dec_layers: int = 6
+    nheads: int = 8
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    # losses
+    oracle: bool = False  # plain MaskFormer on full masks (benchmark upper bound)
+    use_sim: bool = True
+    use_dist: bool = True
+    use_comp: bool = True
+    no_object_weight: float = 0.1
+    ce_weight: float = 1.0
+    mask_weight: float = 20.0
+    dice_weight: float = 1.0
+    comp_weight: float = 0.2  # beta
+    ignore_prior: float = 0.1  # gamma
+    sim_weight: float = 1.0
+    dist_weight: float = 0.1  # alpha
+    dist_func: str = "bce"  # bce (paper) | cce (release)
+    dist_cross_image: bool = True
+    num_sim_points: int = 100  # J
+    sim_class_points: int = 80
+    num_dist_points: int = 100
+    num_points: int = 0  # 0: mask losses on full-resolution masks; N: on N sampled points per mask
+    # optimisation
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    backbone_lr_mult: float = 0.1
+    clip_grad: float = 0.01
+    poly_power: float = 0.9
+    iters: int = 60000
+    epochs: int = 0  # when > 0, overrides iters
+    batch: int = 8  # global batch, split across processes
+    # data
+    imgsz: int = 512
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    tag_keep: float = 0.5
+    workers: int = 2
+    # run
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16; off on CPU) | bf16 | fp16 | off
+    val_every: int = 0  # 0: about 10 validations per run
+    val_imgsz: int = 0  # 0: the training imgsz (short side)
+    save_every: int = 500
+    log_every: int = 20
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    # The paper's setting (MaskFormer R50, 512 crops, batch 8); pretrained ImageNet backbone.
+    "r50": {},
+    # A CPU-friendly model for small datasets and quick experiments.
+    "small": dict(backbone="resnet18", backbone_weights="none", hidden_dim=128, mask_dim=128, dec_layers=3,
+                  nheads=4, dim_feedforward=512, num_queries=30, imgsz=256, batch=8, iters=2000,
+                  lr=2e-4, backbone_lr_mult=1.0, num_points=4096, num_sim_points=64, sim_class_points=48,
+                  num_dist_points=64, save_every=250),
+}
+
+
+def _coerce(name: str, raw: str, current: object) -> object:
+    if isinstance(current, bool):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"--set {name}={raw}: expected true or false")
+    try:
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+    except ValueError:
+        raise UserError(f"--set {name}={raw}: expected a {type(current).__name__}") from None
+    if isinstance(current, dict):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            raise UserError(f"--set {name}={raw}: expected JSON") from None
+    return raw
+
+
+def build_config(preset: str, overrides: dict[str, object], sets: list[str]) -> TrainConfig:
+    """Preset, then explicit CLI options, then ``--set key=value`` pairs (last wins)."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    cfg = TrainConfig(**PRESETS[preset])
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in names:
+            raise UserError(f"--set {item!r}: expected key=value with a key from: {', '.join(sorted(names))}")
+        setattr(cfg, key, _coerce(key, raw.strip(), getattr(cfg, key)))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.backbone in ("resnet18", "resnet34", "resnet50", "resnet101"), "backbone must be resnet18/34/50/101"),
+        (cfg.norm in ("auto", "frozen_bn", "bn", "gn"), "norm must be auto, frozen_bn, bn or gn"),
+        (cfg.dist_func in ("bce", "cce"), "dist_func must be bce or cce"),
+        (cfg.amp in ("auto", "bf16", "fp16", "off"), "amp must be auto, bf16, fp16 or off"),
+        (cfg.imgsz >= 32 and cfg.imgsz % 32 == 0, "imgsz must be a multiple of 32"),
+        (cfg.batch >= 1 and cfg.iters >= 1, "batch and iters must be positive"),
+        (0 < cfg.scale_min <= cfg.scale_max, "need 0 < scale_min <= scale_max"),
+        (0 < cfg.ignore_prior < 1, "ignore_prior (gamma) must be in (0, 1)"),
+        (cfg.hidden_dim % cfg.nheads == 0, "hidden_dim must be divisible by nheads"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"invalid configuration: {message}")

@@ -1,0 +1,67 @@
+"""Training progress: a rich bar with ETA, it/s, loss terms, lr and memory on a terminal; plain log
+lines otherwise. Everything also goes to log.txt."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+SHORT = {"loss": "loss", "loss_ce": "ce", "loss_mask": "mask", "loss_dice": "dice", "loss_comp": "comp",
+         "loss_sim": "sim", "loss_dist": "dist"}
+
+
+def memory(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}G"
+    try:
+        import resource
+
+        return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f}G"
+    except ImportError:  # not on Windows
+        return "-"
+
+
+class TrainProgress:
+    def __init__(self, console: Console, log_path: Path, start: int, total: int, enabled: bool, every: int):
+        self.console, self.log_path, self.start, self.total = console, log_path, start, total
+        self.enabled, self.every = enabled, every
+        self.rich = enabled and console.is_terminal
+        self.t0 = time.time()
+        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                            console=console, disable=not self.rich)
+        self.task = self.bar.add_task("train", total=total, completed=start, rate="", info="")
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def _write(self, line: str) -> None:
+        if self.enabled:
+            with self.log_path.open("a") as f:
+                f.write(line + "\n")
+
+    def update(self, it: int, losses: dict[str, float], lr: float, device: torch.device) -> None:
+        if not self.enabled:
+            return
+        rate = (it - self.start) / max(time.time() - self.t0, 1e-9)
+        info = " ".join(f"{SHORT[k]} {v:.3f}" for k, v in losses.items()) + f" lr {lr:.2e} mem {memory(device)}"
+        self.bar.update(self.task, completed=it, rate=f"{rate:.2f} it/s", info=info)
+        if it % self.every == 0 or it == self.total:
+            eta = (self.total - it) / max(rate, 1e-9)
+            line = f"iter {it}/{self.total}  {rate:.2f} it/s  eta {int(eta) // 60}m{int(eta) % 60:02d}s  {info}"
+            self._write(line)
+            if not self.rich:
+                self.console.print(line, highlight=False)
+
+    def note(self, line: str) -> None:
+        if self.enabled:
+            self._write(line)
+            self.console.print(line, highlight=False)
