@@ -1,0 +1,92 @@
+"""Training data path: tag-preserving augmentation, reference pairing, targets for the criterion."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from conftest import blocks, run_cli, write_dataset
+from weakshot_cli.data.dataset import AugConfig, TrainDataset, build_targets, collate_train
+from weakshot_cli.data.manifest import load_manifest
+from weakshot_cli.data.pairing import PairBatchSampler
+
+torch.set_num_threads(2)
+
+
+def make_ws(tmp_path, train: dict, classes: list[str], novel: str):
+    images, masks, names = write_dataset(tmp_path / "src", {"train": train}, classes)
+    out = tmp_path / "ws"
+    assert run_cli("split", "--images", images, "--masks", masks, "--classes", names, "--novel", novel,
+                   "-o", out).returncode == 0
+    return load_manifest(out)
+
+
+def test_crop_keeps_novel_tags_only_with_enough_unknown_pixels(tmp_path):
+    # three quarters base class 0, the right quarter novel class 1 -> hidden as 255 in the training label
+    m = make_ws(tmp_path, {"x": blocks(64, 256, [0, 0, 0, 1])}, ["road", "car"], "car")
+    ds = TrainDataset(m, AugConfig(imgsz=64, scale=(1.0, 1.0), flip=0.0, color=0.0, tag_keep=0.5))
+    kept = dropped = 0
+    for seed in range(60):
+        s = ds[(0, seed)]
+        frac = ((s["sem"] == 255) & ~s["pad"]).sum().item() / (64 * 64)  # share of the image's unknown pixels
+        has_novel = 1 in s["tags"].tolist()
+        assert has_novel == (frac >= 0.5), (seed, frac)
+        assert 0 in s["tags"].tolist()  # base tags are kept
+        kept += has_novel
+        dropped += not has_novel
+    assert kept > 0 and dropped > 0  # retries often, but not always, find a crop that keeps the tag true
+
+
+def test_sample_shapes_padding_and_determinism(tmp_path):
+    m = make_ws(tmp_path, {"x": blocks(20, 30, [0, 1, 2])}, ["a", "b", "c"], "c")
+    ds = TrainDataset(m, AugConfig(imgsz=64, scale=(0.5, 0.5)))
+    s = ds[(0, 7)]
+    assert s["image"].shape == (3, 64, 64) and s["sem"].shape == (64, 64) and s["pad"].shape == (64, 64)
+    assert s["pad"].any() and (s["sem"][s["pad"]] == 255).all()  # short side 10 px -> padded, pad is ignore
+    again = ds[(0, 7)]
+    assert torch.equal(s["image"], again["image"]) and torch.equal(s["sem"], again["sem"])
+    assert not torch.equal(ds[(0, 8)]["image"], s["image"]) or not torch.equal(ds[(0, 9)]["image"], s["image"])
+
+
+def test_pairing_shares_novel_classes_and_is_a_function_of_seed_and_iteration():
+    tags = [[0, 5], [1, 5], [0, 6], [1, 6], [0], [1], [0, 5, 6], [2]]
+    base, novel = [0, 1, 2], [5, 6]
+    sampler = PairBatchSampler(tags, base, novel, global_batch=4, seed=3)
+    for it in range(50):
+        batch = [i for i, _ in sampler.global_batch(it)]
+        for a, r in zip(batch[::2], batch[1::2]):
+            if set(tags[a]) & set(novel):
+                assert set(tags[a]) & set(tags[r]) & set(novel), (a, r)
+            elif a != 7:
+                assert set(tags[a]) & set(tags[r]) & set(base), (a, r)
+    assert sampler.global_batch(11) == PairBatchSampler(tags, base, novel, 4, seed=3).global_batch(11)
+    assert sampler.global_batch(11) != PairBatchSampler(tags, base, novel, 4, seed=4).global_batch(11)
+    anchors = [sampler.global_batch(it)[k][0] for it in range(4) for k in (0, 2)]
+    assert sorted(anchors) == list(range(8))  # every image is an anchor once per epoch
+
+
+def test_ranks_split_the_global_batch_into_whole_pairs():
+    tags = [[0, 5], [1, 5], [0, 6], [1, 6], [0], [1]]
+    one = iter(PairBatchSampler(tags, [0, 1], [5, 6], global_batch=8, seed=0, start_iter=5))
+    r0 = iter(PairBatchSampler(tags, [0, 1], [5, 6], global_batch=8, seed=0, rank=0, world=2, start_iter=5))
+    r1 = iter(PairBatchSampler(tags, [0, 1], [5, 6], global_batch=8, seed=0, rank=1, world=2, start_iter=5))
+    for _ in range(3):
+        assert next(one) == next(r0) + next(r1)
+
+
+def test_targets_hide_novel_masks_and_pass_a_base_only_map():
+    sem = torch.tensor([[0, 0, 255, 255], [3, 3, 255, 255]])
+    batch = collate_train([{"image": torch.zeros(3, 2, 4), "sem": sem, "pad": torch.zeros(2, 4, dtype=torch.bool),
+                            "tags": torch.tensor([0, 3, 5]), "index": 0}] * 2)
+    t = build_targets(batch, base=[0, 3], novel=[5], novel_masks=False)
+    assert t[0]["labels"].tolist() == [0, 3, 5] and t[0]["has_mask"].tolist() == [True, True, False]
+    assert torch.equal(t[0]["masks"][0], sem == 0) and not t[0]["masks"][2].any()
+    assert t[0]["ref"] == 1 and t[1]["ref"] == 0 and t[0]["novel_tags"].tolist() == [5]
+    # with novel masks (oracle / pseudo-labels) novel classes get masks, but `sem` stays base-only
+    full = torch.tensor([[0, 0, 5, 5], [3, 3, 255, 5]])
+    batch["sem"] = torch.stack([full, full])
+    t = build_targets(batch, base=[0, 3], novel=[5], novel_masks=True)
+    assert t[0]["labels"].tolist() == [0, 3, 5] and t[0]["has_mask"].all()
+    assert torch.equal(t[0]["masks"][2], full == 5)
+    assert (t[0]["sem"][full == 5] == 255).all()
+    np.testing.assert_array_equal(t[0]["sem"][full != 5].numpy(), full[full != 5].numpy())
