@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
 
+from weakshot_cli.errors import UserError
 from weakshot_cli.io import atomic_write, write_text
 
 STUFF = ["grass", "water", "brick", "sand"]
@@ -23,6 +24,7 @@ DEMO_NOVEL: list[str] = ["star", "ring", "brick"]
 
 IGNORE = 255
 _SUPERSAMPLE = 4  # things are drawn at 4x and averaged: soft edges, and an honest "ambiguous" band
+_N_THINGS_P = [0.1, 0.2, 0.25, 0.25, 0.2]  # 0-4 things; some stuff-only images, mostly several things
 _MIN_REGION = 0.05  # stuff regions smaller than this fraction of the image are merged away (no 1-pixel tags)
 
 
@@ -51,7 +53,7 @@ def _stuff_texture(name: str, rng: np.random.Generator, size: int) -> np.ndarray
     """Mixing weight in [0, 1] between a region's two colours; the pattern alone identifies the class."""
     if name == "grass":  # fine, blade-like noise
         n = gaussian_filter(rng.random((size, size)), sigma=(rng.uniform(1.0, 1.6), 0.4))
-        return np.clip(0.5 + 0.25 * (n - n.mean()) / n.std(), 0.0, 1.0)
+        return np.clip(0.5 + 0.35 * (n - n.mean()) / n.std(), 0.0, 1.0)
     if name == "water":  # smooth wavy stripes
         u, v = _rotated(size, rng.uniform(0, np.pi))
         period, wave = rng.uniform(7, 13), rng.uniform(18, 36)
@@ -101,7 +103,7 @@ def _outline(name: str, r: float) -> list[np.ndarray]:
     if name == "triangle":
         return [regular(3, [r * 1.15])]
     if name == "star":
-        return [regular(5, [r * 1.2, r * 0.5])]
+        return [regular(5, [r * 1.25, r * 0.55])]
     if name == "cross":
         a, b = r, r * 0.32
         return [np.array([[b, b], [a, b], [a, -b], [b, -b], [b, -a], [-b, -a], [-b, -b], [-a, -b], [-a, b],
@@ -111,7 +113,7 @@ def _outline(name: str, r: float) -> list[np.ndarray]:
 
 def _coverage(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
     """Fraction of each pixel a randomly sized, placed and rotated thing covers."""
-    r = rng.uniform(0.1, 0.22) * size
+    r = rng.uniform(0.12, 0.25) * size
     centre = rng.uniform(0.1, 0.9, size=2) * size
     angle = rng.uniform(0, 2 * np.pi)
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -129,13 +131,13 @@ def _stuff_layout(rng: np.random.Generator, size: int) -> np.ndarray:
     k = int(rng.integers(1, 4))
     classes = rng.choice(len(STUFF), size=k, replace=False)
     fields = np.stack([_smooth_field(rng, size, 4) for _ in range(k)])
-    while True:
-        winner = fields.argmax(0)
-        area = np.bincount(winner.ravel(), minlength=len(fields)) / winner.size
-        small = np.flatnonzero(area < _MIN_REGION)
-        if len(small) == 0:
+    alive = np.ones(k, bool)
+    while True:  # drop the smallest region until all are large enough; the last one covers everything
+        winner = np.where(alive[:, None, None], fields, -np.inf).argmax(0)
+        area = np.where(alive, np.bincount(winner.ravel(), minlength=k) / winner.size, np.inf)
+        if area.min() >= _MIN_REGION:
             return classes[winner]
-        fields[small[0]] = -np.inf
+        alive[area.argmin()] = False
 
 
 def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -147,7 +149,7 @@ def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.n
         t = _stuff_texture(STUFF[cls], rng, size)[..., None]
         image = np.where((label == cls)[..., None], a + t * (b - a), image)
 
-    for _ in range(int(rng.integers(0, 5))):
+    for _ in range(int(rng.choice(5, p=_N_THINGS_P))):
         cls = int(rng.integers(len(THINGS)))
         cov = _coverage(THINGS[cls], rng, size)
         inside = cov >= 0.5
@@ -183,11 +185,12 @@ def make_synthetic(out_dir: str | Path, n_train: int = 240, n_val: int = 60, siz
     image or label folders that hold files, so a user's data is never overwritten.
     """
     out = Path(out_dir)
-    if size < 32 or n_train < 0 or n_val < 0:
-        raise ValueError(f"need size >= 32 and non-negative counts, got size={size}, n_train={n_train}, n_val={n_val}")
+    if size < 32 or min(n_train, n_val, seed) < 0:
+        raise ValueError(f"need size >= 32 and non-negative counts and seed, got size={size}, "
+                         f"n_train={n_train}, n_val={n_val}, seed={seed}")
     for sub in ("images", "labels"):
         if (out / sub).is_dir() and any(p.is_file() for p in (out / sub).rglob("*")):
-            raise ValueError(f"{out / sub} already contains files; refusing to overwrite, choose an empty folder")
+            raise UserError("already contains files; refusing to overwrite, choose an empty folder", out / sub)
     for split_id, (split, n) in enumerate((("train", n_train), ("val", n_val))):
         for i in range(n):
             image, label = render_sample(np.random.default_rng([seed, split_id, i]), size)

@@ -152,8 +152,10 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, resume
         raise UserError(f"run already finished ({start} of {iters} iterations)", run_dir)
     sampler = PairBatchSampler([it.tags for it in dataset.items], m.base, m.novel, cfg.batch, cfg.seed,
                                ddp.rank, ddp.world, start_iter=start)
+    # its own generator: creating the iterator would otherwise draw from the global RNG and shift it on resume
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_train, num_workers=cfg.workers,
-                        persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
+                        persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda",
+                        generator=torch.Generator())
     val_loader = None
     if "val" in m.splits and m.splits["val"]:
         val_loader = DataLoader(EvalDataset(m, "val", cfg.val_imgsz or cfg.imgsz), batch_size=max(1, cfg.batch // 2),

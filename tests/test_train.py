@@ -1,0 +1,165 @@
+"""`weakshot train` end to end on tiny synthetic data: run folder, resume, weights, honesty, backbones."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from conftest import ROOT, assert_user_error, run_cli
+from weakshot_cli.data.manifest import load_manifest
+from weakshot_cli.data.synthetic import make_synthetic
+from weakshot_cli.engine.checkpoint import load_checkpoint
+from weakshot_cli.engine.weights import imagenet_file, init_backbone
+from weakshot_cli.errors import UserError
+from models import build_backbone
+
+torch.set_num_threads(2)
+
+TINY = ["--preset", "small", "--imgsz", "64", "--batch", "4", "--workers", "0", "--device", "cpu",
+        "--set", "hidden_dim=32", "--set", "mask_dim=32", "--set", "dim_feedforward=64", "--set", "num_queries=8",
+        "--set", "dec_layers=2", "--set", "num_points=256", "--set", "num_sim_points=16",
+        "--set", "sim_class_points=12", "--set", "num_dist_points=16", "--set", "log_every=1", "--set", "val_imgsz=64"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    make_synthetic(root / "src", n_train=12, n_val=4, size=64, seed=1)
+    r = run_cli("split", "--images", root / "src" / "images", "--masks", root / "src" / "labels", "--classes",
+                root / "src" / "classes.txt", "--novel", "star,ring,brick", "-o", root / "ws")
+    assert r.returncode == 0, r.stderr
+    return root / "ws"
+
+
+def records(run: Path, kind: str = "train") -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == kind]
+
+
+def test_run_folder_and_checkpoints(synth, tmp_path):
+    r = run_cli("train", synth, *TINY, "--iters", "3", "--project", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "train" / "train"
+    for f in ("config.json", "log.txt", "metrics.jsonl", "results.json", "weights/last.pt", "weights/best.pt",
+              "plots/losses.png"):
+        assert (run / f).exists(), f
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["hidden_dim"] == 32 and cfg["dataset"] == str(synth.resolve()) and cfg["comp_weight"] == 0.2
+    assert [r["iter"] for r in records(run)] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) for r in records(run)) and records(run, "val")
+    ckpt = load_checkpoint(run / "weights" / "last.pt")
+    assert ckpt["iter"] == 3 and ckpt["classes"] == load_manifest(synth).classes and ckpt["novel"] == [2, 7, 8]
+    assert "iter 3/3" in (run / "log.txt").read_text()
+    # a second run auto-increments its folder
+    assert run_cli("train", synth, *TINY, "--iters", "1", "--project", tmp_path / "runs").returncode == 0
+    assert (tmp_path / "runs" / "train" / "train2" / "weights" / "last.pt").exists()
+
+
+def _model_state(run: Path) -> dict:
+    return load_checkpoint(run / "weights" / "last.pt")["model"]
+
+
+def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(synth, tmp_path):
+    args = ["train", synth, *TINY, "--iters", "8", "--set", "save_every=100", "--project", tmp_path / "runs"]
+    assert run_cli(*args, "--name", "straight").returncode == 0
+    straight = tmp_path / "runs" / "train" / "straight"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "weakshot_cli", *map(str, args), "--name", "cut"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    cut = tmp_path / "runs" / "train" / "cut"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (cut / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    stopped_at = load_checkpoint(cut / "weights" / "last.pt")["iter"]
+    assert stopped_at < 8 and "stopped by signal" in out
+    r = run_cli("train", "--resume", cut)
+    assert r.returncode == 0, r.stderr
+    assert [x["loss"] for x in records(cut)] == pytest.approx([x["loss"] for x in records(straight)], rel=1e-5)
+    a, b = _model_state(straight), _model_state(cut)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_weights_starts_a_new_run_and_resume_or_weights_not_both(synth, tmp_path):
+    assert run_cli("train", synth, *TINY, "--iters", "2", "--project", tmp_path / "runs").returncode == 0
+    last = tmp_path / "runs" / "train" / "train" / "weights" / "last.pt"
+    r = run_cli("train", synth, *TINY, "--iters", "1", "--weights", last, "--project", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    assert load_checkpoint(tmp_path / "runs" / "train" / "train2" / "weights" / "last.pt")["iter"] == 1
+    assert_user_error(run_cli("train", synth, "--resume", last, "--weights", last), "use one")
+    assert_user_error(run_cli("train", "--resume", last), "run already finished")
+
+
+def test_novel_pixels_never_reach_training(synth, tmp_path):
+    """Poison every copy of the hidden novel pixels (the full masks kept for the oracle): the weak-shot
+    run must be bit-identical, because nothing in weak-shot training reads them."""
+    clean, poisoned = tmp_path / "clean", tmp_path / "poisoned"
+    shutil.copytree(synth, clean)
+    shutil.copytree(synth, poisoned)
+    m = load_manifest(poisoned)
+    rng = np.random.default_rng(0)
+    for it in m.splits["train"]:
+        full = np.asarray(Image.open(m.resolve(it.full)))
+        noisy = np.where(np.isin(full, m.novel), rng.integers(0, 10, full.shape), full).astype(np.uint8)
+        Image.fromarray(noisy).save(m.resolve(it.full))
+    for name, ds in (("clean", clean), ("poisoned", poisoned)):
+        r = run_cli("train", ds, *TINY, "--iters", "3", "--name", name, "--project", tmp_path / "runs")
+        assert r.returncode == 0, r.stderr
+    a = _model_state(tmp_path / "runs" / "train" / "clean")
+    b = _model_state(tmp_path / "runs" / "train" / "poisoned")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # ... whereas the oracle, which does read them, notices
+    for name, ds in (("oclean", clean), ("opoisoned", poisoned)):
+        assert run_cli("train", ds, *TINY, "--iters", "2", "--oracle", "--name", name,
+                       "--project", tmp_path / "runs").returncode == 0
+    a = _model_state(tmp_path / "runs" / "train" / "oclean")
+    b = _model_state(tmp_path / "runs" / "train" / "opoisoned")
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_backbone_weights_imagenet_none_and_path_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    target = imagenet_file("resnet18")
+    assert target == tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    target.parent.mkdir(parents=True)
+    torch.save(reference, target)
+    key = "layer1.0.conv1.weight"
+
+    def loaded(weights: str) -> torch.Tensor:
+        bb = build_backbone("resnet18", "frozen_bn")
+        init_backbone(bb, "resnet18", weights)
+        return dict(bb.named_parameters(), **dict(bb.named_buffers()))[key]
+
+    assert torch.equal(loaded("imagenet"), reference[key])  # found in torchvision's cache: no download
+    assert not torch.equal(loaded("none"), reference[key])
+    local = tmp_path / "mine.pth"
+    torch.save(reference, local)
+    assert torch.equal(loaded(str(local)), reference[key])
+    target.unlink()
+
+    def offline(*args, **kwargs):  # the network boundary: no internet here
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UserError, match="place resnet18-f37072fd.pth from https://") as e:
+        loaded("imagenet")
+    assert str(target) in str(e.value)
+    torch.save({"fc.weight": torch.zeros(3)}, local)
+    with pytest.raises(UserError, match="do not fit resnet18"):
+        loaded(str(local))
