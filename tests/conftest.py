@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+
+# Two OpenMP threads that spin while waiting are many times slower on a loaded 2-core machine; this must be
+# set before torch is first imported in the test process and its subprocesses.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import subprocess
 import sys
 from pathlib import Path

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
+
+# Spinning OpenMP threads stall when data-loader workers or other jobs share the cores; set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -168,8 +172,9 @@ def train(
                      use_comp=False if no_comp else None)
     summary = run_train(dataset, lambda: build_config(preset, overrides, set_ or []), project, name, exist_ok,
                         resume, weights, console)
-    console.print(f"Done: {summary['iter']}/{summary['iters']} iterations; weights in "
-                  f"[bold]{Path(summary['run_dir']) / 'weights'}[/]")
+    if summary["main"]:
+        console.print(f"Done: {summary['iter']}/{summary['iters']} iterations; weights in "
+                      f"[bold]{Path(summary['run_dir']) / 'weights'}[/]")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -21,6 +21,14 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
+    def broadcast(self, value: object) -> object:
+        """Rank 0's value on every process."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()

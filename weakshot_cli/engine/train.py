@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 from dataclasses import asdict
 from pathlib import Path
@@ -110,12 +111,13 @@ def _truncate_log(path: Path, last_iter: int) -> None:
         path.write_text("".join(line + "\n" for line in keep))
 
 
-def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, resume: dict | None = None,
-          init: dict | None = None) -> dict:
+def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: distributed.Dist,
+          device: torch.device, resume: dict | None = None, init: dict | None = None) -> dict:
     """Train and return the final summary (best metric, paths). ``resume`` continues a checkpoint's
     run exactly; ``init`` starts a new run from a checkpoint's weights."""
-    ddp, device = distributed.setup(cfg.device)
     torch.manual_seed(cfg.seed)
+    if device.type == "cpu" and ddp.world == 1:  # leave a core per loader worker: oversubscribed OpenMP spins
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.workers))
     dataset = TrainDataset(m, AugConfig(cfg.imgsz, (cfg.scale_min, cfg.scale_max), tag_keep=cfg.tag_keep),
                            oracle=cfg.oracle)
     iters = math.ceil(cfg.epochs * len(dataset) / cfg.batch) if cfg.epochs > 0 else cfg.iters
@@ -233,7 +235,8 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, resume
                                               "interrupted": stop.signal is not None})
     ddp.barrier()
     distributed.cleanup()
-    return {"iter": it, "iters": iters, "best": best, "interrupted": stop.signal is not None, "run_dir": str(run_dir)}
+    return {"iter": it, "iters": iters, "best": best, "interrupted": stop.signal is not None, "run_dir": str(run_dir),
+            "main": ddp.main}
 
 
 def save_config(cfg: TrainConfig, dataset: Path, run_dir: Path) -> None:
@@ -259,8 +262,10 @@ def run_train(dataset: Path | None, cfg_builder, project: Path, name: str | None
         dataset = Path(config.pop("dataset"))
         cfg = Config(**config)
         m = load_manifest(dataset)
-        console.print(f"Resuming {run_dir} from iteration {ckpt['iter']}")
-        return train(cfg, m, run_dir, console, resume=ckpt)
+        ddp, device = distributed.setup(cfg.device)
+        if ddp.main:
+            console.print(f"Resuming {run_dir} from iteration {ckpt['iter']}")
+        return train(cfg, m, run_dir, console, ddp, device, resume=ckpt)
     if dataset is None:
         raise UserError("give a DATASET folder (made by 'weakshot split'), or --resume RUN")
     m = load_manifest(dataset)
@@ -272,8 +277,11 @@ def run_train(dataset: Path | None, cfg_builder, project: Path, name: str | None
             raise UserError("checkpoint was trained on a different class set than this dataset", weights)
         for key in ("backbone", "hidden_dim", "mask_dim", "dec_layers", "num_queries", "dim_feedforward", "nheads"):
             setattr(cfg, key, init["config"][key])
-    run_dir = new_run_dir(project, stage, name, exist_ok)
-    save_config(cfg, dataset, run_dir)
-    console.print(f"Run folder: [bold]{run_dir}[/]  ({len(m.splits['train'])} training images, "
-                  f"{len(m.base)} base + {len(m.novel)} novel classes)")
-    return train(cfg, m, run_dir, console, init=init)
+    ddp, device = distributed.setup(cfg.device)
+    run_dir = new_run_dir(project, stage, name, exist_ok) if ddp.main else None
+    run_dir = Path(ddp.broadcast(str(run_dir)))  # every process writes nothing but reads the same folder name
+    if ddp.main:
+        save_config(cfg, dataset, run_dir)
+        console.print(f"Run folder: [bold]{run_dir}[/]  ({len(m.splits['train'])} training images, "
+                      f"{len(m.base)} base + {len(m.novel)} novel classes)")
+    return train(cfg, m, run_dir, console, ddp, device, init=init)

@@ -1,0 +1,80 @@
+"""SimFormer network: MaskFormer whose classifier covers base and novel classes (spec §1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .backbone import build_backbone
+from .pixel_decoder import FPNPixelDecoder, c2_xavier_fill
+from .transformer import PositionEmbeddingSine, TransformerDecoder
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (none after the last)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class SimFormer(nn.Module):
+    """Backbone -> FPN mask features; res5 -> transformer decoder -> per-query class logits and mask embeddings.
+
+    The FPN width equals mask_dim. Input H and W must be multiples of 32 (the caller pads).
+    """
+
+    def __init__(self, num_classes: int, backbone: str = "resnet50", backbone_norm: str = "frozen_bn",
+                 num_queries: int = 100, hidden_dim: int = 256, mask_dim: int = 256, dec_layers: int = 6,
+                 nheads: int = 8, dim_feedforward: int = 2048, dropout: float = 0.1) -> None:
+        super().__init__()
+        if hidden_dim % 2:
+            raise ValueError("hidden_dim must be even (half of it encodes y, half x)")
+        self.num_classes = num_classes
+        self.backbone = build_backbone(backbone, backbone_norm)
+        self.pixel_decoder = FPNPixelDecoder(self.backbone.channels, conv_dim=mask_dim, mask_dim=mask_dim)
+        self.input_proj = nn.Conv2d(self.backbone.channels["res5"], hidden_dim, 1)
+        c2_xavier_fill(self.input_proj)
+        self.pos_embed = PositionEmbeddingSine(hidden_dim // 2)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.decoder = TransformerDecoder(hidden_dim, nheads, dec_layers, dim_feedforward, dropout)
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    def forward(self, images: Tensor) -> dict:
+        """images [B, 3, H, W] normalised -> pred_logits [B,Q,K+1], pred_masks [B,Q,H/4,W/4] (logits),
+        aux_outputs (first L-1 decoder layers), pixel_features [B, mask_dim, H/4, W/4]."""
+        features = self.backbone(images)
+        mask_features = self.pixel_decoder(features)
+        src = self.input_proj(features["res5"])
+        pos = self.pos_embed(src)
+        query_pos = self.query_embed.weight.unsqueeze(0).expand(images.shape[0], -1, -1)
+        hs = self.decoder(src.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2), query_pos)
+        logits = self.class_embed(hs)
+        masks = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hs), mask_features)
+        return {
+            "pred_logits": logits[-1],
+            "pred_masks": masks[-1],
+            "aux_outputs": [{"pred_logits": a, "pred_masks": b} for a, b in zip(logits[:-1], masks[:-1])],
+            "pixel_features": mask_features,
+        }
+
+
+def semantic_probs(pred_logits: Tensor, pred_masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """Per-class scores [B, K, h, w] = sum_q softmax(cls_q)[:K] * sigmoid(mask_q).
+
+    Mask logits are upsampled to `size` before the sigmoid, as in MaskFormer's inference (the sigmoid is
+    nonlinear, so upsampling the combined scores instead would give different, blurrier maps).
+    """
+    masks = pred_masks
+    if tuple(masks.shape[-2:]) != tuple(size):
+        masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+    probs = pred_logits.softmax(-1)[..., :-1]
+    return torch.einsum("bqk,bqhw->bkhw", probs, masks.sigmoid())

@@ -1,0 +1,374 @@
+"""SimFormer criterion: every loss term against plain formulas, composition over layers, oracle mode, honesty."""
+
+import torch
+
+torch.set_num_threads(2)
+
+import math
+
+import pytest
+from torch import nn
+
+from models import SimFormerCriterion
+
+IGN = 255
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def focal(x, y):
+    """Mean sigmoid focal loss (alpha 0.25, gamma 2) over lists of logits and binary labels."""
+    total = 0.0
+    for xi, yi in zip(x, y):
+        p = sig(xi)
+        total += -0.25 * (1 - p) ** 2 * math.log(p) if yi else -0.75 * p ** 2 * math.log(1 - p)
+    return total / len(x)
+
+
+def dice(x, y):
+    p = [sig(xi) for xi in x]
+    return 1 - (2 * sum(pi * yi for pi, yi in zip(p, y)) + 1) / (sum(p) + sum(y) + 1)
+
+
+def weak_target(sem, novel=(), ref=0, pad=None):
+    """Target built from a base-only map: one mask per base class present, novel tags with empty masks."""
+    sem = torch.as_tensor(sem)
+    pad = torch.zeros_like(sem, dtype=torch.bool) if pad is None else torch.as_tensor(pad)
+    base = [c for c in sem.unique().tolist() if c != IGN]
+    empty = torch.zeros_like(sem, dtype=torch.bool)
+    return {"labels": torch.tensor(base + list(novel), dtype=torch.long),
+            "masks": torch.stack([sem == c for c in base] + [empty] * len(novel)),
+            "has_mask": torch.tensor([True] * len(base) + [False] * len(novel)),
+            "sem": sem, "pad": pad, "ref": ref, "novel_tags": torch.tensor(list(novel), dtype=torch.long)}
+
+
+def crit(**kw):
+    kw = {"use_sim": False, "use_dist": False, "use_comp": False, **kw}
+    return SimFormerCriterion(4, [0, 1], [2, 3], mask_dim=kw.pop("mask_dim", 4), **kw)
+
+
+def test_ce_with_no_object_weight():
+    logits = torch.tensor([[[2.0, 0.5, -1.0, 0.3, 0.2], [0.3, 0.1, 1.0, -0.4, 0.9], [-0.5, 1.5, 0.2, 0.0, 0.1]]])
+    target = weak_target([[0, 1]], novel=[3])  # labels [0, 1, 3]
+    indices = [(torch.tensor([2, 0]), torch.tensor([0, 2]))]  # q2 -> class 0, q0 -> class 3, q1 -> no-object (4)
+    classes, weights = [3, 4, 0], [1.0, 0.1, 1.0]
+    ce = [math.log(sum(math.exp(v) for v in row)) - row[c] for row, c in zip(logits[0].tolist(), classes)]
+    expected = sum(w * c for w, c in zip(weights, ce)) / sum(weights)
+    assert crit().loss_labels(logits, [target], indices).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mask_focal_dice_upsampled_and_normalised_by_base_targets():
+    # constant logits per query at 2x2 stay constant when upsampled to the 8x8 targets
+    values = [1.5, -0.7, 0.2, 3.0]
+    masks = torch.tensor(values)[None, :, None, None].expand(2, 4, 2, 2).contiguous()
+    sem0 = torch.full((8, 8), IGN)
+    sem0[:3] = 0
+    sem0[5:, 2:] = 1
+    sem1 = torch.ones(8, 8, dtype=torch.long)
+    targets = [weak_target(sem0, novel=[2]), weak_target(sem1, novel=[3])]
+    # image 0: q1 -> class 0 (24 px), q3 -> novel (no mask loss), q0 -> class 1 (18 px); image 1: q2 -> class 1 (64 px)
+    indices = [(torch.tensor([1, 3, 0]), torch.tensor([0, 2, 1])), (torch.tensor([2, 0]), torch.tensor([0, 1]))]
+    got_focal, got_dice = crit().loss_masks(masks, targets, indices, num_masks=3.0)
+    cases = [(values[1], 24), (values[0], 18), (values[2], 64)]
+    exp_focal = sum(focal([x] * 64, [1] * n + [0] * (64 - n)) for x, n in cases) / 3
+    exp_dice = sum(dice([x] * 64, [1] * n + [0] * (64 - n)) for x, n in cases) / 3
+    assert got_focal.item() == pytest.approx(exp_focal, rel=1e-5)
+    assert got_dice.item() == pytest.approx(exp_dice, rel=1e-5)
+
+
+def test_point_sampled_mask_loss_equals_full_for_constant_case():
+    masks = torch.full((1, 2, 4, 4), 0.8)
+    target = weak_target(torch.zeros(16, 16, dtype=torch.long), novel=[2])
+    indices = [(torch.tensor([1, 0]), torch.tensor([0, 1]))]
+    full = crit().loss_masks(masks, [target], indices, 1.0)
+    points = crit(num_points=50).loss_masks(masks, [target], indices, 1.0)
+    assert points[0].item() == pytest.approx(full[0].item(), rel=1e-5)
+    assert full[0].item() == pytest.approx(focal([0.8], [1]), rel=1e-5)
+    # dice's +1 smoothing depends on how many pixels or points it sums over
+    assert full[1].item() == pytest.approx(dice([0.8] * 256, [1] * 256), rel=1e-5)
+    assert points[1].item() == pytest.approx(dice([0.8] * 50, [1] * 50), rel=1e-5)
+
+
+def test_complementary_loss():
+    sem = torch.tensor([[0, 0, 0, 0], [IGN, IGN, 1, IGN], [IGN, IGN, IGN, IGN], [IGN, IGN, IGN, IGN]])
+    pad = torch.zeros(4, 4, dtype=torch.bool)
+    pad[:, 3] = True
+    sem[pad] = IGN
+    torch.manual_seed(0)
+    masks = torch.randn(2, 4, 4, 4) * 3
+    masks[0, 3] = 20.0  # an unmatched query: must not enter the union
+    targets = [weak_target(sem, novel=[2, 3], pad=pad), weak_target(sem, pad=pad)]  # image 1 has no novel target
+    # image 0: q0 -> class 0, q2 -> class 1, q1 -> novel class 2; novel class 3 left unmatched
+    indices = [(torch.tensor([0, 2, 1]), torch.tensor([0, 1, 2])), (torch.tensor([0, 1]), torch.tensor([0, 1]))]
+    floor = math.log(0.1 / 0.9)
+    union = torch.maximum(masks[0, 1], torch.tensor(floor)).flatten().tolist()
+    y = ((sem == IGN) & ~pad).flatten().int().tolist()
+    expected = 20 * focal(union, y) + dice(union, y)
+    c = crit(use_comp=True)
+    assert c.loss_comp(masks, targets, indices).item() == pytest.approx(expected, rel=1e-5)
+    # two novel proposals: the union is their pixelwise max (and the floor)
+    indices2 = [(torch.tensor([0, 2, 1, 3]), torch.tensor([0, 1, 2, 3])), indices[1]]
+    masks[0, 3] = torch.randn(4, 4) * 3
+    union2 = torch.maximum(torch.maximum(masks[0, 1], masks[0, 3]), torch.tensor(floor)).flatten().tolist()
+    expected2 = 20 * focal(union2, y) + dice(union2, y)
+    assert c.loss_comp(masks, targets, indices2).item() == pytest.approx(expected2, rel=1e-5)
+    # the release's gamma = 0.05
+    union3 = torch.maximum(masks[0, 1], torch.tensor(math.log(0.05 / 0.95))).flatten().tolist()
+    got = crit(use_comp=True, ignore_prior=0.05).loss_comp(masks, targets, indices)
+    assert got.item() == pytest.approx(20 * focal(union3, y) + dice(union3, y), rel=1e-5)
+
+
+class DotSimNet(nn.Module):
+    """Stand-in SimNet with a known output: logit(similar) = <f_a, f_b>."""
+
+    def grid_logits(self, grids):
+        dots = torch.cat([(a @ b.T).flatten() for a, b in grids])
+        return torch.stack((torch.zeros_like(dots), dots), dim=1)
+
+
+def sim_case(labels0, labels1, pad1_col=2):
+    """3x3 feature grid; labels are given at feature resolution and blown up 4x to the input resolution."""
+    big = lambda m: torch.as_tensor(m).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    pad1 = torch.zeros(3, 3, dtype=torch.bool)
+    pad1[:, pad1_col] = True
+    l1 = torch.as_tensor(labels1).clone()
+    l1[pad1] = IGN
+    targets = [weak_target(big(labels0), novel=[2], ref=1), weak_target(big(l1), novel=[2], ref=0, pad=big(pad1))]
+    return targets, torch.as_tensor(labels0).flatten(), l1.flatten(), pad1.flatten()
+
+
+def expected_sim(feats, l0, l1, pad1, history):
+    """Balanced BCE over all non-pad cross-image pairs with a known label, both directions."""
+    terms, pos, neg = [], 0, 0
+    for (fa, la, pa), (fb, lb, pb) in [((feats[0], l0, [False] * 9), (feats[1], l1, pad1)),
+                                       ((feats[1], l1, pad1), (feats[0], l0, [False] * 9))]:
+        for p in range(9):
+            for q in range(9):
+                if pa[p] or pb[q] or (la[p] == IGN and lb[q] == IGN):
+                    continue
+                same = bool(la[p] == lb[q])
+                terms.append((same, float(fa[:, p] @ fb[:, q])))
+                pos, neg = pos + same, neg + (not same)
+    pos_t, neg_t = pos + sum(h[0] for h in history), neg + sum(h[1] for h in history)
+    w_pos, w_neg = neg_t / (pos_t + neg_t), pos_t / (pos_t + neg_t)
+    loss = sum(w_pos * math.log1p(math.exp(-s)) if same else w_neg * math.log1p(math.exp(s)) for same, s in terms)
+    return loss / len(terms), (pos, neg)
+
+
+def test_sim_loss_balanced_bce_over_known_pairs():
+    # enough points for every pixel, so the sampled set is all non-pad pixels whatever the random draw
+    c = crit(use_sim=True, num_sim_points=30, sim_class_points=10, balance_window=2)
+    c.simnet = DotSimNet()
+    torch.manual_seed(0)
+    feats = torch.randn(2, 4, 3, 3) * 0.7
+    outputs = {"pixel_features": feats}
+    cases = [([[0, 0, 1], [1, IGN, IGN], [0, 1, 1]], [[1, 1, 1], [0, IGN, IGN], [IGN, IGN, 0]]),
+             ([[0, 0, 0], [0, 0, IGN], [IGN, IGN, IGN]], [[0, 1, 1], [1, 1, 1], [0, 0, 0]]),
+             ([[1, 1, 1], [IGN, 0, 0], [0, 0, 1]], [[IGN, IGN, 0], [0, 1, 1], [1, 1, 1]])]
+    history = []
+    for labels0, labels1 in cases:
+        targets, l0, l1, pad1 = sim_case(labels0, labels1)
+        expected, counts = expected_sim(feats.flatten(2), l0.tolist(), l1.tolist(), pad1.tolist(), history[-1:])
+        assert c.loss_sim(outputs, targets).item() == pytest.approx(expected, rel=1e-5)
+        history.append(counts)  # window 2: each call sees its own counts and the previous call's
+
+
+def test_sim_loss_detach_and_simnet_gradients():
+    targets, *_ = sim_case([[0, 0, 1], [1, IGN, IGN], [0, 1, 1]], [[1, 1, 1], [0, IGN, IGN], [IGN, IGN, 0]])
+    for detach in (True, False):
+        torch.manual_seed(0)
+        c = crit(use_sim=True, detach_sim_features=detach)
+        feats = torch.randn(2, 4, 3, 3, requires_grad=True)
+        loss = c.loss_sim({"pixel_features": feats}, targets)
+        loss.backward()
+        assert (feats.grad is None) == detach
+        assert all(p.grad is not None for p in c.simnet.parameters())
+
+
+def dist_case():
+    """Both images: 4 unknown pixels at feature resolution (3x3), a shared novel tag, paired with each other."""
+    big = lambda m: torch.as_tensor(m).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    l0 = torch.tensor([[0, IGN, IGN], [0, IGN, IGN], [1, 1, 1]])
+    l1 = torch.tensor([[IGN, 1, IGN], [IGN, 1, IGN], [0, 0, 1]])
+    targets = [weak_target(big(l0), novel=[2], ref=1), weak_target(big(l1), novel=[2, 3], ref=0)]
+    torch.manual_seed(1)
+    outputs = {"pred_logits": torch.randn(2, 3, 5, requires_grad=True),
+               "pred_masks": torch.randn(2, 3, 3, 3, requires_grad=True),
+               "pixel_features": torch.randn(2, 4, 3, 3, requires_grad=True) * 0.5}
+    return outputs, targets, [(l0.flatten() == IGN).nonzero().flatten().tolist(),
+                              (l1.flatten() == IGN).nonzero().flatten().tolist()]
+
+
+def student_scores(outputs):
+    """S[b, n, p] = sum_q softmax(cls)[novel n] * sigmoid(mask), novel = classes 2 and 3."""
+    cls = outputs["pred_logits"].detach().softmax(-1)[..., 2:4]
+    return torch.einsum("bqn,bqp->bnp", cls, outputs["pred_masks"].detach().flatten(2).sigmoid())
+
+
+def relu_cos(u, v):
+    return max(0.0, float(u @ v / (u.norm() * v.norm())))
+
+
+@pytest.mark.parametrize("func", ["bce", "cce"])
+def test_distillation_cross_image(func):
+    outputs, targets, unknown = dist_case()
+    c = crit(use_dist=True, dist_func=func, dist_weight=1.0)
+
+    class DotTeacher(nn.Module):
+        def grid_logits(self, grids):
+            return DotSimNet().grid_logits(grids)
+
+    c.simnet = DotTeacher()
+    feats, scores = outputs["pixel_features"].detach().flatten(2), student_scores(outputs)
+    terms = []
+    for i, j in ((0, 1), (1, 0)):
+        for p in unknown[i]:
+            for q in unknown[j]:
+                t = sig(float(feats[i, :, p] @ feats[j, :, q]))
+                s = relu_cos(scores[i, :, p], scores[j, :, q])
+                if func == "bce":
+                    s = min(max(s, 0.01), 0.99)
+                    terms.append(-(t * math.log(s) + (1 - t) * math.log(1 - s)))
+                else:
+                    terms.append(-max(t - 0.5, 0) * math.log(1 + s) - max(0.5 - t, 0) * math.log(2 - s))
+    loss = c.loss_dist(outputs, targets)
+    assert loss.item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    loss.backward()
+    assert outputs["pred_logits"].grad.abs().sum() > 0 and outputs["pred_masks"].grad.abs().sum() > 0
+
+
+def test_distillation_intra_image_student_and_skips():
+    outputs, targets, unknown = dist_case()
+    c = crit(use_dist=True, dist_cross_image=False, dist_weight=1.0)
+
+    class ConstTeacher(nn.Module):
+        def grid_logits(self, grids):
+            n = sum(len(a) * len(b) for a, b in grids)
+            return torch.tensor([0.0, math.log(0.7 / 0.3)]).expand(n, 2)
+
+    c.simnet = ConstTeacher()
+    scores = student_scores(outputs)
+    terms = []
+    for i in (0, 1):
+        for p in unknown[i]:
+            for q in unknown[i]:
+                s = min(max(relu_cos(scores[i, :, p], scores[i, :, q]), 0.01), 0.99)
+                terms.append(-(0.7 * math.log(s) + 0.3 * math.log(1 - s)))
+    assert c.loss_dist(outputs, targets).item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    targets[1]["novel_tags"] = torch.tensor([3])  # no shared novel tag: nothing to distil
+    zero = c.loss_dist(outputs, targets)
+    assert zero.item() == 0 and zero.requires_grad
+
+
+def model_like_outputs(seed=0, aux=0, b=2, q=6, h=4, dim=8):
+    g = torch.Generator().manual_seed(seed)
+    layer = lambda: {"pred_logits": torch.randn(b, q, 5, generator=g).requires_grad_(),
+                     "pred_masks": (torch.randn(b, q, h, h, generator=g) * 2).requires_grad_()}
+    out = layer()
+    out["pixel_features"] = torch.randn(b, dim, h, h, generator=g).requires_grad_()
+    out["aux_outputs"] = [layer() for _ in range(aux)]
+    return out
+
+
+def batch_targets():
+    sem0 = torch.full((16, 16), IGN)
+    sem0[:8] = 0
+    sem0[8:, :6] = 1
+    sem1 = torch.full((16, 16), 1)
+    sem1[10:] = IGN
+    pad1 = torch.zeros(16, 16, dtype=torch.bool)
+    pad1[:, 12:] = True
+    sem1[pad1] = IGN
+    return [weak_target(sem0, novel=[2], ref=1), weak_target(sem1, novel=[2, 3], ref=0, pad=pad1)]
+
+
+def test_forward_sums_layers_and_terms():
+    out = model_like_outputs()
+    with_aux = dict(out, aux_outputs=[{"pred_logits": out["pred_logits"], "pred_masks": out["pred_masks"]}] * 2)
+    c = SimFormerCriterion(4, [0, 1], [2, 3], mask_dim=8, num_sim_points=20, sim_class_points=15,
+                           num_dist_points=10)
+    torch.manual_seed(0)
+    single = c(out, batch_targets())
+    torch.manual_seed(0)
+    triple = c(with_aux, batch_targets())
+    for key in ("loss_ce", "loss_mask", "loss_dice", "loss_comp"):  # final + aux layers, same weights
+        assert triple[key].item() == pytest.approx(3 * single[key].item(), rel=1e-5)
+        assert single[key].item() > 0
+    for key in ("loss_sim", "loss_dist"):  # final layer only
+        assert single[key].item() != 0
+    assert triple["loss_dist"].item() == pytest.approx(single["loss_dist"].item(), rel=1e-5)
+    keys = ("loss_ce", "loss_mask", "loss_dice", "loss_comp", "loss_sim", "loss_dist")
+    assert single["loss"].item() == pytest.approx(sum(single[k].item() for k in keys), rel=1e-6)
+    # the weights apply: comp_weight scales loss_comp only
+    torch.manual_seed(0)
+    half = SimFormerCriterion(4, [0, 1], [2, 3], mask_dim=8, comp_weight=0.1, use_sim=False, use_dist=False)(
+        out, batch_targets())
+    assert half["loss_comp"].item() == pytest.approx(single["loss_comp"].item() / 2, rel=1e-5)
+    assert half["loss_ce"].item() == pytest.approx(single["loss_ce"].item(), rel=1e-6)
+
+
+def test_num_masks_override():
+    out, targets = model_like_outputs(), batch_targets()  # 3 targets with masks in the batch
+    c = crit()
+    default, forced = c(out, targets), c(out, targets, num_masks=6.0)
+    assert forced["loss_mask"].item() == pytest.approx(default["loss_mask"].item() / 2, rel=1e-6)
+    assert forced["loss_dice"].item() == pytest.approx(default["loss_dice"].item() / 2, rel=1e-6)
+
+
+def test_oracle_mode_is_plain_maskformer():
+    out = model_like_outputs(aux=1)
+    targets = batch_targets()
+    for t in targets:  # full masks for every class: the oracle gets novel masks too
+        t["masks"][-1] = t["sem"] == IGN
+        t["has_mask"][:] = True
+    c = crit()
+    assert c.simnet is None and not list(c.parameters())
+    losses = c(out, targets)
+    for key in ("loss_comp", "loss_sim", "loss_dist"):
+        assert losses[key].item() == 0 and losses[key].requires_grad
+    assert losses["loss"].item() == pytest.approx(
+        sum(losses[k].item() for k in ("loss_ce", "loss_mask", "loss_dice")), rel=1e-6)
+    losses["loss"].backward()
+
+
+def test_losses_ignore_anything_but_weak_labels():
+    out = model_like_outputs()
+    plain, extra = batch_targets(), batch_targets()
+    for t, full in zip(extra, (torch.randint(0, 4, (16, 16)), torch.randint(0, 4, (16, 16)))):
+        t["full_sem"] = full
+        t["full_masks"] = torch.stack([full == c for c in range(4)])
+    c = SimFormerCriterion(4, [0, 1], [2, 3], mask_dim=8, num_sim_points=20, sim_class_points=15,
+                           num_dist_points=10)
+    state = {k: v.clone() for k, v in c.state_dict().items()}
+    torch.manual_seed(0)
+    a = c(out, plain)
+    c.load_state_dict(state)
+    torch.manual_seed(0)
+    b = c(out, extra)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_point_sampling_mode_runs_end_to_end():
+    out = model_like_outputs(aux=1)
+    torch.manual_seed(0)
+    losses = SimFormerCriterion(4, [0, 1], [2, 3], mask_dim=8, num_points=32, num_sim_points=20,
+                                sim_class_points=15, num_dist_points=10)(out, batch_targets())
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    assert out["pred_masks"].grad.abs().sum() > 0
+
+
+def test_num_masks_all_reduced_under_distributed(tmp_path):
+    import torch.distributed as dist
+
+    out, targets = model_like_outputs(), batch_targets()
+    local = crit()(out, targets)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        reduced = crit()(out, targets)
+    finally:
+        dist.destroy_process_group()
+    assert torch.equal(reduced["loss_mask"], local["loss_mask"])

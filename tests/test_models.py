@@ -1,0 +1,177 @@
+"""SimFormer network: shapes, backbone variants and weights, inference helper, and a short overfitting run."""
+
+import torch
+
+torch.set_num_threads(2)
+
+import pytest
+import torchvision
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from models import SimFormer, SimFormerCriterion, SimNet, build_backbone, load_backbone_state, semantic_probs
+from models.transformer import PositionEmbeddingSine
+
+
+def tiny(num_classes=5, dec_layers=2, **kw):
+    return SimFormer(num_classes, backbone="resnet18", backbone_norm=kw.pop("backbone_norm", "bn"), num_queries=10,
+                     hidden_dim=64, mask_dim=64, dec_layers=dec_layers, nheads=4, dim_feedforward=128, **kw)
+
+
+@pytest.mark.parametrize("dec_layers", [2, 3])
+def test_output_shapes(dec_layers):
+    torch.manual_seed(0)
+    out = tiny(dec_layers=dec_layers)(torch.randn(2, 3, 64, 96))
+    assert out["pred_logits"].shape == (2, 10, 6)
+    assert out["pred_masks"].shape == (2, 10, 16, 24)
+    assert out["pixel_features"].shape == (2, 64, 16, 24)
+    assert len(out["aux_outputs"]) == dec_layers - 1
+    for aux in out["aux_outputs"]:
+        assert aux["pred_logits"].shape == (2, 10, 6) and aux["pred_masks"].shape == (2, 10, 16, 24)
+        assert not torch.equal(aux["pred_logits"], out["pred_logits"])
+
+
+@pytest.mark.parametrize("norm, layer",
+                         [("frozen_bn", FrozenBatchNorm2d), ("bn", nn.BatchNorm2d), ("gn", nn.GroupNorm)])
+def test_backbone_strides_and_norms(norm, layer):
+    backbone = build_backbone("resnet18", norm)
+    assert isinstance(backbone.bn1, layer)
+    feats = backbone(torch.randn(1, 3, 64, 128))
+    for i, level in enumerate(("res2", "res3", "res4", "res5")):
+        stride = 4 * 2 ** i
+        assert feats[level].shape == (1, backbone.channels[level], 64 // stride, 128 // stride)
+    assert backbone.channels == {"res2": 64, "res3": 128, "res4": 256, "res5": 512}
+
+
+def test_backbone_channels_bottleneck():
+    assert build_backbone("resnet50").channels == {"res2": 256, "res3": 512, "res4": 1024, "res5": 2048}
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("vgg16")
+    with pytest.raises(ValueError, match="norm"):
+        build_backbone("resnet18", "ln")
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
+def test_load_backbone_state(tmp_path, norm):
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18(weights=None)
+    for m in ref.modules():  # non-trivial statistics, so a silently skipped buffer would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    backbone = build_backbone("resnet18", norm)
+    load_backbone_state(backbone, torch.load(tmp_path / "r18.pth", weights_only=True))
+    assert torch.equal(backbone.layer3[1].conv2.weight, ref.layer3[1].conv2.weight)
+    assert torch.equal(backbone.layer2[0].bn1.running_var, ref.layer2[0].bn1.running_var)
+    ref.eval()
+    backbone.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = ref.layer4(ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))))))
+        torch.testing.assert_close(backbone(x)["res5"], expected)
+
+
+def test_load_backbone_state_mismatch():
+    r34 = torchvision.models.resnet34(weights=None).state_dict()
+    with pytest.raises(ValueError, match=r"unexpected \(\d+\): layer1\.2"):
+        load_backbone_state(build_backbone("resnet18"), r34)
+    r18 = torchvision.models.resnet18(weights=None).state_dict()
+    with pytest.raises(ValueError, match="missing"):
+        load_backbone_state(build_backbone("resnet18"), {k: v for k, v in r18.items() if "layer4" not in k})
+    with pytest.raises(ValueError, match="shape mismatch"):
+        load_backbone_state(build_backbone("resnet18"), {**r18, "conv1.weight": torch.zeros(64, 3, 3, 3)})
+    with pytest.raises(ValueError, match="unexpected"):  # GroupNorm has no running statistics
+        load_backbone_state(build_backbone("resnet18", "gn"), r18)
+
+
+def test_position_encoding():
+    pos = PositionEmbeddingSine(8)(torch.zeros(2, 16, 3, 5))
+    assert pos.shape == (2, 16, 3, 5)
+    # first y feature is sin(2*pi*y/H), with y = 1..H; x features start at channel 8
+    torch.testing.assert_close(pos[0, 0, :, 0], torch.sin(torch.arange(1, 4) / 3 * 2 * torch.pi))
+    torch.testing.assert_close(pos[0, 9, 0, :], torch.cos(torch.arange(1, 6) / 5 * 2 * torch.pi))
+    assert torch.equal(pos[0, :8, :, 0], pos[0, :8, :, 4])  # y part constant along x
+
+
+def test_semantic_probs_matches_definition():
+    torch.manual_seed(0)
+    logits, masks = torch.randn(2, 4, 4), torch.randn(2, 4, 3, 3)
+    probs = semantic_probs(logits, masks, (6, 6))
+    assert probs.shape == (2, 3, 6, 6)
+    up = torch.nn.functional.interpolate(masks, size=(6, 6), mode="bilinear", align_corners=False).sigmoid()
+    cls = logits.softmax(-1)
+    expected = sum(cls[:, q, :3, None, None] * up[:, q, None] for q in range(4))
+    torch.testing.assert_close(probs, expected)
+    # masks that cover everything: each pixel's class scores add up to the queries' object probability
+    full = semantic_probs(logits, torch.full((2, 4, 3, 3), 50.0), (3, 3))
+    torch.testing.assert_close(full.sum(1), (1 - cls[..., -1]).sum(1)[:, None, None].expand(2, 3, 3))
+
+
+def test_inference_deterministic_in_eval():
+    torch.manual_seed(0)
+    model = tiny().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    assert torch.equal(a["pred_logits"], b["pred_logits"]) and torch.equal(a["pred_masks"], b["pred_masks"])
+    model.train()
+    assert not torch.equal(model(x)["pred_logits"], a["pred_logits"])  # dropout is live in train mode
+
+
+def test_simnet_grid_equals_pairs():
+    torch.manual_seed(0)
+    net = SimNet(8, width=16)
+    a, b, c = torch.randn(3, 8), torch.randn(4, 8), torch.randn(2, 8)
+    fa = torch.cat([a.repeat_interleave(4, 0), c.repeat_interleave(3, 0)])
+    fb = torch.cat([b.repeat(3, 1), a.repeat(2, 1)])
+    torch.testing.assert_close(net.grid_logits([(a, b), (c, a)]), net.logits(fa, fb))
+    p = net(fa, fb)
+    assert p.shape == (18,) and ((p > 0) & (p < 1)).all()
+    assert sum(isinstance(m, nn.Linear) for m in net.modules()) == 6 + 1 + 1  # 6 FCs, first shortcut, head
+
+
+def _synthetic_batch():
+    """Two 64x64 images: base classes 0 and 1 plus a novel class 2 (tag only), each a distinct colour."""
+    colours = torch.tensor([[1.5, -1.0, -1.0], [-1.0, 1.5, -1.0], [-1.0, -1.0, 1.5]])
+    full = torch.zeros(2, 64, 64, dtype=torch.long)
+    full[0, :, 32:] = 1
+    full[0, 40:, :24] = 2
+    full[1, :32] = 1
+    full[1, 40:, 40:] = 2
+    images = colours[full].permute(0, 3, 1, 2) + 0.1 * torch.randn(2, 3, 64, 64)
+    targets = []
+    for b in range(2):
+        sem = torch.where(full[b] == 2, 255, full[b])
+        targets.append({"labels": torch.tensor([0, 1, 2]),
+                        "masks": torch.stack([sem == 0, sem == 1, torch.zeros_like(sem, dtype=torch.bool)]),
+                        "has_mask": torch.tensor([True, True, False]), "sem": sem,
+                        "pad": torch.zeros(64, 64, dtype=torch.bool), "ref": 1 - b, "novel_tags": torch.tensor([2])})
+    return images, targets, full
+
+
+STEPS = 20
+
+
+def test_overfit_two_images_and_eval_mode(seed=0):
+    torch.manual_seed(seed)
+    model = SimFormer(3, backbone="resnet18", backbone_norm="bn", num_queries=6, hidden_dim=32, mask_dim=32,
+                      dec_layers=2, nheads=2, dim_feedforward=64, dropout=0.0)
+    criterion = SimFormerCriterion(3, [0, 1], [2], mask_dim=32, num_sim_points=20, sim_class_points=15,
+                                   num_dist_points=20)
+    images, targets, full = _synthetic_batch()
+    opt = torch.optim.AdamW([*model.parameters(), *criterion.parameters()], lr=1e-3, weight_decay=1e-4)
+    history = []
+    for _ in range(STEPS):
+        loss = criterion(model(images), targets)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    assert history[-1] < 0.5 * history[0], history
+    model.eval()  # running BatchNorm statistics must serve inference as well as batch statistics did in training
+    with torch.no_grad():
+        out = model(images)
+    pred = semantic_probs(out["pred_logits"], out["pred_masks"], (64, 64)).argmax(1)
+    base = full != 2
+    assert (pred[base] == full[base]).float().mean() > 0.9
