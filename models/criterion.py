@@ -34,6 +34,17 @@ def dice_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return 1 - (2 * (prob * labels).sum(1) + 1) / (prob.sum(1) + labels.sum(1) + 1)
 
 
+def global_mean_count(count: Tensor) -> Tensor:
+    """A normaliser that makes DDP (which averages gradients over processes) equal one process on the
+    whole batch: the count summed over processes, divided by their number; at least 1."""
+    count = count.detach().clone().float()
+    world = 1
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(count)
+        world = dist.get_world_size()
+    return count.clamp(min=1.0) / world
+
+
 def sample_region(region: Tensor, k: int) -> Tensor:
     """Up to k distinct flat indices drawn uniformly from the True entries of region [N] (random score + top-k)."""
     k = min(k, int(region.sum()))
@@ -79,7 +90,8 @@ class SimFormerCriterion(nn.Module):
         classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=logits.device)
         for b, (q, t) in enumerate(indices):
             classes[b, q.to(logits.device)] = targets[b]["labels"][t.to(logits.device)]
-        return F.cross_entropy(logits.transpose(1, 2), classes, weight=self.class_weight)
+        loss = F.cross_entropy(logits.transpose(1, 2), classes, weight=self.class_weight, reduction="sum")
+        return loss / global_mean_count(self.class_weight[classes].sum())
 
     def _pred_vs_target(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Mask logits [M, h, w] and targets [M, H, W] -> matching rows [M, P]: full resolution or sampled points."""
@@ -124,7 +136,8 @@ class SimFormerCriterion(nn.Module):
                 labels = not_base.flatten()[None]
             union = self._union(pred)
             losses.append(self.mask_weight * focal_loss(union, labels) + self.dice_weight * dice_loss(union, labels))
-        return torch.cat(losses).mean() if losses else masks.sum() * 0.0
+        count = global_mean_count(torch.tensor(float(len(losses)), device=masks.device))
+        return torch.cat(losses).sum() / count if losses else masks.sum() * 0.0
 
     def _union(self, logits: Tensor) -> Tensor:
         """Max over proposals and the constant 'ignore' row ([n, ...] -> [1, ...]); max commutes with sigmoid."""
@@ -233,10 +246,7 @@ class SimFormerCriterion(nn.Module):
     def _num_masks(self, targets: list[dict], device: torch.device, num_masks: float | None) -> float:
         if num_masks is None:
             count = torch.tensor(float(sum(int(t["has_mask"].sum()) for t in targets)), device=device)
-            if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(count)
-                count /= dist.get_world_size()
-            num_masks = float(count)
+            return float(global_mean_count(count))
         return max(num_masks, 1.0)
 
     def forward(self, outputs: dict, targets: list[dict], num_masks: float | None = None) -> dict[str, Tensor]:
