@@ -33,14 +33,16 @@ class SimFormer(nn.Module):
 
     def __init__(self, num_classes: int, backbone: str = "resnet50", backbone_norm: str = "frozen_bn",
                  num_queries: int = 100, hidden_dim: int = 256, mask_dim: int = 256, dec_layers: int = 6,
-                 nheads: int = 8, dim_feedforward: int = 2048, dropout: float = 0.1) -> None:
+                 nheads: int = 8, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 transformer_in: str = "res5") -> None:
         super().__init__()
         if hidden_dim % 2:
             raise ValueError("hidden_dim must be even (half of it encodes y, half x)")
         self.num_classes = num_classes
         self.backbone = build_backbone(backbone, backbone_norm)
         self.pixel_decoder = FPNPixelDecoder(self.backbone.channels, conv_dim=mask_dim, mask_dim=mask_dim)
-        self.input_proj = nn.Conv2d(self.backbone.channels["res5"], hidden_dim, 1)
+        self.transformer_in = transformer_in  # res5 (the paper); res4 gives small images a usable token grid
+        self.input_proj = nn.Conv2d(self.backbone.channels[transformer_in], hidden_dim, 1)
         c2_xavier_fill(self.input_proj)
         self.pos_embed = PositionEmbeddingSine(hidden_dim // 2)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
@@ -53,7 +55,7 @@ class SimFormer(nn.Module):
         aux_outputs (first L-1 decoder layers), pixel_features [B, mask_dim, H/4, W/4]."""
         features = self.backbone(images)
         mask_features = self.pixel_decoder(features)
-        src = self.input_proj(features["res5"])
+        src = self.input_proj(features[self.transformer_in])
         pos = self.pos_embed(src)
         query_pos = self.query_embed.weight.unsqueeze(0).expand(images.shape[0], -1, -1)
         hs = self.decoder(src.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2), query_pos)

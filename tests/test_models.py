@@ -31,6 +31,18 @@ def test_output_shapes(dec_layers):
         assert not torch.equal(aux["pred_logits"], out["pred_logits"])
 
 
+def test_decoder_can_attend_to_res4_for_small_images():
+    """res4 doubles the token grid per side; the decoder sees different memory, outputs keep their shapes."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 96)
+    model = tiny(transformer_in="res4")
+    assert model.input_proj.in_channels == model.backbone.channels["res4"]
+    out = model(x)
+    assert out["pred_logits"].shape == (1, 10, 6) and out["pred_masks"].shape == (1, 10, 16, 24)
+    with pytest.raises(KeyError):
+        tiny(transformer_in="res9")
+
+
 @pytest.mark.parametrize("norm, layer",
                          [("frozen_bn", FrozenBatchNorm2d), ("bn", nn.BatchNorm2d), ("gn", nn.GroupNorm)])
 def test_backbone_strides_and_norms(norm, layer):

@@ -216,17 +216,18 @@ def retrain() -> None:
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Working folder for the demo.")] = Path("runs/demo"),
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset and of training.")] = 0,
+    iters: Annotated[int, typer.Option(help="Training iterations.")] = 1000,
     exist_ok: Annotated[bool, typer.Option(help="Reuse a demo folder that already exists.")] = False,
 ) -> None:
-    """Run weakshot end to end on a synthetic dataset made from a seed.
+    """Run weakshot end to end on a synthetic dataset made from a seed: generate, split, train.
 
-    In this version the demo generates the synthetic dataset and splits it (the later stages are
-    not built yet). Example: weakshot demo -o runs/demo
+    Evaluation, pseudo-labelling, retraining and prediction join the demo as those commands are built.
+    Example: weakshot demo -o runs/demo
     """
     from weakshot_cli.demo import run_demo
 
-    run_demo(out, seed, exist_ok, console)
+    run_demo(out, seed, exist_ok, console, iters)
 
 
 def main() -> None:

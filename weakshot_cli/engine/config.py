@@ -27,6 +27,7 @@ class TrainConfig:
     nheads: int = 8
     dim_feedforward: int = 2048
     dropout: float = 0.1
+    transformer_in: str = "res5"  # backbone level the decoder attends to; res4 for small images
     # losses
     oracle: bool = False  # plain MaskFormer on full masks (benchmark upper bound)
     use_sim: bool = True
@@ -80,7 +81,7 @@ PRESETS: dict[str, dict] = {
     "r50": {},
     # A CPU-friendly model for small datasets and quick experiments.
     "small": dict(backbone="resnet18", backbone_weights="none", hidden_dim=128, mask_dim=128, dec_layers=3,
-                  nheads=4, dim_feedforward=512, num_queries=30, imgsz=256, batch=8, iters=2000,
+                  nheads=4, dim_feedforward=512, num_queries=30, imgsz=256, transformer_in="res4", batch=8, iters=2000,
                   lr=2e-4, backbone_lr_mult=1.0, num_points=4096, num_sim_points=64, sim_class_points=48,
                   num_dist_points=64, save_every=250),
 }
@@ -131,6 +132,7 @@ def validate(cfg: TrainConfig) -> None:
     checks = [
         (cfg.backbone in ("resnet18", "resnet34", "resnet50", "resnet101"), "backbone must be resnet18/34/50/101"),
         (cfg.norm in ("auto", "frozen_bn", "bn", "gn"), "norm must be auto, frozen_bn, bn or gn"),
+        (cfg.transformer_in in ("res3", "res4", "res5"), "transformer_in must be res3, res4 or res5"),
         (cfg.dist_func in ("bce", "cce"), "dist_func must be bce or cce"),
         (cfg.amp in ("auto", "bf16", "fp16", "off"), "amp must be auto, bf16, fp16 or off"),
         (cfg.imgsz >= 32 and cfg.imgsz % 32 == 0, "imgsz must be a multiple of 32"),

@@ -35,7 +35,7 @@ from weakshot_cli.io import write_json
 def build_model(cfg: TrainConfig, num_classes: int) -> SimFormer:
     norm = cfg.norm if cfg.norm != "auto" else ("bn" if cfg.backbone_weights == "none" else "frozen_bn")
     return SimFormer(num_classes, cfg.backbone, norm, cfg.num_queries, cfg.hidden_dim, cfg.mask_dim,
-                     cfg.dec_layers, cfg.nheads, cfg.dim_feedforward, cfg.dropout)
+                     cfg.dec_layers, cfg.nheads, cfg.dim_feedforward, cfg.dropout, cfg.transformer_in)
 
 
 def build_criterion(cfg: TrainConfig, m: Manifest) -> SimFormerCriterion:
@@ -275,7 +275,8 @@ def run_train(dataset: Path | None, cfg_builder, project: Path, name: str | None
         init = load_checkpoint(weights)
         if init["classes"] != m.classes:
             raise UserError("checkpoint was trained on a different class set than this dataset", weights)
-        for key in ("backbone", "hidden_dim", "mask_dim", "dec_layers", "num_queries", "dim_feedforward", "nheads"):
+        for key in ("backbone", "hidden_dim", "mask_dim", "dec_layers", "num_queries", "dim_feedforward", "nheads",
+                    "transformer_in"):
             setattr(cfg, key, init["config"][key])
     ddp, device = distributed.setup(cfg.device)
     run_dir = new_run_dir(project, stage, name, exist_ok) if ddp.main else None
