@@ -19,7 +19,7 @@ DEMO_TRAIN = ["imgsz=64", "scale_min=0.75", "scale_max=1.5", "val_imgsz=64", "nu
               "num_sim_points=32", "sim_class_points=24", "num_dist_points=32", "workers=0", "log_every=50"]
 
 
-def run_demo(out: Path, seed: int, exist_ok: bool, console: Console, iters: int = 1000) -> dict:
+def run_demo(out: Path, seed: int, exist_ok: bool, console: Console, iters: int = 300) -> dict:
     if out.exists() and any(out.iterdir()) and not exist_ok:
         raise UserError("demo folder already exists; pass --exist-ok to reuse it or choose another -o", out)
     source = out / "synthetic"
