@@ -76,6 +76,10 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# Fields that fix the network's shape: a checkpoint's values override any others.
+ARCH_KEYS = ("backbone", "hidden_dim", "mask_dim", "dec_layers", "num_queries", "dim_feedforward", "nheads",
+             "transformer_in")
+
 PRESETS: dict[str, dict] = {
     # The paper's setting (MaskFormer R50, 512 crops, batch 8); pretrained ImageNet backbone.
     "r50": {},

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import signal
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,14 +19,15 @@ from torch.utils.data import DataLoader
 from models import SimFormer, SimFormerCriterion
 from models.criterion import LOSS_KEYS
 from weakshot_cli.data.dataset import AugConfig, EvalDataset, TrainDataset, build_targets, collate_eval, collate_train
-from weakshot_cli.data.manifest import Manifest
+from weakshot_cli.data.manifest import Manifest, load_manifest
 from weakshot_cli.data.pairing import PairBatchSampler
 from weakshot_cli.engine import distributed
-from weakshot_cli.engine.checkpoint import save_checkpoint
-from weakshot_cli.engine.config import TrainConfig
+from weakshot_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from weakshot_cli.engine.config import ARCH_KEYS, TrainConfig
 from weakshot_cli.engine.inference import evaluate_loader
 from weakshot_cli.engine.plots import plot_losses
 from weakshot_cli.engine.progress import TrainProgress
+from weakshot_cli.engine.runs import new_run_dir
 from weakshot_cli.engine.weights import init_backbone
 from weakshot_cli.errors import UserError
 from weakshot_cli.io import write_json
@@ -240,17 +241,12 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
 
 
 def save_config(cfg: TrainConfig, dataset: Path, run_dir: Path) -> None:
-    write_json(run_dir / "config.json", {**asdict(cfg), "dataset": str(dataset.resolve())})
+    write_json(run_dir / "config.json", {**cfg.to_dict(), "dataset": str(dataset.resolve())})
 
 
-def run_train(dataset: Path | None, cfg_builder, project: Path, name: str | None, exist_ok: bool,
+def run_train(dataset: Path | None, cfg_builder: Callable[[], TrainConfig], project: Path, name: str | None, exist_ok: bool,
               resume: Path | None, weights: Path | None, console: Console, stage: str = "train") -> dict:
     """What ``weakshot train`` does: pick the run folder and checkpoints, then train."""
-    from weakshot_cli.data.manifest import load_manifest
-    from weakshot_cli.engine.checkpoint import load_checkpoint
-    from weakshot_cli.engine.config import TrainConfig as Config
-    from weakshot_cli.engine.runs import new_run_dir
-
     if resume is not None and weights is not None:
         raise UserError("--resume continues a run, --weights starts a new one from a checkpoint: use one")
     if resume is not None:
@@ -258,9 +254,12 @@ def run_train(dataset: Path | None, cfg_builder, project: Path, name: str | None
         if "optimizer" not in ckpt:
             raise UserError("this checkpoint holds weights only (best.pt); resume from weights/last.pt", resume)
         run_dir = resume if resume.is_dir() else resume.parent.parent
-        config = json.loads((run_dir / "config.json").read_text())
-        dataset = Path(config.pop("dataset"))
-        cfg = Config(**config)
+        try:
+            config = json.loads((run_dir / "config.json").read_text())
+            dataset = Path(config.pop("dataset"))
+            cfg = TrainConfig(**config)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"cannot read the run's config.json ({e.__class__.__name__}: {e})", run_dir) from None
         m = load_manifest(dataset)
         ddp, device = distributed.setup(cfg.device)
         if ddp.main:
@@ -275,12 +274,11 @@ def run_train(dataset: Path | None, cfg_builder, project: Path, name: str | None
         init = load_checkpoint(weights)
         if init["classes"] != m.classes:
             raise UserError("checkpoint was trained on a different class set than this dataset", weights)
-        for key in ("backbone", "hidden_dim", "mask_dim", "dec_layers", "num_queries", "dim_feedforward", "nheads",
-                    "transformer_in"):
+        for key in ARCH_KEYS:  # the network must have the checkpoint's shape
             setattr(cfg, key, init["config"][key])
     ddp, device = distributed.setup(cfg.device)
     run_dir = new_run_dir(project, stage, name, exist_ok) if ddp.main else None
-    run_dir = Path(ddp.broadcast(str(run_dir)))  # every process writes nothing but reads the same folder name
+    run_dir = Path(ddp.broadcast(str(run_dir)))  # rank 0 makes the folder; the others learn its name
     if ddp.main:
         save_config(cfg, dataset, run_dir)
         console.print(f"Run folder: [bold]{run_dir}[/]  ({len(m.splits['train'])} training images, "
