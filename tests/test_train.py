@@ -61,7 +61,9 @@ def test_run_folder_and_checkpoints(synth, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in records(run)) and records(run, "val")
     ckpt = load_checkpoint(run / "weights" / "last.pt")
     assert ckpt["iter"] == 3 and ckpt["classes"] == load_manifest(synth).classes and ckpt["novel"] == [2, 7, 8]
-    assert "iter 3/3" in (run / "log.txt").read_text()
+    last_line = [x for x in (run / "log.txt").read_text().splitlines() if x.startswith("iter 3/3")][0]
+    for term in ("it/s", "eta", "loss", "ce", "mask", "dice", "comp", "sim", "dist", "lr", "mem"):
+        assert f" {term} " in f" {last_line} ", (term, last_line)
     # a second run auto-increments its folder
     assert run_cli("train", synth, *TINY, "--iters", "1", "--project", tmp_path / "runs").returncode == 0
     assert (tmp_path / "runs" / "train" / "train2" / "weights" / "last.pt").exists()

@@ -52,7 +52,8 @@ class TrainProgress:
         if not self.enabled:
             return
         rate = (it - self.start) / max(time.time() - self.t0, 1e-9)
-        info = " ".join(f"{SHORT[k]} {v + 0.0:.3f}" for k, v in losses.items())  # + 0.0: no "-0.000" + f" lr {lr:.2e} mem {memory(device)}"
+        terms = " ".join(f"{SHORT[k]} {v + 0.0:.3f}" for k, v in losses.items())  # + 0.0 turns -0.0 into 0.0
+        info = f"{terms} lr {lr:.2e} mem {memory(device)}"
         self.bar.update(self.task, completed=it, rate=f"{rate:.2f} it/s", info=info)
         if it % self.every == 0 or it == self.total:
             eta = (self.total - it) / max(rate, 1e-9)
