@@ -24,8 +24,8 @@ DEMO_NOVEL: list[str] = ["star", "ring", "brick"]
 
 IGNORE = 255
 _SUPERSAMPLE = 4  # things are drawn at 4x and averaged: soft edges, and an honest "ambiguous" band
-_N_THINGS_P = [0.1, 0.2, 0.25, 0.25, 0.2]  # 0-4 things; some stuff-only images, mostly several things
-_MIN_REGION = 0.05  # stuff regions smaller than this fraction of the image are merged away (no 1-pixel tags)
+_N_THINGS_P = [0.05, 0.2, 0.35, 0.25, 0.15]  # 0-4 large things (fewer if they do not fit): shapes get many pixels
+_MIN_REGION = 0.1  # stuff regions smaller than this fraction of the image are merged away: few, large regions
 
 
 def _colour_pair(rng: np.random.Generator, min_dist: float) -> tuple[np.ndarray, np.ndarray]:
@@ -50,37 +50,37 @@ def _rotated(size: int, angle: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _stuff_texture(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Mixing weight in [0, 1] between a region's two colours; the pattern alone identifies the class."""
-    if name == "grass":  # fine, blade-like noise
-        n = gaussian_filter(rng.random((size, size)), sigma=(rng.uniform(1.0, 1.6), 0.4))
-        return np.clip(0.5 + 0.35 * (n - n.mean()) / n.std(), 0.0, 1.0)
-    if name == "water":  # smooth wavy stripes
+    """Mixing weight in [0, 1] between a region's two colours; the pattern alone identifies the class.
+
+    Patterns are bold and a few pixels to tens of pixels in scale, so they survive the 2x downscaling of
+    training-time scale jitter and a network trained from scratch can pick them up within minutes.
+    """
+    if name == "grass":  # dense, irregular vertical blades, thinner and less regular than water
+        n = gaussian_filter(rng.random((size, size)), sigma=(rng.uniform(4, 7), rng.uniform(0.8, 1.1)))
+        return np.clip(0.5 + 1.2 * (n - n.mean()) / n.std(), 0.0, 1.0)
+    if name == "water":  # broad, regular, wavy stripes at any orientation
         u, v = _rotated(size, rng.uniform(0, np.pi))
-        period, wave = rng.uniform(7, 13), rng.uniform(18, 36)
-        phase = 2 * np.pi * u / period + rng.uniform(1.0, 2.5) * np.sin(2 * np.pi * v / wave + rng.uniform(0, 6.3))
-        return 0.5 + 0.5 * np.sin(phase)
+        period, wave = rng.uniform(10, 18), rng.uniform(30, 50)
+        phase = 2 * np.pi * u / period + rng.uniform(1.0, 2.0) * np.sin(2 * np.pi * v / wave + rng.uniform(0, 6.3))
+        return 0.5 + 0.5 * np.tanh(2 * np.sin(phase))
     if name == "brick":  # staggered rectangles separated by mortar lines
-        u, v = _rotated(size, rng.choice([0.0, np.pi / 2]) + rng.uniform(-0.3, 0.3))
-        h = rng.uniform(6, 10)
-        w, mortar = h * rng.uniform(2.0, 3.0), rng.uniform(1.2, 2.0)
+        u, v = _rotated(size, rng.choice([0.0, np.pi / 2]) + rng.uniform(-0.2, 0.2))
+        h = rng.uniform(12, 18)
+        w, mortar = h * rng.uniform(1.8, 2.4), rng.uniform(2.5, 3.5)
         offset = (np.floor(v / h) % 2) * w / 2
         return ((v % h < mortar) | ((u + offset) % w < mortar)).astype(np.float32)
-    if name == "sand":  # sparse 2x2 speckles on a faintly uneven ground
-        dots = rng.random((size, size)) < rng.uniform(0.03, 0.06)
-        dots = dots | np.roll(dots, 1, 0) | np.roll(dots, 1, 1) | np.roll(dots, (1, 1), (0, 1))
-        return np.clip(0.9 * dots + 0.1 * np.abs(_smooth_field(rng, size, 4)), 0.0, 1.0)
+    if name == "sand":  # dense round pebbles about 5 px across on a faintly uneven ground: never a flat patch
+        pebbles = gaussian_filter((rng.random((size, size)) < rng.uniform(0.02, 0.03)).astype(np.float32), 1.5)
+        return np.clip((pebbles > 0.02) + 0.1 * np.abs(_smooth_field(rng, size, 4)), 0.0, 1.0)
     raise KeyError(name)
 
 
 def _thing_texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A weak fill pattern drawn from one set shared by all things, so a thing's texture says nothing of its class."""
-    kind = rng.integers(3)
-    u, _ = _rotated(size, rng.uniform(0, 2 * np.pi))
-    if kind == 0:
+    """A smooth fill shared by all things: says nothing of a thing's class, and cannot pass for a stuff texture."""
+    if rng.random() < 0.5:
         return np.zeros((size, size), np.float32)
-    if kind == 1:  # linear shading
-        return (u - u.min()) / (u.max() - u.min())
-    return 0.5 + 0.5 * np.sin(2 * np.pi * u / rng.uniform(4, 8))
+    u, _ = _rotated(size, rng.uniform(0, 2 * np.pi))  # linear shading
+    return (u - u.min()) / (u.max() - u.min())
 
 
 def _outline(name: str, r: float) -> list[np.ndarray]:
@@ -105,7 +105,7 @@ def _outline(name: str, r: float) -> list[np.ndarray]:
     if name == "star":
         return [regular(5, [r * 1.25, r * 0.55])]
     if name == "cross":
-        a, b = r, r * 0.32
+        a, b = r, r * 0.4
         return [np.array([[b, b], [a, b], [a, -b], [b, -b], [b, -a], [-b, -a], [-b, -b], [-a, -b], [-a, b],
                           [-b, b], [-b, a], [b, a]])]
     raise KeyError(name)
@@ -113,8 +113,8 @@ def _outline(name: str, r: float) -> list[np.ndarray]:
 
 def _coverage(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
     """Fraction of each pixel a randomly sized, placed and rotated thing covers."""
-    r = rng.uniform(0.12, 0.25) * size
-    centre = rng.uniform(0.1, 0.9, size=2) * size
+    r = rng.uniform(0.18, 0.3) * size
+    centre = rng.uniform(0.15, 0.85, size=2) * size
     angle = rng.uniform(0, 2 * np.pi)
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     canvas = Image.new("L", (size * _SUPERSAMPLE, size * _SUPERSAMPLE), 0)
@@ -130,7 +130,7 @@ def _stuff_layout(rng: np.random.Generator, size: int) -> np.ndarray:
     """1-3 stuff classes in regions with smooth random boundaries (argmax of smooth noise fields)."""
     k = int(rng.integers(1, 4))
     classes = rng.choice(len(STUFF), size=k, replace=False)
-    fields = np.stack([_smooth_field(rng, size, 4) for _ in range(k)])
+    fields = np.stack([_smooth_field(rng, size, 3) for _ in range(k)])
     alive = np.ones(k, bool)
     while True:  # drop the smallest region until all are large enough; the last one covers everything
         winner = np.where(alive[:, None, None], fields, -np.inf).argmax(0)
@@ -145,15 +145,18 @@ def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.n
     label = _stuff_layout(rng, size).astype(np.uint8)
     image = np.zeros((size, size, 3), np.float32)
     for cls in np.unique(label):
-        a, b = _colour_pair(rng, min_dist=80)
+        a, b = _colour_pair(rng, min_dist=120)
         t = _stuff_texture(STUFF[cls], rng, size)[..., None]
         image = np.where((label == cls)[..., None], a + t * (b - a), image)
 
-    for _ in range(int(rng.choice(5, p=_N_THINGS_P))):
+    for _ in range(int(rng.choice(len(_N_THINGS_P), p=_N_THINGS_P))):
         cls = int(rng.integers(len(THINGS)))
-        cov = _coverage(THINGS[cls], rng, size)
-        inside = cov >= 0.5
-        if not inside.any():
+        for _ in range(10):  # things barely overlap, so each shows its whole outline
+            cov = _coverage(THINGS[cls], rng, size)
+            inside = cov >= 0.5
+            if (label[inside] >= len(STUFF)).mean() < 0.1:
+                break
+        else:
             continue
         behind = image[inside].mean(0)
         for _ in range(10):  # keep the outline visible against what it is painted on
@@ -168,7 +171,7 @@ def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.n
     u, _ = _rotated(size, rng.uniform(0, 2 * np.pi))
     light = rng.uniform(0.8, 1.2) * (1 + rng.uniform(-0.15, 0.15) * (u - u.mean()) / size)
     image = image * light[..., None] + rng.uniform(-20, 20)
-    image += rng.normal(0, rng.uniform(2, 6), image.shape)
+    image += rng.normal(0, rng.uniform(1, 3), image.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
 
 
