@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,12 +10,13 @@ import torch
 from conftest import CAMVID, run_cli
 from weakshot_cli.data.synthetic import make_synthetic
 from weakshot_cli.demo import DEMO_TRAIN
+from weakshot_cli.engine.runs import read_metrics
 
 pytestmark = pytest.mark.slow
 
 
 def final_val(run: Path) -> dict:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == "val"][-1]
+    return read_metrics(run, "val")[-1]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_camvid_small_preset_trains_on_cpu(tmp_path):
                 "--set", "val_every=20", "--set", "log_every=5", "--project", tmp_path / "runs")
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs" / "train" / "train"
-    losses = [x["loss"] for x in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if x["type"] == "train"]
+    losses = [x["loss"] for x in read_metrics(run, "train")]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     assert final_val(run)["mIoU"] >= 0
 

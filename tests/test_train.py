@@ -22,6 +22,7 @@ from conftest import ROOT, assert_user_error, run_cli
 from weakshot_cli.data.manifest import load_manifest
 from weakshot_cli.data.synthetic import make_synthetic
 from weakshot_cli.engine.checkpoint import load_checkpoint
+from weakshot_cli.engine.runs import read_metrics
 from weakshot_cli.engine.weights import imagenet_file, init_backbone
 from weakshot_cli.errors import UserError
 from models import build_backbone
@@ -45,7 +46,7 @@ def synth(tmp_path_factory) -> Path:
 
 
 def records(run: Path, kind: str = "train") -> list[dict]:
-    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["type"] == kind]
+    return read_metrics(run, kind)
 
 
 def test_run_folder_and_checkpoints(synth, tmp_path):

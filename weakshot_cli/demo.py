@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -11,6 +10,7 @@ from rich.table import Table
 from weakshot_cli.data.split import SplitOptions, run_split, summary_table
 from weakshot_cli.data.synthetic import DEMO_NOVEL, make_synthetic
 from weakshot_cli.engine.config import build_config
+from weakshot_cli.engine.runs import read_metrics
 from weakshot_cli.engine.train import run_train
 from weakshot_cli.errors import UserError
 
@@ -36,8 +36,7 @@ def run_demo(out: Path, seed: int, exist_ok: bool, console: Console, iters: int 
     summary = run_train(dataset, lambda: build_config("small", {"iters": iters, "seed": seed}, DEMO_TRAIN),
                         out / "runs", "train", True, None, None, console)
     run_dir = Path(summary["run_dir"])
-    val = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["type"] == "val"]
-    final = val[-1]
+    final = read_metrics(run_dir, "val")[-1]
     table = Table(title="weakshot demo: validation after training (%)")
     for col in ("stage", "mIoU", "base mIoU", "novel mIoU", "hIoU"):
         table.add_column(col, justify="right" if col != "stage" else "left")

@@ -31,7 +31,7 @@ def load_rgb(path) -> torch.Tensor:
     img = open_image(path)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        img = v2.functional.to_pil_image((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+        img = TF.to_pil_image((arr / max(arr.max(), 1) * 255).astype(np.uint8))
     return TF.pil_to_tensor(img.convert("RGB"))
 
 
@@ -98,8 +98,8 @@ class TrainDataset(Dataset):
         nh, nw = (size, max(1, round(w * size / short))) if h <= w else (max(1, round(h * size / short)), size)
         image = TF.resize(image, [nh, nw], antialias=True)
         label = TF.resize(label, [nh, nw], interpolation=v2.InterpolationMode.NEAREST)
-        top, left, keep_novel = self._crop(label[0], g)
         ch, cw = min(a.imgsz, nh), min(a.imgsz, nw)
+        top, left, keep_novel = self._crop(label[0], ch, cw, g)
         image, label = TF.crop(image, top, left, ch, cw), TF.crop(label, top, left, ch, cw)
         image = color_jitter(image, g, a.color)
         if torch.rand(1, generator=g).item() < a.flip:
@@ -114,18 +114,17 @@ class TrainDataset(Dataset):
             tags = tags[~torch.isin(tags, self.novel)]
         return {"image": image, "sem": sem, "pad": pad_mask, "tags": tags, "index": index}
 
-    def _crop(self, label: torch.Tensor, g: torch.Generator) -> tuple[int, int, bool]:
-        """Pick a crop that keeps novel tags true (see module docstring)."""
-        size = self.aug.imgsz
+    def _crop(self, label: torch.Tensor, ch: int, cw: int, g: torch.Generator) -> tuple[int, int, bool]:
+        """Pick a ch x cw crop that keeps novel tags true (see module docstring)."""
         h, w = label.shape
         unknown = (label == IGNORE).to(torch.int64)
         total = int(unknown.sum())
         integral = F.pad(unknown.cumsum(0).cumsum(1), (1, 0, 1, 0))
         best = (0, 0, -1.0)
         for _ in range(self.aug.crop_tries):
-            top = int(torch.randint(0, h - min(size, h) + 1, (1,), generator=g))
-            left = int(torch.randint(0, w - min(size, w) + 1, (1,), generator=g))
-            b, r = top + min(size, h), left + min(size, w)
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=g))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=g))
+            b, r = top + ch, left + cw
             kept = int(integral[b, r] - integral[top, r] - integral[b, left] + integral[top, left])
             frac = kept / total if total else 0.0
             if frac > best[2]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -10,16 +9,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from weakshot_cli.engine.runs import read_metrics  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
 
 
-def plot_losses(metrics_path: Path, out: Path) -> Path | None:
+def plot_losses(run_dir: Path, out: Path) -> Path | None:
     """Loss terms against iteration, and validation mIoU when present."""
-    if not metrics_path.exists():
-        return None
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    train = [r for r in records if r.get("type") == "train"]
-    val = [r for r in records if r.get("type") == "val"]
+    train, val = read_metrics(run_dir, "train"), read_metrics(run_dir, "val")
     if not train:
         return None
     fig, axes = plt.subplots(1, 2 if val else 1, figsize=(12 if val else 7, 4), squeeze=False)

@@ -231,7 +231,7 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
     if ddp.main:
         if val_loader is None:
             checkpoint(it, "best.pt")
-        plot_losses(run_dir / "metrics.jsonl", run_dir / "plots" / "losses.png")
+        plot_losses(run_dir, run_dir / "plots" / "losses.png")
         write_json(run_dir / "results.json", {"iter": it, "iters": iters, "best": best,
                                               "interrupted": stop.signal is not None})
     ddp.barrier()
