@@ -29,22 +29,19 @@ def synth_ws(tmp_path_factory) -> Path:
     return root / "ws"
 
 
-QUALITY_GAP = ("target not met yet: at this budget the from-scratch small SimFormer stays near chance on the "
-               "synthetic data (a plain FCN reaches 30 base mIoU by step 450); see the issue 3 note")
-
-
-@pytest.mark.xfail(reason=QUALITY_GAP, strict=True)
 def test_simformer_transfers_to_novel_classes_and_beats_the_ablation(synth_ws, tmp_path):
+    """The demo's budget (300 iterations, a few minutes): measured 48.2 novel mIoU for the full method against
+    10.7 for proposal-pixel transfer alone (single-threaded runs, same seed)."""
     sets = [x for kv in DEMO_TRAIN for x in ("--set", kv)]
     runs = {}
     for name, extra in (("full", []), ("transfer_only", ["--no-sim", "--no-dist", "--no-comp"])):
-        r = run_cli("train", synth_ws, "--preset", "small", "--iters", "1000", "--device", "cpu", *sets, *extra,
+        r = run_cli("train", synth_ws, "--preset", "small", "--iters", "300", "--device", "cpu", *sets, *extra,
                     "--name", name, "--project", tmp_path / "runs")
         assert r.returncode == 0, r.stderr
         runs[name] = final_val(tmp_path / "runs" / "train" / name)
     chance = 100 / 10  # ten classes
-    assert runs["full"]["novel_mIoU"] > 2 * chance, runs
-    assert runs["full"]["novel_mIoU"] > runs["transfer_only"]["novel_mIoU"] + 5, runs
+    assert runs["full"]["novel_mIoU"] > 3 * chance, runs
+    assert runs["full"]["novel_mIoU"] > runs["transfer_only"]["novel_mIoU"] + 15, runs
 
 
 def test_eval_mode_predicts_as_well_as_batch_statistics(synth_ws, tmp_path):
@@ -103,6 +100,5 @@ def test_demo_runs_end_to_end(demo_run):
     assert (demo_run / "weights" / "best.pt").exists() and (demo_run / "plots" / "losses.png").exists()
 
 
-@pytest.mark.xfail(reason=QUALITY_GAP, strict=True)
 def test_demo_novel_miou_far_above_chance(demo_run):
-    assert final_val(demo_run)["novel_mIoU"] > 2 * 10, final_val(demo_run)
+    assert final_val(demo_run)["novel_mIoU"] > 3 * 10, final_val(demo_run)

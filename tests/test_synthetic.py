@@ -1,4 +1,4 @@
-"""The synthetic dataset must be well-formed, seeded, varied, and unsolvable from colour alone."""
+"""The synthetic dataset must be well-formed, seeded, varied, and not solvable from colour alone."""
 
 from __future__ import annotations
 
@@ -95,12 +95,12 @@ def test_label_values_and_ignore(dataset: Path) -> None:
     assert ignore.mean() < 0.1  # but it stays a thin band
 
 
-def test_colour_is_not_a_class_cue(dataset: Path) -> None:
+def test_colour_is_only_a_partial_class_cue(dataset: Path) -> None:
     train, val = _load(dataset, "train"), _load(dataset, "val")
     for name in THINGS:
         c = CLASSES.index(name)
         means = np.array([img[lab == c].mean(0) for img, lab in train if (lab == c).sum() >= 20])
-        assert len(means) >= 10 and (means.std(0) > 35).all(), f"{name}: colour varies too little"
+        assert len(means) >= 10 and (means.std(0) > 20).all(), f"{name}: colour varies too little"
 
     def pixels(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         x = np.concatenate([img.reshape(-1, 3) for img, _ in pairs]).astype(np.float64)
@@ -111,8 +111,8 @@ def test_colour_is_not_a_class_cue(dataset: Path) -> None:
     centroids = np.stack([x[y == c].mean(0) for c in range(len(CLASSES))])
     xv, yv = pixels(val)
     pred = ((xv[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
-    majority = (yv == np.bincount(y).argmax()).mean()
-    assert (pred == yv).mean() < min(0.3, majority + 0.05), "a nearest-colour classifier should not work"
+    accuracy = (pred == yv).mean()
+    assert 0.3 < accuracy < 0.75, f"a nearest-colour classifier should help but not solve it ({accuracy:.2f})"
 
 
 def test_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from weakshot_cli.engine.train import run_train
 from weakshot_cli.errors import UserError
 
 # The small preset shrunk to the 96-pixel synthetic images, sized for a few minutes on a 2-core CPU.
-DEMO_TRAIN = ["imgsz=64", "scale_min=0.75", "scale_max=1.5", "val_imgsz=64", "num_points=0",
+DEMO_TRAIN = ["num_queries=16", "imgsz=64", "scale_min=0.75", "scale_max=1.5", "val_imgsz=64", "num_points=0",
               "num_sim_points=32", "sim_class_points=24", "num_dist_points=32", "workers=0", "log_every=50"]
 
 

@@ -86,7 +86,7 @@ PRESETS: dict[str, dict] = {
     # A CPU-friendly model for small datasets and quick experiments.
     "small": dict(backbone="resnet18", backbone_weights="none", hidden_dim=128, mask_dim=128, dec_layers=3,
                   nheads=4, dim_feedforward=512, num_queries=30, imgsz=256, transformer_in="res4", batch=8, iters=2000,
-                  lr=2e-4, backbone_lr_mult=1.0, num_points=4096, num_sim_points=64, sim_class_points=48,
+                  lr=5e-4, backbone_lr_mult=1.0, num_points=4096, num_sim_points=64, sim_class_points=48,
                   num_dist_points=64, save_every=250),
 }
 
