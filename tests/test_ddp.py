@@ -21,16 +21,32 @@ EXACT = [*TINY, "--set", "norm=gn", "--set", "dropout=0", "--set", "num_points=0
          "--iters", "3", "--set", "val_every=100"]
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="needs torchrun")
-def test_two_processes_match_one(synth, tmp_path):  # noqa: F811
-    assert run_cli("train", synth, *EXACT, "--name", "one", "--project", tmp_path / "runs").returncode == 0
+needs_torchrun = pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
+                                    reason="needs torchrun")
+
+
+def torchrun(*args, port: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc-per-node", "2", "--master-port",
-           "29517", "-m", "weakshot_cli", "train", str(synth), *map(str, EXACT), "--name", "two", "--project",
-           str(tmp_path / "runs")]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+           str(port), "-m", "weakshot_cli", "train", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@needs_torchrun
+def test_two_processes_match_one(synth, tmp_path):  # noqa: F811
+    assert run_cli("train", synth, *EXACT, "--name", "one", "--project", tmp_path / "runs").returncode == 0
+    r = torchrun(synth, *EXACT, "--name", "two", "--project", tmp_path / "runs", port=29517)
     assert r.returncode == 0, r.stderr[-3000:]
     a = load_checkpoint(tmp_path / "runs" / "train" / "one" / "weights" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "runs" / "train" / "two" / "weights" / "last.pt")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+
+
+@needs_torchrun
+def test_batch_must_split_evenly_across_processes(synth, tmp_path):  # noqa: F811
+    r = torchrun(synth, *EXACT, "--batch", "3", "--project", tmp_path / "runs", port=29518)
+    assert r.returncode != 0
+    assert "error: --batch 3 is not divisible by the 2 torchrun processes" in r.stderr
+    assert "Traceback" not in r.stderr.split("torch.distributed.elastic")[0]
+    assert not (tmp_path / "runs").exists()

@@ -108,6 +108,24 @@ def test_weights_starts_a_new_run_and_resume_or_weights_not_both(synth, tmp_path
     assert_user_error(run_cli("train", "--resume", last), "run already finished")
 
 
+def test_oracle_needs_full_masks(synth, tmp_path):
+    real = tmp_path / "real"
+    shutil.copytree(synth, real)
+    manifest = json.loads((real / "weakshot.json").read_text())
+    for item in manifest["splits"]["train"]:
+        item.pop("full")
+    (real / "weakshot.json").write_text(json.dumps(manifest))
+    assert_user_error(run_cli("train", real, *TINY, "--iters", "1", "--oracle", "--project", tmp_path / "runs"),
+                      "--oracle needs a benchmark-mode dataset")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_retrain_refuses_a_weak_shot_dataset(synth, tmp_path):
+    assert_user_error(run_cli("retrain", synth, *TINY, "--iters", "1", "--project", tmp_path / "runs"),
+                      "retrain needs a pseudo-labelled dataset")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_novel_pixels_never_reach_training(synth, tmp_path):
     """Poison every copy of the hidden novel pixels (the full masks kept for the oracle): the weak-shot
     run must be bit-identical, because nothing in weak-shot training reads them."""

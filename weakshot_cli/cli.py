@@ -54,6 +54,17 @@ def _csv(value: Optional[str]) -> Optional[list[str]]:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _scales(value: Optional[str]) -> tuple[float, ...]:
+    """--scales 0.75,1,1.25 for test-time augmentation; default one scale."""
+    try:
+        scales = tuple(float(v) for v in _csv(value) or ["1"])
+    except ValueError:
+        raise UserError(f"--scales {value}: expected comma-separated numbers such as 0.75,1,1.25") from None
+    if not scales or min(scales) <= 0:
+        raise UserError(f"--scales {value}: scales must be positive")
+    return scales
+
+
 @app.command()
 def split(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the new weak-shot dataset.")],
@@ -119,37 +130,55 @@ def _not_built(name: str, issue: str) -> None:
     raise UserError(f"'weakshot {name}' is not built yet in this version ({issue})")
 
 
+# Options shared by train and retrain.
+Preset = Annotated[str, typer.Option(help="Model/schedule preset: r50 (the paper's) or small (CPU-friendly).")]
+Iters = Annotated[Optional[int], typer.Option(help="Training iterations.")]
+Epochs = Annotated[Optional[int], typer.Option(help="Train for this many epochs instead of --iters.")]
+Batch = Annotated[Optional[int], typer.Option(help="Global batch size (split across processes).")]
+ImgSize = Annotated[Optional[int], typer.Option(help="Training crop size (multiple of 32).")]
+Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
+Workers = Annotated[Optional[int], typer.Option(help="Data-loading worker processes.")]
+Backbone = Annotated[Optional[str], typer.Option(help="resnet18, resnet34, resnet50 or resnet101.")]
+BackboneWeights = Annotated[
+    Optional[str], typer.Option(help="imagenet (torchvision weights), none (from scratch) or a state-dict path.")
+]
+Lr = Annotated[Optional[float], typer.Option(help="AdamW learning rate.")]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed.")]
+Amp = Annotated[Optional[str], typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16 or off.")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field: --set lr=5e-4.")]
+Project = Annotated[Path, typer.Option(help="Parent folder of run folders.")]
+Name = Annotated[Optional[str], typer.Option(help="Run name (default: the stage, then stage2, ...).")]
+ExistOk = Annotated[bool, typer.Option(help="Reuse the run folder --name if it exists.")]
+Resume = Annotated[Optional[Path], typer.Option(help="Continue a run exactly: its folder or weights/last.pt.")]
+Weights = Annotated[Optional[Path], typer.Option(help="Start a new run from this checkpoint's weights.")]
+
+
+def _train(stage: str, dataset: Optional[Path], preset: str, overrides: dict, sets: Optional[list[str]],
+           project: Path, name: Optional[str], exist_ok: bool, resume: Optional[Path], weights: Optional[Path]) -> None:
+    from weakshot_cli.engine.config import build_config
+    from weakshot_cli.engine.train import run_train
+
+    summary = run_train(dataset, lambda: build_config(preset, overrides, sets or []), project, name, exist_ok,
+                        resume, weights, console, stage)
+    if summary["main"]:
+        console.print(f"Done: {summary['iter']}/{summary['iters']} iterations; weights in "
+                      f"[bold]{Path(summary['run_dir']) / 'weights'}[/]")
+
+
 @app.command()
 def train(
     dataset: Annotated[Optional[Path], typer.Argument(help="Weak-shot dataset folder made by 'weakshot split'.")] = None,
-    preset: Annotated[str, typer.Option(help="Model/schedule preset: r50 (the paper's) or small (CPU-friendly).")] = "r50",
-    iters: Annotated[Optional[int], typer.Option(help="Training iterations.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Train for this many epochs instead of --iters.")] = None,
-    batch: Annotated[Optional[int], typer.Option(help="Global batch size (split across processes).")] = None,
-    imgsz: Annotated[Optional[int], typer.Option(help="Training crop size (multiple of 32).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes.")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="resnet18, resnet34, resnet50 or resnet101.")] = None,
-    backbone_weights: Annotated[
-        Optional[str], typer.Option(help="imagenet (torchvision weights), none (from scratch) or a state-dict path.")
-    ] = None,
-    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    amp: Annotated[Optional[str], typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16 or off.")] = None,
+    preset: Preset = "r50", iters: Iters = None, epochs: Epochs = None, batch: Batch = None, imgsz: ImgSize = None,
+    device: Device = None, workers: Workers = None, backbone: Backbone = None,
+    backbone_weights: BackboneWeights = None, lr: Lr = None, seed: Seed = None, amp: Amp = None,
     no_sim: Annotated[bool, typer.Option("--no-sim", help="Ablation: no SimNet loss.")] = False,
     no_dist: Annotated[bool, typer.Option("--no-dist", help="Ablation: no distillation into novel masks.")] = False,
     no_comp: Annotated[bool, typer.Option("--no-comp", help="Ablation: no complementary loss.")] = False,
     oracle: Annotated[
         bool, typer.Option(help="Upper bound: plain MaskFormer on full masks (benchmark-mode datasets only).")
     ] = False,
-    set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Override any config field: --set dist_weight=0.5.")
-    ] = None,
-    project: Annotated[Path, typer.Option(help="Parent folder of run folders.")] = Path("runs"),
-    name: Annotated[Optional[str], typer.Option(help="Run name (default: train, train2, ...).")] = None,
-    exist_ok: Annotated[bool, typer.Option(help="Reuse the run folder --name if it exists.")] = False,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue a run exactly: its folder or weights/last.pt.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Start a new run from this checkpoint's weights.")] = None,
+    set_: Sets = None, project: Project = Path("runs"), name: Name = None, exist_ok: ExistOk = False,
+    resume: Resume = None, weights: Weights = None,
 ) -> None:
     """Train SimFormer on a weak-shot dataset; writes runs/train/NAME with weights, logs and plots.
 
@@ -163,36 +192,93 @@ def train(
 
       weakshot train --resume runs/train/train3
     """
-    from weakshot_cli.engine.config import build_config
-    from weakshot_cli.engine.train import run_train
-
     overrides = dict(iters=iters, epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=workers,
                      backbone=backbone, backbone_weights=backbone_weights, lr=lr, seed=seed, amp=amp,
                      oracle=oracle or None, use_sim=False if no_sim else None, use_dist=False if no_dist else None,
                      use_comp=False if no_comp else None)
-    summary = run_train(dataset, lambda: build_config(preset, overrides, set_ or []), project, name, exist_ok,
-                        resume, weights, console)
-    if summary["main"]:
-        console.print(f"Done: {summary['iter']}/{summary['iters']} iterations; weights in "
-                      f"[bold]{Path(summary['run_dir']) / 'weights'}[/]")
+    _train("train", dataset, preset, overrides, set_, project, name, exist_ok, resume, weights)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def evaluate() -> None:
-    """Measure a checkpoint on a dataset split: mIoU, base/novel mIoU, per-class IoU (not built yet).
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (weights/best.pt) or run folder.")],
+    dataset: Annotated[Path, typer.Argument(help="Weak-shot dataset folder (weakshot.json).")],
+    split: Annotated[str, typer.Option(help="Split to score; it needs full ground truth (val).")] = "val",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    imgsz: Annotated[
+        Optional[int], typer.Option(help="Resize the short side to this before inference (0: original size; "
+                                         "default: the checkpoint's validation size).")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
+    flip: Annotated[bool, typer.Option(help="Test-time augmentation: average with the mirrored image.")] = False,
+    scales: Annotated[
+        Optional[str], typer.Option(help="Multi-scale test-time augmentation, e.g. 0.75,1,1.25.")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Images in the plots/samples.png overlay grid.")] = 6,
+    project: Annotated[Path, typer.Option(help="Parent folder of run folders.")] = Path("runs"),
+    name: Annotated[Optional[str], typer.Option(help="Run name (default: evaluate, evaluate2, ...).")] = None,
+    exist_ok: Annotated[bool, typer.Option(help="Reuse the run folder --name if it exists.")] = False,
+) -> None:
+    """Score a checkpoint on a dataset split: mIoU, base and novel mIoU, harmonic mean, per-class IoU.
 
-    Example: weakshot evaluate runs/train/train/weights/best.pt camvid-ws --split val
+    One confusion matrix at original resolution against full ground truth (ignore pixels excluded); a class
+    absent from both ground truth and prediction is left out of every mean, one that is only predicted
+    counts with IoU 0. Writes runs/evaluate/NAME/metrics.json and plots (confusion matrix, per-class IoU,
+    sample overlays).
+
+    Example: weakshot evaluate runs/train/train/weights/best.pt camvid-ws --split val --flip
     """
-    _not_built("evaluate", "planned: evaluation")
+    from weakshot_cli.engine.evaluate import run_evaluate
+
+    run_evaluate(checkpoint, dataset, split, project, name, exist_ok, device, imgsz, batch, workers, flip,
+                 _scales(scales), samples, console)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def predict() -> None:
-    """Segment images with a checkpoint and save index PNGs and overlays (not built yet).
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (weights/best.pt) or run folder.")],
+    source: Annotated[
+        str, typer.Argument(help="Image file, folder, quoted glob pattern ('photos/*.jpg') or .txt list of paths.")
+    ],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    imgsz: Annotated[
+        Optional[int], typer.Option(help="Resize the short side to this before inference (0: original size; "
+                                         "default: the checkpoint's validation size).")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Images per forward pass (different sizes are padded).")] = 1,
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
+    flip: Annotated[bool, typer.Option(help="Test-time augmentation: average with the mirrored image.")] = False,
+    scales: Annotated[
+        Optional[str], typer.Option(help="Multi-scale test-time augmentation, e.g. 0.75,1,1.25.")
+    ] = None,
+    recursive: Annotated[bool, typer.Option(help="Also take images in subfolders (kept under labels/).")] = False,
+    palette: Annotated[bool, typer.Option(help="Save label PNGs as palette PNGs in the checkpoint's colours.")] = False,
+    save_overlay: Annotated[bool, typer.Option(help="Also save colour overlays as overlays/<stem>.jpg.")] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Also save predictions.json: COCO-style RLE results per image and class.")
+    ] = False,
+    project: Annotated[Path, typer.Option(help="Parent folder of run folders.")] = Path("runs"),
+    name: Annotated[Optional[str], typer.Option(help="Run name (default: predict, predict2, ...).")] = None,
+    exist_ok: Annotated[bool, typer.Option(help="Reuse the run folder --name if it exists.")] = False,
+) -> None:
+    """Segment images with a checkpoint: labels/<stem>.png class-index maps at each image's original size.
 
-    Example: weakshot predict runs/train/train/weights/best.pt photos/ --save-overlay
+    Needs only the checkpoint (class names and colours come from it). Unreadable files are skipped with a
+    warning; the command fails only when no image could be read. Writes runs/predict/NAME.
+
+    Examples:
+
+      weakshot predict runs/train/train/weights/best.pt photos/ --save-overlay
+
+      weakshot predict runs/train/train photos/ --recursive --palette --json --flip --scales 0.75,1,1.25
     """
-    _not_built("predict", "planned: prediction")
+    from weakshot_cli.engine.predict import PredictOptions, run_predict
+
+    run_predict(PredictOptions(checkpoint=checkpoint, source=source, project=project, name=name, exist_ok=exist_ok,
+                               device=device, imgsz=imgsz, batch=batch, workers=workers, flip=flip,
+                               scales=_scales(scales), recursive=recursive, palette=palette,
+                               save_overlay=save_overlay, json=json_), console)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -204,13 +290,26 @@ def pseudolabel() -> None:
     _not_built("pseudolabel", "planned: pseudo-labelling")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def retrain() -> None:
-    """Train a plain MaskFormer on a pseudo-labelled dataset (not built yet).
+@app.command()
+def retrain(
+    dataset: Annotated[
+        Optional[Path], typer.Argument(help="Pseudo-labelled dataset folder made by 'weakshot pseudolabel'.")
+    ] = None,
+    preset: Preset = "r50", iters: Iters = None, epochs: Epochs = None, batch: Batch = None, imgsz: ImgSize = None,
+    device: Device = None, workers: Workers = None, backbone: Backbone = None,
+    backbone_weights: BackboneWeights = None, lr: Lr = None, seed: Seed = None, amp: Amp = None,
+    set_: Sets = None, project: Project = Path("runs"), name: Name = None, exist_ok: ExistOk = False,
+    resume: Resume = None, weights: Weights = None,
+) -> None:
+    """Train a plain MaskFormer on pseudo-labelled data (novel classes now have masks; no SimNet, distillation
+    or complementary loss); writes runs/retrain/NAME. Starts from the same backbone initialisation as
+    train (--backbone-weights), or from a checkpoint's weights with --weights.
 
-    Example: weakshot retrain camvid-pl
+    Example: weakshot retrain camvid-pl --preset small --iters 2000
     """
-    _not_built("retrain", "planned: retraining")
+    overrides = dict(iters=iters, epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=workers,
+                     backbone=backbone, backbone_weights=backbone_weights, lr=lr, seed=seed, amp=amp)
+    _train("retrain", dataset, preset, overrides, set_, project, name, exist_ok, resume, weights)
 
 
 @app.command()

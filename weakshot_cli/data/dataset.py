@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -26,9 +27,12 @@ MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
 STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
 
 
-def load_rgb(path) -> torch.Tensor:
-    """uint8 [3,H,W] RGB, whatever the file's mode (grayscale, palette, RGBA, CMYK, 16-bit)."""
+def load_rgb(path, exif: bool = False) -> torch.Tensor:
+    """uint8 [3,H,W] RGB, whatever the file's mode (grayscale, palette, RGBA, CMYK, 16-bit); with ``exif`` as
+    the image is displayed (EXIF orientation applied), for predictions on photos straight from a camera."""
     img = open_image(path)
+    if exif:
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         img = TF.to_pil_image((arr / max(arr.max(), 1) * 255).astype(np.uint8))
@@ -145,10 +149,14 @@ def collate_train(batch: list[dict]) -> dict:
 
 
 class EvalDataset(Dataset):
-    """Whole images, optionally resized so the short side is ``imgsz``; labels stay at full size."""
+    """Whole images, optionally resized so the short side is ``imgsz``; labels stay at full size.
 
-    def __init__(self, manifest: Manifest, split: str, imgsz: int | None = None):
-        self.m, self.items, self.imgsz = manifest, manifest.splits[split], imgsz
+    ``full`` reads a training item's unhidden mask (benchmark mode) for scoring; the default reads the
+    label as stored, which for training items hides every novel pixel.
+    """
+
+    def __init__(self, manifest: Manifest, split: str, imgsz: int | None = None, full: bool = False):
+        self.m, self.items, self.imgsz, self.full = manifest, manifest.splits[split], imgsz, full
 
     def __len__(self) -> int:
         return len(self.items)
@@ -156,7 +164,8 @@ class EvalDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
         image = load_rgb(self.m.resolve(item.image))
-        label = torch.from_numpy(read_raw_label(self.m.resolve(item.label)).astype(np.int64))
+        path = item.full if self.full and item.full else item.label
+        label = torch.from_numpy(read_raw_label(self.m.resolve(path)).astype(np.int64))
         h, w = image.shape[-2:]
         if self.imgsz:
             s = self.imgsz / min(h, w)

@@ -1,47 +1,90 @@
-"""Inference: class scores at the original resolution, and evaluation over a loader."""
+"""Inference: a model from a checkpoint, class scores at the original resolution, evaluation over a loader."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import semantic_probs
+from models import SimFormer, semantic_probs
+from weakshot_cli.engine.config import TrainConfig
 from weakshot_cli.engine.metrics import compute_metrics, confusion
+from weakshot_cli.errors import UserError
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device, source: str = "") -> SimFormer:
+    """The checkpoint's network in eval mode; its config and class list alone fix the architecture."""
+    from weakshot_cli.engine.train import build_model
+
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+    model = build_model(cfg, len(ckpt["classes"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint weights do not fit its own config ({str(e).splitlines()[0]})", source) from None
+    return model.to(device).eval()
+
+
+def _scores_at(model: nn.Module, images: torch.Tensor, flip: bool) -> torch.Tensor:
+    size = tuple(images.shape[-2:])
+    out = model(images)
+    probs = semantic_probs(out["pred_logits"], out["pred_masks"], size)
+    if flip:
+        out_f = model(images.flip(-1))
+        probs = (probs + semantic_probs(out_f["pred_logits"], out_f["pred_masks"], size).flip(-1)) / 2
+    return probs
 
 
 @torch.no_grad()
 def class_scores(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, int]],
-                 out_sizes: list[tuple[int, int]], flip: bool = False) -> list[torch.Tensor]:
-    """Per image [K, H, W] scores at ``out_sizes``: sum over queries of class prob x mask prob,
-    computed at the padded input size, cropped to the valid region, then resized bilinearly."""
-    out = model(images)
-    probs = semantic_probs(out["pred_logits"], out["pred_masks"], tuple(images.shape[-2:]))
-    if flip:
-        out_f = model(images.flip(-1))
-        probs = (probs + semantic_probs(out_f["pred_logits"], out_f["pred_masks"], tuple(images.shape[-2:])).flip(-1)) / 2
+                 out_sizes: Sequence[tuple[int, int]], flip: bool = False,
+                 scales: Sequence[float] = (1.0,)) -> list[torch.Tensor]:
+    """Per image [K, H, W] scores at ``out_sizes``: sum over queries of class prob x mask prob, computed
+    at the padded input size (and at each extra scale, averaged), cropped to the valid region, then
+    resized bilinearly to the original resolution."""
+    H, W = images.shape[-2:]
+    probs = 0
+    for s in scales:
+        x = images
+        if s != 1.0:
+            x = F.interpolate(images, size=(max(32, math.ceil(H * s / 32) * 32), max(32, math.ceil(W * s / 32) * 32)),
+                              mode="bilinear", align_corners=False)
+        p = _scores_at(model, x, flip).float()
+        if s != 1.0:
+            p = F.interpolate(p, size=(H, W), mode="bilinear", align_corners=False)
+        probs = probs + p / len(scales)
     results = []
-    for p, (h, w), size in zip(probs.float(), sizes, out_sizes):
+    for p, (h, w), size in zip(probs, sizes, out_sizes):
         p = p[:, :h, :w]
         if (h, w) != tuple(size):
-            p = F.interpolate(p[None], size=size, mode="bilinear", align_corners=False)[0]
+            p = F.interpolate(p[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
         results.append(p)
     return results
 
 
 def evaluate_loader(model: nn.Module, loader, num_classes: int, base: list[int], novel: list[int],
-                    device: torch.device, autocast, progress=None) -> tuple[dict, np.ndarray]:
-    """One confusion matrix over the loader at original resolution; ``progress(n)`` per batch."""
+                    device: torch.device, autocast, progress=None, flip: bool = False,
+                    scales: Sequence[float] = (1.0,), keep=None) -> tuple[dict, np.ndarray]:
+    """One confusion matrix over the loader at original resolution; ``progress(n)`` per batch and
+    ``keep(index, prediction)`` per image when given."""
     was_training = model.training
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for batch in loader:
         with autocast():
             scores = class_scores(model, batch["image"].to(device), batch["sizes"],
-                                  [tuple(label.shape) for label in batch["labels"]])
-        for s, label in zip(scores, batch["labels"]):
-            cm += confusion(s.argmax(0).cpu(), label, num_classes)
+                                  [tuple(label.shape) for label in batch["labels"]], flip, scales)
+        for s, label, index in zip(scores, batch["labels"], batch["index"]):
+            pred = s.argmax(0).cpu()
+            cm += confusion(pred, label, num_classes)
+            if keep is not None:
+                keep(index, pred)
         if progress is not None:
             progress(len(batch["labels"]))
     model.train(was_training)

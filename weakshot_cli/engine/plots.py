@@ -8,6 +8,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from weakshot_cli.engine.runs import read_metrics  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
@@ -36,7 +38,58 @@ def plot_losses(run_dir: Path, out: Path) -> Path | None:
         ax.set_xlabel("iteration")
         ax.set_title("validation")
         ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def _save(fig, out: Path) -> Path:
     fig.tight_layout()
     atomic_write(out, lambda p: fig.savefig(p, dpi=100, format="png"))
     plt.close(fig)
     return out
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], out: Path) -> Path:
+    """Rows normalised to 1: row i shows where class i's pixels went."""
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.5 + 0.45 * n))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    if n <= 25:
+        for i in range(n):
+            for j in range(n):
+                if norm[i, j] >= 0.01:
+                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title("confusion matrix (rows normalised)")
+    return _save(fig, out)
+
+
+def plot_class_iou(iou: list[float | None], classes: list[str], novel: list[int], out: Path) -> Path:
+    """Per-class IoU bars, novel classes in orange; classes absent from GT and prediction are left empty."""
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(max(6, 0.4 * n + 2), 4))
+    values = [v if v is not None else 0.0 for v in iou]
+    colours = ["tab:orange" if i in novel else "tab:blue" for i in range(n)]
+    ax.bar(range(n), values, color=colours)
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("IoU (%)")
+    ax.legend(handles=[Patch(color="tab:blue", label="base"), Patch(color="tab:orange", label="novel")], fontsize=8)
+    ax.set_title("per-class IoU")
+    return _save(fig, out)
+
+
+def plot_samples(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], out: Path) -> Path:
+    """One row per image: image, ground truth overlay, prediction overlay (all RGB uint8)."""
+    fig, axes = plt.subplots(len(samples), 3, figsize=(9, 3 * len(samples)), squeeze=False)
+    for row, images in zip(axes, samples):
+        for ax, img, title in zip(row, images, ("image", "ground truth", "prediction")):
+            ax.imshow(img)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+    return _save(fig, out)

@@ -31,7 +31,7 @@ def new_run_dir(project: Path, stage: str, name: str | None, exist_ok: bool) -> 
             n += 1
         candidate = base / f"{name}{n}"
     try:
-        (candidate / "weights").mkdir(parents=True, exist_ok=True)
+        candidate.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the run folder ({e.strerror})", candidate) from None
     return candidate

@@ -28,6 +28,7 @@ from weakshot_cli.engine.inference import evaluate_loader
 from weakshot_cli.engine.plots import plot_losses
 from weakshot_cli.engine.progress import TrainProgress
 from weakshot_cli.engine.runs import new_run_dir
+from weakshot_cli.engine.visualise import default_palette
 from weakshot_cli.engine.weights import init_backbone
 from weakshot_cli.errors import UserError
 from weakshot_cli.io import write_json
@@ -112,6 +113,25 @@ def _truncate_log(path: Path, last_iter: int) -> None:
         path.write_text("".join(line + "\n" for line in keep))
 
 
+def check_finite(losses: dict[str, torch.Tensor], it: int, run_dir: Path) -> None:
+    bad = [k for k in (*LOSS_KEYS, "loss") if not torch.isfinite(losses[k].detach()).all()]
+    if bad:
+        raise UserError(f"non-finite loss at iteration {it}: {bad[0]} = {losses[bad[0]].item()}; "
+                        f"stopped, the last good checkpoint is kept", run_dir / "weights" / "last.pt")
+
+
+def optimise(loss: torch.Tensor, step: TrainStep, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, clip_grad: float) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    if clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(step.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+
+
 def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: distributed.Dist,
           device: torch.device, resume: dict | None = None, init: dict | None = None) -> dict:
     """Train and return the final summary (best metric, paths). ``resume`` continues a checkpoint's
@@ -168,7 +188,7 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
 
     def checkpoint(it: int, name: str = "last.pt") -> None:
         state = {"model": step.model.state_dict(), "config": cfg.to_dict(), "classes": m.classes,
-                 "base": m.base, "novel": m.novel, "iter": it, "best": best, "stage": run_dir.parent.name}
+                 "base": m.base, "novel": m.novel, "palette": default_palette(len(m.classes)), "iter": it, "best": best, "stage": run_dir.parent.name}
         if name == "last.pt":
             state |= {"criterion": step.criterion.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
@@ -192,18 +212,8 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
                        for t in targets]
             with autocast():
                 losses = module(batch["image"].to(device, non_blocking=True), targets)
-            bad = [k for k in (*LOSS_KEYS, "loss") if not torch.isfinite(losses[k].detach()).all()]
-            if bad:
-                raise UserError(f"non-finite loss at iteration {it + 1}: {bad[0]} = {losses[bad[0]].item()}; "
-                                f"stopped, the last good checkpoint is kept", run_dir / "weights" / "last.pt")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
-            scaler.unscale_(optimizer)
-            if cfg.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(step.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            check_finite(losses, it + 1, run_dir)
+            optimise(losses["loss"], step, optimizer, scheduler, scaler, cfg.clip_grad)
             it += 1
             values = {k: float(losses[k].detach()) for k in ("loss", *LOSS_KEYS)}
             lr = optimizer.param_groups[-1]["lr"]
@@ -240,6 +250,18 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
             "main": ddp.main}
 
 
+def check_run(cfg: TrainConfig, m: Manifest, dataset: Path, world: int, stage: str) -> None:
+    """Refuse, before any folder is made, what would fail later inside the loop."""
+    if stage == "retrain" and not m.novel_masks:
+        raise UserError("retrain needs a pseudo-labelled dataset (made by 'weakshot pseudolabel'); "
+                        "this one hides the novel classes, train it with 'weakshot train'", dataset)
+    if cfg.oracle and any(it.full is None for it in m.splits["train"]):
+        raise UserError("--oracle needs a benchmark-mode dataset (made by 'weakshot split --novel', "
+                        "whose training items keep their full masks)", dataset)
+    if cfg.batch % world:
+        raise UserError(f"--batch {cfg.batch} is not divisible by the {world} torchrun processes")
+
+
 def save_config(cfg: TrainConfig, dataset: Path, run_dir: Path) -> None:
     write_json(run_dir / "config.json", {**cfg.to_dict(), "dataset": str(dataset.resolve())})
 
@@ -262,6 +284,7 @@ def run_train(dataset: Path | None, cfg_builder: Callable[[], TrainConfig], proj
             raise UserError(f"cannot read the run's config.json ({e.__class__.__name__}: {e})", run_dir) from None
         m = load_manifest(dataset)
         ddp, device = distributed.setup(cfg.device)
+        check_run(cfg, m, dataset, ddp.world, run_dir.parent.name)
         if ddp.main:
             console.print(f"Resuming {run_dir} from iteration {ckpt['iter']}")
         return train(cfg, m, run_dir, console, ddp, device, resume=ckpt)
@@ -277,6 +300,7 @@ def run_train(dataset: Path | None, cfg_builder: Callable[[], TrainConfig], proj
         for key in ARCH_KEYS:  # the network must have the checkpoint's shape
             setattr(cfg, key, init["config"][key])
     ddp, device = distributed.setup(cfg.device)
+    check_run(cfg, m, dataset, ddp.world, stage)
     run_dir = new_run_dir(project, stage, name, exist_ok) if ddp.main else None
     run_dir = Path(ddp.broadcast(str(run_dir)))  # rank 0 makes the folder; the others learn its name
     if ddp.main:

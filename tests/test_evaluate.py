@@ -1,0 +1,100 @@
+"""`weakshot evaluate` end to end on a tiny checkpoint: metrics from the real predictions, files, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_user_error, run_cli
+from test_train import TINY, synth  # noqa: F401  (fixture)
+from weakshot_cli.data.dataset import EvalDataset, collate_eval
+from weakshot_cli.data.manifest import load_manifest
+from weakshot_cli.engine.checkpoint import load_checkpoint
+from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
+from weakshot_cli.engine.metrics import compute_metrics, confusion
+
+
+@pytest.fixture(scope="module")
+def ckpt(synth, tmp_path_factory) -> Path:  # noqa: F811
+    runs = tmp_path_factory.mktemp("runs")
+    assert run_cli("train", synth, *TINY, "--iters", "2", "--project", runs).returncode == 0
+    return runs / "train" / "train" / "weights" / "last.pt"
+
+
+def test_metrics_are_those_of_the_real_predictions(ckpt, synth, tmp_path):  # noqa: F811
+    r = run_cli("evaluate", ckpt, synth, "--device", "cpu", "--imgsz", "64", "--batch", "3", "--samples", "2",
+                "--project", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "evaluate" / "evaluate"
+    result = json.loads((run / "metrics.json").read_text())
+    for plot in ("confusion_matrix.png", "per_class_iou.png", "samples.png"):
+        assert (run / "plots" / plot).stat().st_size > 1000
+    assert "novel mIoU" in r.stdout and "star" in r.stdout
+
+    # the same numbers, recomputed one image at a time at original resolution
+    c = load_checkpoint(ckpt)
+    model, m = model_from_checkpoint(c, torch.device("cpu")), load_manifest(synth)
+    ds = EvalDataset(m, "val", 64)
+    cm = torch.zeros(10, 10, dtype=torch.long)
+    for i in range(len(ds)):
+        b = collate_eval([ds[i]])
+        pred = class_scores(model, b["image"], b["sizes"], [b["labels"][0].shape])[0].argmax(0)
+        cm += confusion(pred, b["labels"][0], 10)
+    expected = compute_metrics(cm, m.base, m.novel)
+    assert np.array_equal(np.array(result["confusion"]), cm.numpy())
+    for key in ("mIoU", "base_mIoU", "novel_mIoU", "hIoU", "pAcc"):
+        assert result[key] == pytest.approx(expected[key], nan_ok=True), key
+    assert [result["classes"][n]["IoU"] for n in m.classes] == pytest.approx(expected["IoU"], nan_ok=True)
+    assert {n for n, v in result["classes"].items() if v["type"] == "novel"} == {"star", "ring", "brick"}
+    assert result["images"] == len(ds) and int(np.sum(result["confusion"])) > 0
+
+
+def test_test_time_augmentation(ckpt, synth, tmp_path):  # noqa: F811
+    model = model_from_checkpoint(load_checkpoint(ckpt), torch.device("cpu"))
+    b = collate_eval([EvalDataset(load_manifest(synth), "val", 64)[0]])
+    x, size = b["image"], [b["labels"][0].shape]
+    plain = class_scores(model, x, b["sizes"], size)[0]
+    mirrored = class_scores(model, x.flip(-1), b["sizes"], size)[0].flip(-1)
+    torch.testing.assert_close(class_scores(model, x, b["sizes"], size, flip=True)[0], (plain + mirrored) / 2)
+    multi = class_scores(model, x, b["sizes"], size, scales=(1.0, 1.5))[0]
+    assert multi.shape == plain.shape and not torch.allclose(multi, plain)
+    r = run_cli("evaluate", ckpt, synth, "--device", "cpu", "--imgsz", "64", "--samples", "0", "--flip",
+                "--scales", "1,1.5", "--project", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "runs" / "evaluate" / "evaluate" / "metrics.json").read_text())
+    assert result["flip"] is True and result["scales"] == [1.0, 1.5]
+
+
+def test_training_split_is_scored_on_its_full_masks(ckpt, synth, tmp_path):  # noqa: F811
+    r = run_cli("evaluate", ckpt, synth, "--split", "train", "--device", "cpu", "--imgsz", "64", "--samples", "0",
+                "--project", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    cm = np.array(json.loads((tmp_path / "runs" / "evaluate" / "evaluate" / "metrics.json").read_text())["confusion"])
+    m = load_manifest(synth)
+    assert cm[m.novel].sum() > 0  # novel ground truth is there: the hidden training labels were not used
+
+
+def test_bad_inputs(ckpt, synth, tmp_path):  # noqa: F811
+    runs = tmp_path / "runs"
+    other = tmp_path / "other"
+    shutil.copytree(synth, other)
+    manifest = json.loads((other / "weakshot.json").read_text())
+    manifest["classes"][0] = "meadow"
+    (other / "weakshot.json").write_text(json.dumps(manifest))
+    assert_user_error(run_cli("evaluate", ckpt, other, "--project", runs), str(ckpt), "different class set")
+    for item in manifest["splits"]["train"]:
+        item.pop("full")
+    manifest["classes"][0] = "grass"
+    (other / "weakshot.json").write_text(json.dumps(manifest))
+    assert_user_error(run_cli("evaluate", ckpt, other, "--split", "train", "--project", runs), "--split val")
+    assert_user_error(run_cli("evaluate", ckpt, synth, "--split", "test", "--project", runs), "no split 'test'")
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    assert_user_error(run_cli("evaluate", bogus, synth, "--project", runs), str(bogus), "not a weakshot checkpoint")
+    assert_user_error(run_cli("evaluate", ckpt, synth, "--scales", "1,x", "--project", runs), "--scales")
+    assert not runs.exists()

@@ -1,0 +1,175 @@
+"""`weakshot predict` end to end on a tiny checkpoint: odd images, sources, outputs, skips and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from torchvision.transforms.v2 import functional as TF
+
+from conftest import assert_user_error, run_cli
+from test_train import TINY, synth  # noqa: F401  (fixture)
+from weakshot_cli.data.dataset import collate_eval, normalise
+from weakshot_cli.engine.checkpoint import load_checkpoint
+from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
+from weakshot_cli.engine.predict import find_images, rle_results
+from weakshot_cli.errors import UserError
+
+FAST = ["--device", "cpu", "--imgsz", "64"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(synth, tmp_path_factory) -> Path:  # noqa: F811
+    runs = tmp_path_factory.mktemp("runs")
+    r = run_cli("train", synth, *TINY, "--iters", "2", "--set", "val_every=100", "--project", runs)
+    assert r.returncode == 0, r.stderr
+    return runs / "train" / "train" / "weights" / "last.pt"
+
+
+def rgb(h: int, w: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def labels_of(run: Path) -> dict[str, np.ndarray]:
+    return {p.relative_to(run / "labels").as_posix(): np.asarray(Image.open(p))
+            for p in sorted((run / "labels").rglob("*.png"))}
+
+
+def test_odd_modes_and_sizes_keep_the_displayed_size(ckpt, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 60 wide x 40 high, displayed rotated: 40 wide x 60 high
+    rgb(40, 60).save(src / "exif.jpg", exif=exif)
+    rgb(37, 53, 1).convert("L").save(src / "gray.png")
+    rgb(33, 70, 2).convert("RGBA").save(src / "rgba.png")
+    Image.fromarray(np.arange(45 * 31, dtype=np.uint16).reshape(45, 31) * 40).save(src / "deep.png")
+    rgb(50, 41, 3).convert("CMYK").save(src / "cmyk.jpg")
+    rgb(29, 64, 4).convert("P").save(src / "pal.png")
+    rgb(1, 9, 5).convert("1").save(src / "line.bmp")
+    rgb(35, 36, 6).save(src / "upper.TIF")
+    rgb(32, 40, 7).save(src / "photo.webp")
+    assert Image.open(src / "deep.png").mode == "I;16"
+    expected = {"exif.png": (60, 40), "gray.png": (37, 53), "rgba.png": (33, 70), "deep.png": (45, 31),
+                "cmyk.png": (50, 41), "pal.png": (29, 64), "line.png": (1, 9), "upper.png": (35, 36),
+                "photo.png": (32, 40)}
+    r = run_cli("predict", ckpt, src, *FAST, "--batch", "3", "--project", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "predict" / "predict"
+    assert f"9 images written to {run}, 0 skipped" in r.stdout
+    assert sorted(p.name for p in run.iterdir()) == ["labels"]
+    labels = labels_of(run)
+    assert {k: v.shape for k, v in labels.items()} == expected
+    assert all(Image.open(run / "labels" / k).mode == "L" for k in labels)
+    assert max(int(v.max()) for v in labels.values()) < len(load_checkpoint(ckpt)["classes"])
+
+
+def test_sources_select_the_expected_images_and_names_never_collide(ckpt, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub" / "deep").mkdir(parents=True)
+    for name in ("a.jpg", "a.png", "b.png", "sub/c.png", "sub/deep/d.jpg"):
+        rgb(20, 24).save(src / name)
+    (src / "notes.txt").write_text("not an image\n")
+    runs = tmp_path / "runs"
+    r = run_cli("predict", ckpt, src, *FAST, "--recursive", "--save-overlay", "--project", runs, "--name", "deep")
+    assert r.returncode == 0, r.stderr
+    assert sorted(labels_of(runs / "predict" / "deep")) == ["a.jpg.png", "a.png.png", "b.png", "sub/c.png",
+                                                            "sub/deep/d.png"]
+    assert (runs / "predict" / "deep" / "overlays" / "sub" / "deep" / "d.jpg").exists()
+
+    def outputs(source: str, recursive: bool = False) -> list[str]:
+        return [rel.as_posix() for _, rel in find_images(source, recursive)]
+
+    assert outputs(str(src)) == ["a.jpg", "a.png", "b.png"]
+    assert outputs(f"{src}/*.png") == ["a.png", "b.png"]
+    assert outputs(f"{src}/**/*.png", recursive=True) == ["a.png", "b.png", "sub/c.png"]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# chosen images\n\nsrc/b.png\n{src / 'sub' / 'c.png'}\nsrc/b.png\n"
+                       f"../{tmp_path.name}/src/a.jpg\n")
+    assert outputs(str(listing)) == ["src/b.png", "src/sub/c.png", "src/a.jpg"]
+
+
+def test_prediction_is_the_models_and_outputs_agree(ckpt, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rgb(37, 53, 8).save(src / "one.png")
+    tta = ["--flip", "--scales", "1,1.5"]
+    runs = tmp_path / "runs"
+    assert run_cli("predict", ckpt, src, *FAST, *tta, "--project", runs).returncode == 0
+    r = run_cli("predict", ckpt, src / "one.png", *FAST, *tta, "--palette", "--save-overlay", "--json",
+                "--project", runs)
+    assert r.returncode == 0, r.stderr
+    plain, rich = runs / "predict" / "predict", runs / "predict" / "predict2"
+
+    c = load_checkpoint(ckpt)
+    image = TF.pil_to_tensor(Image.open(src / "one.png"))
+    b = collate_eval([{"image": normalise(TF.resize(image, [64, 92], antialias=True)), "label": None, "index": 0}])
+    scores = class_scores(model_from_checkpoint(c, torch.device("cpu")), b["image"], b["sizes"], [(37, 53)],
+                          flip=True, scales=(1.0, 1.5))[0]
+    expected = scores.argmax(0).numpy()
+    assert np.array_equal(labels_of(plain)["one.png"], expected)
+
+    pal = Image.open(rich / "labels" / "one.png")
+    assert pal.mode == "P" and np.array_equal(np.asarray(pal), expected)
+    assert pal.getpalette()[:3 * len(c["classes"])] == c["palette"][:3 * len(c["classes"])]
+    assert Image.open(rich / "overlays" / "one.jpg").size == (53, 37)
+    results = json.loads((rich / "predictions.json").read_text())
+    assert sorted(x["category_id"] for x in results) == np.unique(expected).tolist()
+    for x in results:
+        mask = mask_utils.decode(x["segmentation"]).astype(bool)
+        assert np.array_equal(mask, expected == x["category_id"]) and x["area"] == mask.sum()
+        assert x["image_id"] == "one" and x["file_name"] == str(src / "one.png")
+        assert x["category_name"] == c["classes"][x["category_id"]]
+        assert x["score"] == pytest.approx(float(scores[x["category_id"]][torch.from_numpy(mask)].mean()), rel=1e-4)
+
+
+def test_rle_results_decode_to_each_class_mask():
+    """A barely trained model predicts one class; this checks the encoding on a map with several."""
+    label = np.zeros((7, 11), dtype=np.uint8)
+    label[2:5, 3:9], label[:, 10] = 2, 5
+    scores = torch.rand(6, 7, 11)
+    results = rle_results(scores, label, "x/y", "x/y.jpg", list("abcdef"))
+    assert [x["category_id"] for x in results] == [0, 2, 5]
+    for x in results:
+        mask = mask_utils.decode(x["segmentation"]).astype(bool)
+        assert np.array_equal(mask, label == x["category_id"]) and x["area"] == mask.sum()
+        assert x["score"] == pytest.approx(float(scores[x["category_id"]][torch.from_numpy(mask)].mean()))
+    json.dumps(results)
+
+
+def test_unreadable_files_are_skipped_and_all_unreadable_is_an_error(ckpt, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.png").write_bytes(b"")
+    rgb(40, 40).save(tmp_path / "full.jpg")
+    (bad / "cut.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
+    (bad / "text.jpg").write_text("hello")
+    runs = tmp_path / "runs"
+    r = run_cli("predict", ckpt, bad, *FAST, "--project", runs)
+    assert_user_error(r, "no image could be read", "3 skipped")
+    assert not (runs / "predict" / "predict").exists()
+    rgb(30, 40).save(bad / "good.png")
+    r = run_cli("predict", ckpt, bad, *FAST, "--batch", "2", "--project", runs)
+    assert r.returncode == 0, r.stderr
+    for name in ("empty.png", "cut.jpg", "text.jpg"):
+        assert f"skipped {bad / name}" in r.stdout
+    assert "1 images written" in r.stdout and "3 skipped" in r.stdout
+    assert list(labels_of(runs / "predict" / "predict")) == ["good.png"]
+
+
+def test_bad_inputs_fail_before_a_run_folder_exists(ckpt, tmp_path):
+    runs = tmp_path / "runs"
+    assert_user_error(run_cli("predict", ckpt, tmp_path / "nowhere", "--project", runs), str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="no images"):
+        find_images(f"{tmp_path}/*.png")
+    fake = tmp_path / "fake.pt"
+    fake.write_text("not a checkpoint")
+    rgb(8, 8).save(tmp_path / "x.png")
+    assert_user_error(run_cli("predict", fake, tmp_path / "x.png", "--project", runs), "fake.pt",
+                      "not a weakshot checkpoint")
+    assert not runs.exists()

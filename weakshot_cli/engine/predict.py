@@ -1,0 +1,194 @@
+"""``weakshot predict``: segment any images with only a checkpoint; index PNGs, overlays and COCO RLEs."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from weakshot_cli.data.dataset import collate_eval, load_rgb, normalise
+from weakshot_cli.data.labels import IMAGE_EXTS, open_image
+from weakshot_cli.engine.checkpoint import load_checkpoint
+from weakshot_cli.engine.distributed import resolve_device
+from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
+from weakshot_cli.engine.runs import new_run_dir
+from weakshot_cli.engine.visualise import default_palette, overlay
+from weakshot_cli.errors import UserError
+from weakshot_cli.io import atomic_write, write_json, write_label_png
+
+
+@dataclass
+class PredictOptions:
+    checkpoint: Path
+    source: str
+    project: Path = Path("runs")
+    name: str | None = None
+    exist_ok: bool = False
+    device: str = "auto"
+    imgsz: int | None = None
+    batch: int = 1
+    workers: int = 0
+    flip: bool = False
+    scales: Sequence[float] = (1.0,)
+    recursive: bool = False
+    palette: bool = False
+    save_overlay: bool = False
+    json: bool = False
+
+
+def _relative(path: Path, base: Path) -> PurePosixPath:
+    """Where an image's outputs go under labels/: its path below ``base``, else just its name."""
+    path, base = Path(os.path.normpath(path)), Path(os.path.normpath(base))
+    try:
+        rel = path.relative_to(base)
+    except ValueError:
+        return PurePosixPath(path.name)
+    return PurePosixPath(rel.as_posix()) if ".." not in rel.parts else PurePosixPath(path.name)
+
+
+def find_images(source: str, recursive: bool = False) -> list[tuple[Path, PurePosixPath]]:
+    """(image, relative output path) pairs for a file, folder, glob pattern or .txt list."""
+    path = Path(source)
+    is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTS  # noqa: E731
+    if not path.exists() and any(c in source for c in "*?["):
+        parts = path.parts
+        base = Path(*parts[:next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))])
+        files = [Path(p) for p in glob.glob(source, recursive=recursive) if is_image(Path(p))]
+    elif path.is_dir():
+        base = path
+        files = [p for p in (path.rglob("*") if recursive else path.iterdir()) if is_image(p)]
+    elif path.is_file() and path.suffix.lower() == ".txt":
+        base = path.parent
+        lines = (line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines())
+        files = list(dict.fromkeys(Path(os.path.normpath(base / line)) for line in lines
+                                   if line and not line.startswith("#")))
+    elif path.is_file():
+        base, files = path.parent, [path]
+    else:
+        raise UserError("no such image, folder, glob pattern or .txt list", source)
+    if not files:
+        hint = "" if recursive or not path.is_dir() else " (subfolders are searched with --recursive)"
+        raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) found{hint}", source)
+    files = files if path.suffix.lower() == ".txt" else sorted(files)  # a list keeps the user's order
+    return [(f, _relative(f, base)) for f in files]
+
+
+def output_stems(rels: Sequence[PurePosixPath]) -> list[str]:
+    """Output path per image without extension; where two images would share one (a.jpg, a.png) both keep
+    their suffix (a.jpg, a.png), so no prediction silently overwrites another."""
+    keys = [r.with_suffix("").as_posix() for r in rels]
+    counts = Counter(k.casefold() for k in keys)
+    stems: list[str] = []
+    used: set[str] = set()
+    for rel, key in zip(rels, keys):
+        stem = candidate = key if counts[key.casefold()] == 1 else rel.as_posix()
+        n = 2
+        while candidate.casefold() in used:
+            candidate, n = f"{stem}_{n}", n + 1
+        used.add(candidate.casefold())
+        stems.append(candidate)
+    return stems
+
+
+class PredictDataset(Dataset):
+    """Images resized so the short side is ``imgsz``; an unreadable file gives an error record, not an
+    exception, so one bad file does not stop a folder."""
+
+    def __init__(self, paths: Sequence[Path], imgsz: int | None, keep_rgb: bool):
+        self.paths, self.imgsz, self.keep_rgb = paths, imgsz, keep_rgb
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            rgb = load_rgb(self.paths[index], exif=True)
+        except (UserError, OSError, ValueError, SyntaxError) as e:
+            return {"index": index, "error": str(e) if isinstance(e, UserError) else f"{self.paths[index]}: {e}"}
+        h, w = rgb.shape[-2:]
+        image = rgb
+        if self.imgsz:
+            s = self.imgsz / min(h, w)
+            image = TF.resize(rgb, [max(1, round(h * s)), max(1, round(w * s))], antialias=True)
+        return {"index": index, "image": normalise(image), "size": (h, w), "rgb": rgb if self.keep_rgb else None}
+
+
+def collate_predict(batch: list[dict]) -> dict:
+    """Error records set aside; the rest padded by collate_eval, whose 'label' field carries the original size."""
+    ok = [b for b in batch if "error" not in b]
+    padded = collate_eval([{"image": b["image"], "label": b["size"], "index": b["index"]} for b in ok]) if ok else {}
+    return {**padded, "out_sizes": padded.get("labels", []), "index": [b["index"] for b in ok],
+            "rgb": [b["rgb"] for b in ok], "errors": [b["error"] for b in batch if "error" in b]}
+
+
+def rle_results(scores: torch.Tensor, label: np.ndarray, image_id: str, file_name: str, classes: list[str]) -> list:
+    """COCO-style results, one per predicted class; score is the mean class probability over its mask."""
+    results = []
+    for c in np.unique(label).tolist():
+        mask = label == c
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append({"image_id": image_id, "file_name": file_name, "category_id": c, "category_name": classes[c],
+                        "segmentation": rle, "score": float(scores[c][torch.from_numpy(mask)].mean()),
+                        "area": int(mask.sum())})
+    return results
+
+
+def run_predict(o: PredictOptions, console: Console) -> dict:
+    """Validate every input before the run folder exists, then predict image by image."""
+    if o.batch < 1 or o.workers < 0 or (o.imgsz is not None and o.imgsz < 0):
+        raise UserError("--batch must be >= 1, --workers >= 0 and --imgsz >= 0")
+    ckpt = load_checkpoint(o.checkpoint)
+    images = find_images(o.source, o.recursive)
+    dev = resolve_device(o.device)
+    model = model_from_checkpoint(ckpt, dev, str(o.checkpoint))
+    classes = ckpt["classes"]
+    palette = ckpt.get("palette") or default_palette(len(classes))
+    imgsz = (ckpt["config"].get("val_imgsz") or ckpt["config"]["imgsz"]) if o.imgsz is None else o.imgsz
+    stems = output_stems([rel for _, rel in images])
+    loader = DataLoader(PredictDataset([p for p, _ in images], imgsz or None, o.save_overlay), batch_size=o.batch,
+                        collate_fn=collate_predict, num_workers=o.workers)
+    run_dir = new_run_dir(o.project, "predict", o.name, o.exist_ok)
+    written, errors, results = 0, [], []
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("predict", total=len(images))
+        for batch in loader:
+            for error in batch["errors"]:
+                console.print(f"[yellow]warning:[/] skipped {escape(error)}", soft_wrap=True)
+            errors += batch["errors"]
+            if batch["index"]:
+                scores = class_scores(model, batch["image"].to(dev), batch["sizes"], batch["out_sizes"], o.flip,
+                                      o.scales)
+                for s, i, rgb in zip(scores, batch["index"], batch["rgb"]):
+                    label = s.argmax(0).to(torch.uint8).cpu().numpy()
+                    write_label_png(run_dir / "labels" / f"{stems[i]}.png", label, palette if o.palette else None)
+                    if o.save_overlay:
+                        blend = Image.fromarray(overlay(rgb.permute(1, 2, 0).numpy(), label, palette))
+                        atomic_write(run_dir / "overlays" / f"{stems[i]}.jpg",
+                                     lambda p, im=blend: im.save(p, format="JPEG", quality=90))
+                    if o.json:
+                        results += rle_results(s.cpu(), label, stems[i], str(images[i][0]), classes)
+                    written += 1
+            bar.advance(task, len(batch["index"]) + len(batch["errors"]))
+    if o.json and written:
+        write_json(run_dir / "predictions.json", results)
+    if not written:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+        raise UserError(f"no image could be read ({len(errors)} skipped; first: {errors[0]})", o.source)
+    console.print(f"{written} images written to [bold]{run_dir}[/], {len(errors)} skipped")
+    return {"run_dir": str(run_dir), "written": written, "skipped": len(errors)}
