@@ -126,10 +126,6 @@ def split(
     console.print(f"Wrote [bold]{out / 'weakshot.json'}[/]")
 
 
-def _not_built(name: str, issue: str) -> None:
-    raise UserError(f"'weakshot {name}' is not built yet in this version ({issue})")
-
-
 # Options shared by train and retrain.
 Preset = Annotated[str, typer.Option(help="Model/schedule preset: r50 (the paper's) or small (CPU-friendly).")]
 Iters = Annotated[Optional[int], typer.Option(help="Training iterations.")]
@@ -281,13 +277,41 @@ def predict(
                                save_overlay=save_overlay, json=json_), console)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def pseudolabel() -> None:
-    """Write novel-class pseudo-labels for the training images into a new dataset (not built yet).
+@app.command()
+def pseudolabel(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (weights/best.pt) or run folder.")],
+    dataset: Annotated[Path, typer.Argument(help="Weak-shot dataset folder (weakshot.json).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the new, pseudo-labelled dataset.")],
+    min_score: Annotated[
+        float, typer.Option(help="Leave novel pixels whose class score (summed over queries) is below this as ignore.")
+    ] = 0.0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    imgsz: Annotated[
+        Optional[int], typer.Option(help="Resize the short side to this before inference (0: original size; "
+                                         "default: the checkpoint's validation size).")
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
+    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
+    flip: Annotated[bool, typer.Option(help="Test-time augmentation: average with the mirrored image.")] = False,
+    scales: Annotated[
+        Optional[str], typer.Option(help="Multi-scale test-time augmentation, e.g. 0.75,1,1.25.")
+    ] = None,
+    exist_ok: Annotated[bool, typer.Option(help="Redo a pseudo-labelled dataset already in --out.")] = False,
+) -> None:
+    """Pseudo-label the novel classes on the training images and write a new dataset for 'weakshot retrain'.
+
+    Per pixel: a novel class predicted by the model is kept only if the image is tagged with it (and its
+    score reaches --min-score); base ground truth always wins; everything else stays ignore. The input
+    dataset is untouched; an interrupted run resumes where it stopped when rerun with the same options.
 
     Example: weakshot pseudolabel runs/train/train/weights/best.pt camvid-ws -o camvid-pl
     """
-    _not_built("pseudolabel", "planned: pseudo-labelling")
+    from weakshot_cli.engine.pseudolabel import run_pseudolabel
+
+    if min_score < 0:
+        raise UserError(f"--min-score must be >= 0, got {min_score}")
+    run_pseudolabel(checkpoint, dataset, out, device, imgsz, batch, workers, min_score, flip, _scales(scales),
+                    exist_ok, console)
 
 
 @app.command()
@@ -316,17 +340,18 @@ def retrain(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Working folder for the demo.")] = Path("runs/demo"),
     seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset and of training.")] = 0,
-    iters: Annotated[int, typer.Option(help="Training iterations (300: about 3 minutes on 2 CPU cores).")] = 300,
+    iters: Annotated[int, typer.Option(help="SimFormer training iterations.")] = 300,
+    retrain_iters: Annotated[int, typer.Option(help="Retraining iterations on the pseudo-labels.")] = 150,
     exist_ok: Annotated[bool, typer.Option(help="Reuse a demo folder that already exists.")] = False,
 ) -> None:
-    """Run weakshot end to end on a synthetic dataset made from a seed: generate, split, train.
+    """The whole path on a synthetic dataset made from a seed, in about 5 minutes on a 2-core CPU:
+    split, train, evaluate, pseudolabel, retrain, evaluate, predict.
 
-    Evaluation, pseudo-labelling, retraining and prediction join the demo as those commands are built.
     Example: weakshot demo -o runs/demo
     """
     from weakshot_cli.demo import run_demo
 
-    run_demo(out, seed, exist_ok, console, iters)
+    run_demo(out, seed, exist_ok, console, iters, retrain_iters)
 
 
 def main() -> None:
