@@ -195,26 +195,33 @@ def train(
     _train("train", dataset, preset, overrides, set_, project, name, exist_ok, resume, weights)
 
 
+# Options shared by evaluate, predict and pseudolabel.
+Checkpoint = Annotated[Path, typer.Argument(help="Checkpoint (weights/best.pt) or run folder.")]
+InferDevice = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+InferImgsz = Annotated[
+    Optional[int], typer.Option("--imgsz", help="Resize the short side to this before inference (0: original size; "
+                                                "default: the checkpoint's validation size).")
+]
+InferWorkers = Annotated[int, typer.Option("--workers", help="Data-loading worker processes.")]
+Flip = Annotated[bool, typer.Option("--flip", help="Test-time augmentation: average with the mirrored image.")]
+Scales = Annotated[Optional[str], typer.Option("--scales", help="Multi-scale test-time augmentation, e.g. 0.75,1,1.25.")]
+
+
 @app.command()
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (weights/best.pt) or run folder.")],
+    checkpoint: Checkpoint,
     dataset: Annotated[Path, typer.Argument(help="Weak-shot dataset folder (weakshot.json).")],
     split: Annotated[str, typer.Option(help="Split to score; it needs full ground truth (val).")] = "val",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    imgsz: Annotated[
-        Optional[int], typer.Option(help="Resize the short side to this before inference (0: original size; "
-                                         "default: the checkpoint's validation size).")
-    ] = None,
+    device: InferDevice = "auto",
+    imgsz: InferImgsz = None,
     batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
-    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
-    flip: Annotated[bool, typer.Option(help="Test-time augmentation: average with the mirrored image.")] = False,
-    scales: Annotated[
-        Optional[str], typer.Option(help="Multi-scale test-time augmentation, e.g. 0.75,1,1.25.")
-    ] = None,
+    workers: InferWorkers = 0,
+    flip: Flip = False,
+    scales: Scales = None,
     samples: Annotated[int, typer.Option(help="Images in the plots/samples.png overlay grid.")] = 6,
-    project: Annotated[Path, typer.Option(help="Parent folder of run folders.")] = Path("runs"),
+    project: Project = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Run name (default: evaluate, evaluate2, ...).")] = None,
-    exist_ok: Annotated[bool, typer.Option(help="Reuse the run folder --name if it exists.")] = False,
+    exist_ok: ExistOk = False,
 ) -> None:
     """Score a checkpoint on a dataset split: mIoU, base and novel mIoU, harmonic mean, per-class IoU.
 
@@ -233,30 +240,25 @@ def evaluate(
 
 @app.command()
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (weights/best.pt) or run folder.")],
+    checkpoint: Checkpoint,
     source: Annotated[
         str, typer.Argument(help="Image file, folder, quoted glob pattern ('photos/*.jpg') or .txt list of paths.")
     ],
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    imgsz: Annotated[
-        Optional[int], typer.Option(help="Resize the short side to this before inference (0: original size; "
-                                         "default: the checkpoint's validation size).")
-    ] = None,
+    device: InferDevice = "auto",
+    imgsz: InferImgsz = None,
     batch: Annotated[int, typer.Option(help="Images per forward pass (different sizes are padded).")] = 1,
-    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
-    flip: Annotated[bool, typer.Option(help="Test-time augmentation: average with the mirrored image.")] = False,
-    scales: Annotated[
-        Optional[str], typer.Option(help="Multi-scale test-time augmentation, e.g. 0.75,1,1.25.")
-    ] = None,
+    workers: InferWorkers = 0,
+    flip: Flip = False,
+    scales: Scales = None,
     recursive: Annotated[bool, typer.Option(help="Also take images in subfolders (kept under labels/).")] = False,
     palette: Annotated[bool, typer.Option(help="Save label PNGs as palette PNGs in the checkpoint's colours.")] = False,
     save_overlay: Annotated[bool, typer.Option(help="Also save colour overlays as overlays/<stem>.jpg.")] = False,
     json_: Annotated[
         bool, typer.Option("--json", help="Also save predictions.json: COCO-style RLE results per image and class.")
     ] = False,
-    project: Annotated[Path, typer.Option(help="Parent folder of run folders.")] = Path("runs"),
+    project: Project = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Run name (default: predict, predict2, ...).")] = None,
-    exist_ok: Annotated[bool, typer.Option(help="Reuse the run folder --name if it exists.")] = False,
+    exist_ok: ExistOk = False,
 ) -> None:
     """Segment images with a checkpoint: labels/<stem>.png class-index maps at each image's original size.
 
@@ -279,23 +281,18 @@ def predict(
 
 @app.command()
 def pseudolabel(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (weights/best.pt) or run folder.")],
+    checkpoint: Checkpoint,
     dataset: Annotated[Path, typer.Argument(help="Weak-shot dataset folder (weakshot.json).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the new, pseudo-labelled dataset.")],
     min_score: Annotated[
         float, typer.Option(help="Leave novel pixels whose class score (summed over queries) is below this as ignore.")
     ] = 0.0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    imgsz: Annotated[
-        Optional[int], typer.Option(help="Resize the short side to this before inference (0: original size; "
-                                         "default: the checkpoint's validation size).")
-    ] = None,
+    device: InferDevice = "auto",
+    imgsz: InferImgsz = None,
     batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
-    workers: Annotated[int, typer.Option(help="Data-loading worker processes.")] = 0,
-    flip: Annotated[bool, typer.Option(help="Test-time augmentation: average with the mirrored image.")] = False,
-    scales: Annotated[
-        Optional[str], typer.Option(help="Multi-scale test-time augmentation, e.g. 0.75,1,1.25.")
-    ] = None,
+    workers: InferWorkers = 0,
+    flip: Flip = False,
+    scales: Scales = None,
     exist_ok: Annotated[bool, typer.Option(help="Redo a pseudo-labelled dataset already in --out.")] = False,
 ) -> None:
     """Pseudo-label the novel classes on the training images and write a new dataset for 'weakshot retrain'.
