@@ -16,10 +16,10 @@ from PIL import Image
 from conftest import assert_user_error, run_cli
 from test_train import TINY, synth  # noqa: F401  (fixture)
 from weakshot_cli.data.dataset import EvalDataset, collate_eval
-from weakshot_cli.data.manifest import load_manifest
+from weakshot_cli.data.manifest import Item, Manifest, load_manifest
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
-from weakshot_cli.engine.pseudolabel import pseudo_label
+from weakshot_cli.engine.pseudolabel import _batches, pseudo_label
 
 IMGSZ = ["--imgsz", "64", "--device", "cpu"]
 
@@ -31,9 +31,14 @@ def digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def ckpt(synth, tmp_path_factory) -> Path:  # noqa: F811
+    """A 2-iteration checkpoint whose novel class logits are raised so that novel classes win on the
+    unlabelled pixels of tagged and untagged images alike: the tag rule then has pixels to keep and to drop."""
     runs = tmp_path_factory.mktemp("runs")
     assert run_cli("train", synth, *TINY, "--iters", "2", "--project", runs).returncode == 0
-    return runs / "train" / "train" / "weights" / "last.pt"
+    trained = load_checkpoint(runs / "train" / "train" / "weights" / "last.pt")
+    trained["model"]["class_embed.bias"][trained["novel"]] += 1.0
+    torch.save(trained, runs / "novel-biased.pt")
+    return runs / "novel-biased.pt"
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +62,17 @@ def test_unit_rule():
     np.testing.assert_array_equal(pseudo_label(scores, base, [2, 3], min_score=0.5), [[2, 1, 2], [255] * 3])
 
 
+def test_batches_never_mix_image_sizes(tmp_path):
+    """Padding to a neighbour's size would change a pseudo-label (and break exact resume)."""
+    sizes = [(64, 48), (32, 32), (64, 48), (32, 32), (64, 48)]
+    for i, size in enumerate(sizes):
+        Image.new("RGB", size).save(tmp_path / f"{i}.png")
+    m = Manifest(["a", "b"], [0], [1], {"train": [Item(f"{i}.png", None, []) for i in range(5)]}, root=tmp_path)
+    batches = _batches(m, [0, 1, 2, 3, 4], 2)
+    assert sorted(i for b in batches for i in b) == [0, 1, 2, 3, 4]
+    assert all(len(b) <= 2 and len({sizes[i] for i in b}) == 1 for b in batches)
+
+
 def test_rules_hold_on_every_written_label(labelled, ckpt, synth):  # noqa: F811
     src, new = load_manifest(synth), load_manifest(labelled)
     assert new.novel_masks and new.classes == src.classes and new.novel == src.novel
@@ -71,15 +87,21 @@ def test_rules_hold_on_every_written_label(labelled, ckpt, synth):  # noqa: F811
         extra = set(np.unique(pseudo[~known]).tolist()) - {255}
         assert extra <= set(old.tags) & set(src.novel), (extra, old.tags)  # only tagged novel classes
 
-    # exactly what the rule gives on the model's own scores
+    # exactly what the rule gives on the model's own scores, one image at a time
     model = model_from_checkpoint(load_checkpoint(ckpt), torch.device("cpu"))
     ds = EvalDataset(src, "train", 64)
-    for i in (0, 5):
+    kept = dropped = 0
+    for i, it in enumerate(new.splits["train"]):
         b = collate_eval([ds[i]])
         scores = class_scores(model, b["image"], b["sizes"], [b["labels"][0].shape])[0]
-        tags = [t for t in src.splits["train"][i].tags if t in src.novel]
-        expected = pseudo_label(scores, b["labels"][0].numpy().astype(np.uint8), tags)
-        np.testing.assert_array_equal(np.asarray(Image.open(new.resolve(new.splits["train"][i].label))), expected)
+        tags = [t for t in it.tags if t in src.novel]
+        base = b["labels"][0].numpy().astype(np.uint8)
+        expected = pseudo_label(scores, base, tags)
+        np.testing.assert_array_equal(np.asarray(Image.open(new.resolve(it.label))), expected)
+        novel_wins = np.isin(scores.argmax(0).numpy(), src.novel) & (base == 255)
+        kept += (novel_wins & (expected != 255)).sum()
+        dropped += (novel_wins & (expected == 255)).sum()
+    assert kept > 0 and dropped > 0, (kept, dropped)  # the tag rule both keeps and removes novel pixels
 
 
 def test_min_score_leaves_only_base(ckpt, synth, tmp_path):  # noqa: F811
@@ -111,18 +133,21 @@ def test_interrupted_run_resumes_to_the_same_output(labelled, ckpt, synth, tmp_p
 def test_benchmark_report_matches_the_files(labelled, synth):  # noqa: F811
     report = json.loads((labelled / "pseudolabel.json").read_text())
     src, new = load_manifest(synth), load_manifest(labelled)
+    pairs = [(np.asarray(Image.open(new.resolve(it.label))), np.asarray(Image.open(new.resolve(it.full))))
+             for it in new.splits["train"]]
+    ious = []
     for c in src.novel:
-        tp = gt = pred = 0
-        for it in new.splits["train"]:
-            pseudo = np.asarray(Image.open(new.resolve(it.label)))
-            full = np.asarray(Image.open(new.resolve(it.full)))
-            valid = full != 255
-            tp += ((pseudo == c) & (full == c)).sum()
-            gt += (full == c).sum()
-            pred += ((pseudo == c) & valid).sum()
+        tp = sum(((p == c) & (f == c)).sum() for p, f in pairs)
+        gt = sum((f == c).sum() for p, f in pairs)
+        pred = sum(((p == c) & (f != 255)).sum() for p, f in pairs)  # ignore-GT pixels excluded
         expected = 100 * tp / (gt + pred - tp) if gt + pred else None
         assert report["novel_IoU"][src.classes[c]] == pytest.approx(expected)
-    assert 0 <= report["coverage"] <= 100 and report["images"] == len(src.splits["train"])
+        assert report["pixels"]["per_class"][src.classes[c]] == {"ground_truth": gt, "pseudo": pred, "correct": tp}
+        ious += [expected] if expected is not None else []
+    assert report["novel_mIoU"] == pytest.approx(np.mean(ious))
+    novel_gt = [np.isin(f, src.novel) for p, f in pairs]
+    covered = sum((g & (p != 255)).sum() for (p, f), g in zip(pairs, novel_gt)) / sum(g.sum() for g in novel_gt)
+    assert report["coverage"] == pytest.approx(100 * covered) and report["images"] == len(src.splits["train"])
 
 
 def test_bad_inputs_write_nothing(ckpt, synth, tmp_path):  # noqa: F811
@@ -134,15 +159,16 @@ def test_bad_inputs_write_nothing(ckpt, synth, tmp_path):  # noqa: F811
     assert_user_error(run_cli("pseudolabel", ckpt, other, "-o", tmp_path / "out", *IMGSZ), "different class set")
     assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", synth / "pl", *IMGSZ), "inside")
     assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", tmp_path / "out", "--min-score", "-1"), "--min-score")
+    assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", tmp_path / "out", "--batch", "0"), "--batch")
     assert not (tmp_path / "out").exists() and not (synth / "pl").exists()
 
 
 def test_retrain_reads_the_pseudo_labelled_dataset(labelled, tmp_path):
-    r = run_cli("retrain", labelled, *TINY, "--iters", "2", "--project", tmp_path / "runs")
+    r = run_cli("retrain", labelled, *TINY, "--iters", "1", "--project", tmp_path / "runs")
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs" / "retrain" / "retrain"
     ckpt = load_checkpoint(run / "weights" / "last.pt")
-    assert ckpt["iter"] == 2 and ckpt["stage"] == "retrain"
+    assert ckpt["iter"] == 1 and ckpt["stage"] == "retrain"
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in logged if x["type"] == "train"]
     assert train and all(x["loss_comp"] == x["loss_sim"] == x["loss_dist"] == 0 for x in train)  # plain MaskFormer

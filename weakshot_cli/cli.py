@@ -300,13 +300,17 @@ def pseudolabel(
     Per pixel: a novel class predicted by the model is kept only if the image is tagged with it (and its
     score reaches --min-score); base ground truth always wins; everything else stays ignore. The input
     dataset is untouched; an interrupted run resumes where it stopped when rerun with the same options.
+    Benchmark-mode datasets also get the pseudo-labels' novel IoU and coverage against the full masks
+    (printed and saved as pseudolabel.json).
 
     Example: weakshot pseudolabel runs/train/train/weights/best.pt camvid-ws -o camvid-pl
     """
-    from weakshot_cli.engine.pseudolabel import run_pseudolabel
-
     if min_score < 0:
         raise UserError(f"--min-score must be >= 0, got {min_score}")
+    if batch < 1 or workers < 0 or (imgsz or 0) < 0:
+        raise UserError("--batch must be >= 1, --workers and --imgsz >= 0")
+    from weakshot_cli.engine.pseudolabel import run_pseudolabel
+
     run_pseudolabel(checkpoint, dataset, out, device, imgsz, batch, workers, min_score, flip, _scales(scales),
                     exist_ok, console)
 

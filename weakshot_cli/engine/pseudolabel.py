@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from weakshot_cli.data.dataset import EvalDataset, collate_eval
 from weakshot_cli.data.labels import IGNORE, read_raw_label
@@ -52,9 +53,23 @@ def _label_names(items: list[Item]) -> list[str]:
     return [f"labels/train/{s if counts[s] == 1 else f'{i:06d}_{s}'}.png" for i, s in enumerate(stems)]
 
 
-def _prepare(out: Path, dataset: Path, state: dict, exist_ok: bool) -> None:
+def _batches(m: Manifest, todo: list[int], batch: int) -> list[list[int]]:
+    """Batches of images with the same original size: padding never differs from an image's own, so its
+    pseudo-label does not depend on its batch neighbours and a resumed run labels as an uninterrupted one."""
+    groups: dict[tuple[int, int] | None, list[int]] = {}
+    for i in todo:
+        try:
+            with Image.open(m.resolve(m.splits["train"][i].image)) as im:  # reads the header only
+                size = im.size
+        except (OSError, Image.DecompressionBombError):
+            size = None  # the loader reports the file properly
+        groups.setdefault(size, []).append(i)
+    return [g[j:j + batch] for g in groups.values() for j in range(0, len(g), batch)]
+
+
+def _prepare(out: Path, root: Path, state: dict, exist_ok: bool) -> None:
     """Start, resume (same options) or, with --exist-ok, start over; never write into the input."""
-    src, dst = dataset.resolve(), out.resolve()
+    src, dst = root.resolve(), out.resolve()
     if dst == src or dst.is_relative_to(src):
         raise UserError("the output folder may not be the input dataset or lie inside it", out)
     state_path = out / STATE
@@ -82,17 +97,18 @@ def _prepare(out: Path, dataset: Path, state: dict, exist_ok: bool) -> None:
 
 
 def quality(cm: np.ndarray, m: Manifest) -> dict:
-    """Novel IoU of pseudo-labels against the full masks; pixels left ignore count as misses."""
+    """Novel IoU of pseudo-labels against the full masks; pixels left ignore (column k) count as misses."""
     k = len(m.classes)
-    tp = np.diag(cm)[:k]
-    gt, pred = cm[:k].sum(1), cm[:, :k].sum(0)
-    per_class = {m.classes[c]: (100 * tp[c] / (gt[c] + pred[c] - tp[c]) if gt[c] + pred[c] > 0 else None)
-                 for c in m.novel}
-    values = [v for v in per_class.values() if v is not None]
-    novel_gt = gt[m.novel].sum()
-    return {"novel_mIoU": float(np.mean(values)) if values else None, "novel_IoU": per_class,
-            "coverage": 100 * float(cm[m.novel, :k].sum() / novel_gt) if novel_gt else None,
-            "precision": {m.classes[c]: (100 * tp[c] / pred[c] if pred[c] else None) for c in m.novel}}
+    tp, gt, pred = np.diag(cm)[:k], cm[:k].sum(1), cm[:, :k].sum(0)
+    pct = lambda a, b: 100 * float(a / b) if b else None  # noqa: E731
+    iou = {m.classes[c]: pct(tp[c], gt[c] + pred[c] - tp[c]) for c in m.novel}
+    values = [v for v in iou.values() if v is not None]
+    novel_gt, labelled = int(gt[m.novel].sum()), int(cm[m.novel, :k].sum())
+    return {"novel_mIoU": float(np.mean(values)) if values else None, "novel_IoU": iou,
+            "precision": {m.classes[c]: pct(tp[c], pred[c]) for c in m.novel}, "coverage": pct(labelled, novel_gt),
+            "pixels": {"novel_ground_truth": novel_gt, "novel_labelled": labelled,
+                       "per_class": {m.classes[c]: {"ground_truth": int(gt[c]), "pseudo": int(pred[c]),
+                                                    "correct": int(tp[c])} for c in m.novel}}}
 
 
 def run_pseudolabel(checkpoint: Path, dataset: Path, out: Path, device: str, imgsz: int | None, batch: int,
@@ -110,12 +126,12 @@ def run_pseudolabel(checkpoint: Path, dataset: Path, out: Path, device: str, img
              "checkpoint_mtime_ns": stat.st_mtime_ns, "dataset": str(dataset.resolve()), "imgsz": imgsz,
              "min_score": min_score, "flip": flip, "scales": list(scales)}
     dev = resolve_device(device)
-    _prepare(out, dataset, state, exist_ok)
+    _prepare(out, m.root, state, exist_ok)
     model = model_from_checkpoint(ckpt, dev, str(checkpoint))
     items = m.splits["train"]
     names = _label_names(items)
     todo = [i for i, name in enumerate(names) if not (out / name).exists()]
-    loader = DataLoader(Subset(EvalDataset(m, "train", imgsz or None), todo), batch_size=batch,
+    loader = DataLoader(EvalDataset(m, "train", imgsz or None), batch_sampler=_batches(m, todo, batch),
                         collate_fn=collate_eval, num_workers=workers)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("pseudo-label", total=len(items), completed=len(items) - len(todo))
