@@ -17,7 +17,7 @@ from weakshot_cli.data.labels import read_raw_label
 from weakshot_cli.data.manifest import Manifest, load_manifest
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.distributed import resolve_device
-from weakshot_cli.engine.inference import evaluate_loader, model_from_checkpoint
+from weakshot_cli.engine.inference import evaluate_loader, inference_size, model_from_checkpoint
 from weakshot_cli.engine.plots import plot_class_iou, plot_confusion, plot_samples
 from weakshot_cli.engine.runs import new_run_dir
 from weakshot_cli.engine.visualise import default_palette, overlay
@@ -67,13 +67,16 @@ def run_evaluate(checkpoint: Path, dataset: Path, split: str, project: Path, nam
     check_split(m, split, dataset)
     dev = resolve_device(device)
     model = model_from_checkpoint(ckpt, dev, str(checkpoint))
-    if imgsz is None:
-        imgsz = ckpt["config"].get("val_imgsz") or ckpt["config"]["imgsz"]
+    imgsz = inference_size(ckpt, imgsz)
     loader = DataLoader(EvalDataset(m, split, imgsz or None, full=True), batch_size=batch, collate_fn=collate_eval,
                         num_workers=workers)
     run_dir = new_run_dir(project, "evaluate", name, exist_ok)
     kept: dict[int, torch.Tensor] = {}
-    keep = lambda i, pred: kept.__setitem__(i, pred) if i < samples else None  # noqa: E731
+
+    def keep(index: int, pred: torch.Tensor) -> None:  # the first few predictions, for the overlay grid
+        if index < samples:
+            kept[index] = pred
+
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task(f"evaluate {split}", total=len(loader.dataset))
         metrics, cm = evaluate_loader(model, loader, len(m.classes), m.base, m.novel, dev,

@@ -31,6 +31,12 @@ def model_from_checkpoint(ckpt: dict, device: torch.device, source: str = "") ->
     return model.to(device).eval()
 
 
+def inference_size(ckpt: dict, imgsz: int | None) -> int:
+    """The short side images are resized to: the user's choice, else the size the checkpoint was validated
+    at; 0 keeps the original size."""
+    return imgsz if imgsz is not None else ckpt["config"].get("val_imgsz") or ckpt["config"]["imgsz"]
+
+
 def _scores_at(model: nn.Module, images: torch.Tensor, flip: bool) -> torch.Tensor:
     size = tuple(images.shape[-2:])
     out = model(images)

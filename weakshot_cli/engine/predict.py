@@ -24,7 +24,7 @@ from weakshot_cli.data.dataset import collate_eval, load_rgb, normalise
 from weakshot_cli.data.labels import IMAGE_EXTS, open_image
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.distributed import resolve_device
-from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
+from weakshot_cli.engine.inference import class_scores, inference_size, model_from_checkpoint
 from weakshot_cli.engine.runs import new_run_dir
 from weakshot_cli.engine.visualise import default_palette, overlay
 from weakshot_cli.errors import UserError
@@ -158,7 +158,7 @@ def run_predict(o: PredictOptions, console: Console) -> dict:
     model = model_from_checkpoint(ckpt, dev, str(o.checkpoint))
     classes = ckpt["classes"]
     palette = ckpt.get("palette") or default_palette(len(classes))
-    imgsz = (ckpt["config"].get("val_imgsz") or ckpt["config"]["imgsz"]) if o.imgsz is None else o.imgsz
+    imgsz = inference_size(ckpt, o.imgsz)
     stems = output_stems([rel for _, rel in images])
     loader = DataLoader(PredictDataset([p for p, _ in images], imgsz or None, o.save_overlay), batch_size=o.batch,
                         collate_fn=collate_predict, num_workers=o.workers)

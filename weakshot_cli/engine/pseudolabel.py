@@ -23,7 +23,7 @@ from weakshot_cli.data.manifest import MANIFEST, Item, Manifest, load_manifest
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.distributed import resolve_device
 from weakshot_cli.engine.evaluate import check_classes
-from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
+from weakshot_cli.engine.inference import class_scores, inference_size, model_from_checkpoint
 from weakshot_cli.engine.metrics import confusion
 from weakshot_cli.errors import UserError
 from weakshot_cli.io import write_json, write_label_png
@@ -119,8 +119,7 @@ def run_pseudolabel(checkpoint: Path, dataset: Path, out: Path, device: str, img
     check_classes(ckpt, m, checkpoint)
     if not m.splits.get("train"):
         raise UserError("the dataset has no training images to pseudo-label", dataset)
-    if imgsz is None:
-        imgsz = ckpt["config"].get("val_imgsz") or ckpt["config"]["imgsz"]
+    imgsz = inference_size(ckpt, imgsz)
     stat = os.stat(checkpoint if Path(checkpoint).is_file() else Path(checkpoint) / "weights" / "last.pt")
     state = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_bytes": stat.st_size,
              "checkpoint_mtime_ns": stat.st_mtime_ns, "dataset": str(dataset.resolve()), "imgsz": imgsz,
