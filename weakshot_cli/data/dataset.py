@@ -39,6 +39,15 @@ def load_rgb(path, exif: bool = False) -> torch.Tensor:
     return TF.pil_to_tensor(img.convert("RGB"))
 
 
+def resize_short(image: torch.Tensor, imgsz: int | None) -> torch.Tensor:
+    """Resize so the short side is ``imgsz`` (aspect kept); ``None`` or 0 keeps the original size."""
+    if not imgsz:
+        return image
+    h, w = image.shape[-2:]
+    s = imgsz / min(h, w)
+    return TF.resize(image, [max(1, round(h * s)), max(1, round(w * s))], antialias=True)
+
+
 def normalise(image: torch.Tensor) -> torch.Tensor:
     return (image.float() - MEAN) / STD
 
@@ -166,11 +175,7 @@ class EvalDataset(Dataset):
         image = load_rgb(self.m.resolve(item.image))
         path = item.full if self.full and item.full else item.label
         label = torch.from_numpy(read_raw_label(self.m.resolve(path)).astype(np.int64))
-        h, w = image.shape[-2:]
-        if self.imgsz:
-            s = self.imgsz / min(h, w)
-            image = TF.resize(image, [max(1, round(h * s)), max(1, round(w * s))], antialias=True)
-        return {"image": normalise(image), "label": label, "index": index}
+        return {"image": normalise(resize_short(image, self.imgsz)), "label": label, "index": index}
 
 
 def collate_eval(batch: list[dict]) -> dict:

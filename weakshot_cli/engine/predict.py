@@ -18,9 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.v2 import functional as TF
 
-from weakshot_cli.data.dataset import collate_eval, load_rgb, normalise
+from weakshot_cli.data.dataset import collate_eval, load_rgb, normalise, resize_short
 from weakshot_cli.data.labels import IMAGE_EXTS, open_image
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.distributed import resolve_device
@@ -119,12 +118,8 @@ class PredictDataset(Dataset):
             rgb = load_rgb(self.paths[index], exif=True)
         except (UserError, OSError, ValueError, SyntaxError) as e:
             return {"index": index, "error": str(e) if isinstance(e, UserError) else f"{self.paths[index]}: {e}"}
-        h, w = rgb.shape[-2:]
-        image = rgb
-        if self.imgsz:
-            s = self.imgsz / min(h, w)
-            image = TF.resize(rgb, [max(1, round(h * s)), max(1, round(w * s))], antialias=True)
-        return {"index": index, "image": normalise(image), "size": (h, w), "rgb": rgb if self.keep_rgb else None}
+        return {"index": index, "image": normalise(resize_short(rgb, self.imgsz)), "size": tuple(rgb.shape[-2:]),
+                "rgb": rgb if self.keep_rgb else None}
 
 
 def collate_predict(batch: list[dict]) -> dict:
