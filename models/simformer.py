@@ -61,6 +61,8 @@ class SimFormer(nn.Module):
         hs = self.decoder(src.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2), query_pos)
         logits = self.class_embed(hs)
         masks = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hs), mask_features)
+        # unbind, not indexing: each index's backward would write a zero tensor the size of the whole stack
+        logits, masks = logits.unbind(0), masks.unbind(0)
         return {
             "pred_logits": logits[-1],
             "pred_masks": masks[-1],
