@@ -22,6 +22,27 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def make_batch(batch: int, imgsz: int, dev: "torch.device") -> tuple["torch.Tensor", list[dict]]:
+    """Random images; per image three base-class quadrants with masks, one unlabelled quadrant, novel tag 8."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, imgsz, imgsz, generator=g).to(dev)
+    targets = []
+    for i in range(batch):
+        sem = torch.full((imgsz, imgsz), 255, dtype=torch.long)
+        for c, (y, x) in enumerate([(0, 0), (0, 1), (1, 0)]):
+            sem[y * imgsz // 2:(y + 1) * imgsz // 2, x * imgsz // 2:(x + 1) * imgsz // 2] = c
+        labels = torch.tensor([0, 1, 2, 8])
+        has_mask = torch.tensor([True, True, True, False])
+        masks = (sem[None] == labels[:, None, None]) & has_mask[:, None, None]
+        targets.append({k: v.to(dev) if torch.is_tensor(v) else v for k, v in {
+            "labels": labels, "masks": masks, "has_mask": has_mask, "sem": sem,
+            "pad": torch.zeros(imgsz, imgsz, dtype=torch.bool), "ref": i ^ 1 if (i ^ 1) < batch else i,
+            "novel_tags": torch.tensor([8])}.items()})
+    return images, targets
+
+
 def one(preset: str, batch: int, imgsz: int, num_points: int, repeats: int, device: str) -> dict:
     import torch
 
@@ -36,19 +57,7 @@ def one(preset: str, batch: int, imgsz: int, num_points: int, repeats: int, devi
     dev = torch.device(device)
     step = TrainStep(build_model(cfg, k), build_criterion(cfg, m)).to(dev)
     opt = torch.optim.AdamW(step.parameters(), lr=1e-4)
-    images = torch.randn(batch, 3, imgsz, imgsz, device=dev)
-    targets = []
-    for i in range(batch):
-        sem = torch.full((imgsz, imgsz), 255, dtype=torch.long)
-        for c, (y, x) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
-            sem[y * imgsz // 2:(y + 1) * imgsz // 2, x * imgsz // 2:(x + 1) * imgsz // 2] = c if c < 3 else 255
-        labels = torch.tensor([0, 1, 2, 8])
-        has_mask = torch.tensor([True, True, True, False])
-        masks = (sem[None] == labels[:, None, None]) & has_mask[:, None, None]
-        targets.append({k_: v.to(dev) if torch.is_tensor(v) else v for k_, v in {
-            "labels": labels, "masks": masks, "has_mask": has_mask, "sem": sem,
-            "pad": torch.zeros(imgsz, imgsz, dtype=torch.bool), "ref": i ^ 1 if (i ^ 1) < batch else i,
-            "novel_tags": torch.tensor([8])}.items()})
+    images, targets = make_batch(batch, imgsz, dev)
     times = []
     for r in range(repeats + 1):
         if dev.type == "cuda":
