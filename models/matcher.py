@@ -51,7 +51,8 @@ class HungarianMatcher:
     def __call__(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
         indices = []
         for logits, masks, target in zip(outputs["pred_logits"], outputs["pred_masks"], targets):
-            cost = self.cost_matrix(logits, masks, target)
+            # Diverged outputs still get matched, so that the loss, not scipy, reports them (naming the term).
+            cost = torch.nan_to_num(self.cost_matrix(logits, masks, target), nan=1e8, posinf=1e8, neginf=-1e8)
             rows, cols = linear_sum_assignment(cost.cpu().numpy())
             indices.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)))
         return indices

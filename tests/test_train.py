@@ -74,28 +74,81 @@ def _model_state(run: Path) -> dict:
     return load_checkpoint(run / "weights" / "last.pt")["model"]
 
 
-def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(synth, tmp_path):
-    args = ["train", synth, *TINY, "--iters", "8", "--set", "save_every=100", "--project", tmp_path / "runs"]
-    assert run_cli(*args, "--name", "straight").returncode == 0
-    straight = tmp_path / "runs" / "train" / "straight"
+def _args(synth: Path, tmp_path: Path) -> list:
+    return ["train", synth, *TINY, "--iters", "8", "--set", "save_every=100", "--project", tmp_path / "runs"]
+
+
+@pytest.fixture(scope="module")
+def straight(synth, tmp_path_factory) -> Path:
+    """An uninterrupted 8-iteration run: what an interrupted and resumed run must end equal to."""
+    tmp = tmp_path_factory.mktemp("straight")
+    assert run_cli(*_args(synth, tmp), "--name", "straight").returncode == 0
+    return tmp / "runs" / "train" / "straight"
+
+
+def _start_and_interrupt(args: list, run: Path, sig: signal.Signals, after: int) -> subprocess.CompletedProcess:
+    """Start a run and send ``sig`` once ``after`` training records are logged."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "weakshot_cli", *map(str, args), "--name", "cut"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    cut = tmp_path / "runs" / "train" / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "weakshot_cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 300
-    while time.time() < deadline and not (cut / "metrics.jsonl").exists():
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    while time.time() < deadline and len(records(run)) < after and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    assert [x["iter"] for x in records(b)] == list(range(1, 9))
+    assert [x["loss"] for x in records(b)] == pytest.approx([x["loss"] for x in records(a)], rel=1e-5)
+    wa, wb = _model_state(a), _model_state(b)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(synth, straight, tmp_path):
+    cut = tmp_path / "runs" / "train" / "cut"
+    r = _start_and_interrupt([*_args(synth, tmp_path), "--name", "cut"], cut, signal.SIGTERM, after=1)
+    assert r.returncode == 0, r.stderr
     stopped_at = load_checkpoint(cut / "weights" / "last.pt")["iter"]
-    assert stopped_at < 8 and "stopped by signal" in out
+    assert stopped_at < 8 and "stopped by signal" in r.stdout
     r = run_cli("train", "--resume", cut)
     assert r.returncode == 0, r.stderr
-    assert [x["loss"] for x in records(cut)] == pytest.approx([x["loss"] for x in records(straight)], rel=1e-5)
-    a, b = _model_state(straight), _model_state(cut)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    _assert_same_run(straight, cut)
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(synth, straight, tmp_path):
+    """SIGKILL gives no chance to save: resume starts from the last checkpoint written (each validation writes
+    one here), drops the log records after it and any torn last line, and still ends equal."""
+    killed = tmp_path / "runs" / "train" / "killed"
+    r = _start_and_interrupt([*_args(synth, tmp_path), "--name", "killed"], killed, signal.SIGKILL, after=3)
+    assert r.returncode == -signal.SIGKILL
+    assert load_checkpoint(killed / "weights" / "last.pt")["iter"] < 8
+    with (killed / "metrics.jsonl").open("a") as f:
+        f.write('{"type": "train", "iter": 5, "lo')  # a write torn by the kill
+    (killed / "weights" / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    r = run_cli("train", "--resume", killed)
+    assert r.returncode == 0, r.stderr
+    _assert_same_run(straight, killed)
+    assert not list((killed / "weights").glob(".*.tmp"))
+
+
+def test_same_seed_same_losses_and_predictions(synth, straight, tmp_path):
+    """Determinism on CPU: a second run with the same seed logs the same losses and predicts the same labels."""
+    assert run_cli(*_args(synth, tmp_path), "--name", "again").returncode == 0
+    again = tmp_path / "runs" / "train" / "again"
+    assert [x["loss"] for x in records(again)] == [x["loss"] for x in records(straight)]
+    labels = []
+    for run in (straight, again):
+        out = tmp_path / "pred" / run.name
+        r = run_cli("predict", run / "weights" / "last.pt", synth.parent / "src" / "images" / "val", "--device",
+                    "cpu", "--project", out)
+        assert r.returncode == 0, r.stderr
+        labels.append({p.name: np.asarray(Image.open(p)) for p in sorted(out.rglob("labels/*.png"))})
+    assert labels[0].keys() == labels[1].keys() and len(labels[0]) == 4
+    for name in labels[0]:
+        np.testing.assert_array_equal(labels[0][name], labels[1][name])
 
 
 def test_weights_starts_a_new_run_and_resume_or_weights_not_both(synth, tmp_path):
@@ -184,3 +237,37 @@ def test_backbone_weights_imagenet_none_and_path_offline(tmp_path, monkeypatch):
     torch.save({"fc.weight": torch.zeros(3)}, local)
     with pytest.raises(UserError, match="do not fit resnet18"):
         loaded(str(local))
+
+
+class _RunsCode:
+    """Unpickling this calls Path.touch(marker): what a hostile checkpoint would do with os.system."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "resume", "weights"])
+def test_a_checkpoint_crafted_to_run_code_is_refused_unopened(synth, tmp_path, command):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "last.pt"
+    torch.save({"model": {}, "config": {}, "classes": [], "payload": _RunsCode(marker)}, evil)
+    args = {"evaluate": ["evaluate", evil, synth], "predict": ["predict", evil, synth.parent / "src" / "images"],
+            "resume": ["train", "--resume", evil], "weights": ["train", synth, "--weights", evil, *TINY]}[command]
+    assert_user_error(run_cli(*args, "--project", tmp_path / "runs") if command != "resume" else run_cli(*args),
+                      str(evil), "refused as unsafe")
+    assert not marker.exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_non_finite_loss_stops_naming_iteration_and_term_and_keeps_the_last_good_checkpoint(synth, tmp_path):
+    """lr 1e12 blows the weights up after the first step; the loss turns non-finite a step or two later."""
+    r = run_cli("train", synth, *TINY, "--iters", "8", "--lr", "1e12", "--project", tmp_path / "runs")
+    line = assert_user_error(r, "non-finite loss at iteration", "last good checkpoint is kept")
+    bad_iter = int(line.split("non-finite loss at iteration ")[1].split(":")[0])
+    assert 2 <= bad_iter <= 8 and any(f"loss_{t}" in line for t in ("ce", "mask", "dice", "comp", "sim", "dist"))
+    ckpt = load_checkpoint(tmp_path / "runs" / "train" / "train" / "weights" / "last.pt")
+    assert ckpt["iter"] == bad_iter - 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert [x["iter"] for x in records(tmp_path / "runs" / "train" / "train")] == list(range(1, bad_iter))

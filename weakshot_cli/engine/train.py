@@ -31,7 +31,7 @@ from weakshot_cli.engine.runs import new_run_dir
 from weakshot_cli.engine.visualise import default_palette
 from weakshot_cli.engine.weights import init_backbone
 from weakshot_cli.errors import UserError
-from weakshot_cli.io import write_json
+from weakshot_cli.io import atomic_write, write_json
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> SimFormer:
@@ -109,11 +109,21 @@ class StopRequest:
             signal.signal(sig, old)
 
 
-def _truncate_log(path: Path, last_iter: int) -> None:
-    """After a crash, drop log records past the checkpoint the run resumes from."""
+def _after_crash(run_dir: Path, last_iter: int) -> None:
+    """Before resuming: drop log records past the checkpoint (and a line torn by a kill), and the temporary
+    files of atomic writes a kill interrupted."""
+    def kept(line: str) -> bool:
+        try:
+            return json.loads(line).get("iter", 0) <= last_iter
+        except ValueError:
+            return False
+
+    path = run_dir / "metrics.jsonl"
     if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("iter", 0) <= last_iter]
-        path.write_text("".join(line + "\n" for line in keep))
+        lines = [line for line in path.read_text().splitlines() if line and kept(line)]
+        atomic_write(path, lambda p: p.write_text("".join(line + "\n" for line in lines)))
+    for tmp in (run_dir / "weights").glob(".*.tmp"):
+        tmp.unlink()
 
 
 def check_finite(losses: dict[str, torch.Tensor], it: int, run_dir: Path) -> None:
@@ -173,7 +183,7 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
             torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
         start, best = resume["iter"], resume["best"]
         if ddp.main:
-            _truncate_log(run_dir / "metrics.jsonl", start)
+            _after_crash(run_dir, start)
     if start >= iters:
         raise UserError(f"run already finished ({start} of {iters} iterations)", run_dir)
     sampler = PairBatchSampler([it.tags for it in dataset.items], m.base, m.novel, cfg.batch, cfg.seed,
