@@ -148,8 +148,37 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, threads: int) ->
     return result
 
 
+def novel_diagnosis(metrics_file: Path) -> dict:
+    """Is the novel region found, and are novel classes told apart? The class-agnostic IoU of 'any novel class'
+    and, per novel class, where its val pixels go (% of the class's pixels, top three predictions)."""
+    metrics = json.loads(metrics_file.read_text())
+    names = list(metrics["classes"])
+    k = len(names)
+    cm = np.array(metrics["confusion"])[:k, :k]
+    novel = [i for i, n in enumerate(names) if metrics["classes"][n]["type"] == "novel"]
+    inside = np.isin(np.arange(k), novel)
+    tp = cm[np.ix_(inside, inside)].sum()
+    region = 100 * tp / (cm[inside].sum() + cm[:, inside].sum() - tp)
+    where = {names[c]: {names[t]: round(100 * cm[c, t] / cm[c].sum(), 1) for t in np.argsort(cm[c])[::-1][:3]}
+             for c in novel}
+    return {"novel_region_IoU": round(float(region), 1), "novel_pixels_predicted_as": where}
+
+
+def tag_statistics(dataset: Path) -> dict:
+    """How often each set of novel tags occurs on the training images: tags that rarely vary cannot tell the
+    novel classes apart."""
+    m = load_manifest(dataset)
+    counts: dict[str, int] = {}
+    for item in m.splits["train"]:
+        key = "+".join(m.classes[c] for c in sorted(set(item.tags) & set(m.novel))) or "none"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def report(work: Path, budget_name: str, out: Path) -> None:
     results = {n: json.loads((work / n / "result.json").read_text()) for n in RUNS if (work / n / "result.json").exists()}
+    for n, r in results.items():
+        r |= novel_diagnosis(work / "runs" / "evaluate" / n / "metrics.json")
     oracle = results.get("oracle", {}).get("novel_mIoU")
     for r in results.values():
         r["novel_vs_oracle"] = round(r["novel_mIoU"] / oracle, 3) if oracle else None
@@ -157,15 +186,16 @@ def report(work: Path, budget_name: str, out: Path) -> None:
            "budget": {"name": budget_name, **BUDGETS[budget_name], "preset": "small", "seed": 0,
                       "backbone": "resnet18 from scratch"},
            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU", "torch": torch.__version__,
-           "date": time.strftime("%Y-%m-%d"), "runs": results}
+           "date": time.strftime("%Y-%m-%d"), "novel_tags": tag_statistics(work / "dataset"), "runs": results}
     out.mkdir(parents=True, exist_ok=True)
     suffix = "" if budget_name == "full" else f"-{budget_name}"
     atomic_write(out / f"quality{suffix}.json", lambda p: p.write_text(json.dumps(doc, indent=2)))
-    print("| run | novel mIoU | base mIoU | mIoU | novel / oracle | train time |\n|---|---|---|---|---|---|")
+    print("| run | novel mIoU | base mIoU | mIoU | novel / oracle | novel region IoU | train time |\n"
+          "|---|---|---|---|---|---|---|")
     for r in results.values():
         frac = f"{100 * r['novel_vs_oracle']:.0f}%" if r["novel_vs_oracle"] else "-"
         print(f"| {r['label']} | {r['novel_mIoU']:.1f} | {r['base_mIoU']:.1f} | {r['mIoU']:.1f} | {frac} | "
-              f"{r['train_seconds'] / 60:.0f} min |")
+              f"{r['novel_region_IoU']:.1f} | {r['train_seconds'] / 60:.0f} min |")
     if results:
         bar_chart(results, out / f"quality{suffix}.png")
 
@@ -178,15 +208,17 @@ def bar_chart(results: dict, path: Path) -> None:
 
     names = list(results)
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for i, (key, colour) in enumerate((("novel_mIoU", "tab:red"), ("base_mIoU", "tab:blue"), ("mIoU", "tab:gray"))):
-        values = [results[n][key] for n in names]
-        bars = ax.bar(x + (i - 1) * 0.27, values, 0.27, label=key.replace("_", " "), color=colour)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    series = (("novel_mIoU", "novel mIoU", "tab:red"), ("novel_region_IoU", "novel region IoU (class-agnostic)",
+              "tab:orange"), ("base_mIoU", "base mIoU", "tab:blue"), ("mIoU", "all mIoU", "tab:gray"))
+    for i, (key, label, colour) in enumerate(series):
+        bars = ax.bar(x + (i - 1.5) * 0.2, [results[n][key] for n in names], 0.2, label=label, color=colour)
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
     ax.set_xticks(x, names)
     ax.set_ylabel("val IoU (%)")
     ax.set_title("CamVid, novel = tree, car, sign_symbol")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8, ncol=2, loc="upper left")
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
