@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None,
+            preexec_fn: Callable[[], None] | None = None) -> subprocess.CompletedProcess:
+    """``preexec_fn`` runs in the child before the CLI starts, e.g. to impose resource limits."""
     env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "weakshot_cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+                          cwd=cwd, env=env, timeout=600, preexec_fn=preexec_fn)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:

@@ -18,7 +18,6 @@ from weakshot_cli.data.dataset import collate_eval, normalise
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
 from weakshot_cli.engine.predict import find_images, rle_results
-from weakshot_cli.errors import UserError
 
 FAST = ["--device", "cpu", "--imgsz", "64"]
 
@@ -160,16 +159,3 @@ def test_unreadable_files_are_skipped_and_all_unreadable_is_an_error(ckpt, tmp_p
         assert f"skipped {bad / name}" in r.stdout
     assert "1 images written" in r.stdout and "3 skipped" in r.stdout
     assert list(labels_of(runs / "predict" / "predict")) == ["good.png"]
-
-
-def test_bad_inputs_fail_before_a_run_folder_exists(ckpt, tmp_path):
-    runs = tmp_path / "runs"
-    assert_user_error(run_cli("predict", ckpt, tmp_path / "nowhere", "--project", runs), str(tmp_path / "nowhere"))
-    with pytest.raises(UserError, match="no images"):
-        find_images(f"{tmp_path}/*.png")
-    fake = tmp_path / "fake.pt"
-    fake.write_text("not a checkpoint")
-    rgb(8, 8).save(tmp_path / "x.png")
-    assert_user_error(run_cli("predict", fake, tmp_path / "x.png", "--project", runs), "fake.pt",
-                      "not a weakshot checkpoint")
-    assert not runs.exists()

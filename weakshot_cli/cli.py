@@ -232,10 +232,13 @@ def evaluate(
 
     Example: weakshot evaluate runs/train/train/weights/best.pt camvid-ws --split val --flip
     """
+    if batch < 1 or workers < 0 or (imgsz or 0) < 0 or samples < 0:
+        raise UserError("--batch must be >= 1, --workers, --imgsz and --samples >= 0")
+    scale_list = _scales(scales)
     from weakshot_cli.engine.evaluate import run_evaluate
 
     run_evaluate(checkpoint, dataset, split, project, name, exist_ok, device, imgsz, batch, workers, flip,
-                 _scales(scales), samples, console)
+                 scale_list, samples, console)
 
 
 @app.command()

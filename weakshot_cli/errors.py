@@ -10,4 +10,5 @@ class UserError(Exception):
 
     def __init__(self, message: str, path: str | Path | None = None):
         self.path = None if path is None else str(path)
-        super().__init__(f"{self.path}: {message}" if self.path else message)
+        text = f"{self.path}: {message}" if self.path else message
+        super().__init__(" ".join(text.splitlines()))  # one line, even with a library's multi-line reason in it

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a half-written file where a good one is expected."""
+"""Atomic file writes: a crash never leaves a half-written file where a good one is expected, and a failed
+write (disk full, no permission) is a one-line error naming the file."""
 
 from __future__ import annotations
 
@@ -12,23 +13,38 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from weakshot_cli.errors import UserError
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+class WriteError(UserError):
+    """A file could not be written; ``reason`` is the system's word for why (e.g. 'No space left on device')."""
+
+    def __init__(self, reason: str, path: Path):
+        self.reason = reason
+        super().__init__(f"cannot write ({reason})", path)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place. A process killed
+    mid-write can leave a ``.NAME.*.tmp`` file beside ``path``, never a half-written ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give what a plain open() would
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise WriteError(e.strerror or str(e) or e.__class__.__name__, path) from None
         raise
     return path
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from weakshot_cli.data.labels import MAX_PIXELS
 from weakshot_cli.errors import UserError
 
 IGNORE = 255
@@ -33,9 +34,11 @@ def load_coco(path: str | Path) -> tuple[dict, list[str], dict[int, int]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError("file not found", path) from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"invalid JSON (line {e.lineno}: {e.msg})", path) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise UserError(f"cannot read COCO JSON ({e.__class__.__name__})", path) from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, or an integer too long to convert
+        raise UserError(f"invalid JSON ({str(e).splitlines()[0][:80]})", path) from None
+    except OSError as e:
         raise UserError(f"cannot read COCO JSON ({e.__class__.__name__})", path) from None
     if not isinstance(data, dict):
         raise UserError("COCO JSON must be an object with images, annotations, categories", path)
@@ -46,8 +49,11 @@ def load_coco(path: str | Path) -> tuple[dict, list[str], dict[int, int]]:
     if not cats:
         raise UserError("COCO JSON has no categories", path)
     for c in cats:
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
-            raise UserError(f"category {c!r} needs an integer 'id' and a string 'name'", path)
+        if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str) \
+                or not c["name"].strip():
+            raise UserError(f"category {c!r:.80} needs an integer 'id' and a non-blank 'name'", path)
+    if len({c["id"] for c in cats}) != len(cats):
+        raise UserError("COCO categories have duplicate ids", path)
     cats = sorted(cats, key=lambda c: c["id"])
     if len(cats) > 255:
         raise UserError(f"{len(cats)} categories; at most 255 fit in 8-bit labels", path)
@@ -57,16 +63,45 @@ def load_coco(path: str | Path) -> tuple[dict, list[str], dict[int, int]]:
     return data, names, {c["id"]: i for i, c in enumerate(cats)}
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def coco_images(data: dict, path: Path) -> list[CocoImage]:
     images = []
     for im in data["images"]:
-        try:
-            images.append(CocoImage(int(im["id"]), str(im["file_name"]), int(im["height"]), int(im["width"])))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"image entry {im!r:.80} needs id, file_name, height, width", path) from None
+        if not isinstance(im, dict) or not all(_is_int(im.get(k)) for k in ("id", "height", "width")) \
+                or not isinstance(im.get("file_name"), str):
+            raise UserError(f"image entry {im!r:.80} needs integer id, height, width and a file_name", path)
+        images.append(CocoImage(im["id"], im["file_name"], im["height"], im["width"]))
         if images[-1].height <= 0 or images[-1].width <= 0:
-            raise UserError(f"image {images[-1].file_name!r} has a non-positive size", path)
+            raise UserError(f"image {images[-1].file_name!r:.80} has a non-positive size", path)
+        if images[-1].height * images[-1].width > MAX_PIXELS:
+            raise UserError(f"image {images[-1].file_name!r:.80} is larger than {MAX_PIXELS:,} pixels", path)
+    if len({im.id for im in images}) != len(images):
+        raise UserError("COCO images have duplicate ids", path)
     return images
+
+
+def _rle_counts(s: str) -> list[int] | None:
+    """The run lengths in a compressed COCO RLE string (pycocotools' rleFrString), or None if malformed:
+    pycocotools itself accepts strings whose runs do not cover the mask and leaves the rest uninitialised."""
+    counts: list[int] = []
+    p = 0
+    while p < len(s):
+        x = k = 0
+        while True:
+            c = ord(s[p]) - 48 if p < len(s) else -1
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            p, k = p + 1, k + 1
+            if not c & 0x20:
+                if c & 0x10:
+                    x |= -1 << (5 * k)
+                break
+        counts.append(x + counts[-2] if len(counts) > 2 else x)
+    return counts
 
 
 def _decode(seg: object, h: int, w: int, path: Path, ann_id: object) -> np.ndarray:
@@ -76,8 +111,13 @@ def _decode(seg: object, h: int, w: int, path: Path, ann_id: object) -> np.ndarr
         if not polys or len(polys) != len(seg):
             raise UserError(f"{where}: segmentation must be a list of polygons", path)
         for p in polys:
-            if len(p) < 6 or len(p) % 2 or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in p):
-                raise UserError(f"{where}: broken polygon (needs >= 3 finite x,y points)", path)
+            # pycocotools walks every pixel of the outline in C ints: far-away points would overflow or hang it
+            # (the comparisons also refuse NaN and infinities)
+            near = all(isinstance(v, (int, float)) and -(w, h)[i % 2] <= v <= 2 * (w, h)[i % 2]
+                       for i, v in enumerate(p))
+            if len(p) < 6 or len(p) % 2 or not near:
+                raise UserError(f"{where}: broken polygon (needs >= 3 x,y points, finite and near the {w}x{h} "
+                                "image)", path)
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
     elif isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
@@ -88,18 +128,15 @@ def _decode(seg: object, h: int, w: int, path: Path, ann_id: object) -> np.ndarr
                 raise UserError(f"{where}: uncompressed RLE counts do not add up to {h}x{w}", path)
             rle = mask_utils.frPyObjects(seg, h, w)
         elif isinstance(counts, (str, bytes)):
-            rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
+            runs = _rle_counts(counts if isinstance(counts, str) else counts.decode("latin-1"))
+            if runs is None or min(runs, default=0) < 0 or sum(runs) != h * w:
+                raise UserError(f"{where}: compressed RLE counts are malformed or do not add up to {h}x{w}", path)
+            rle = mask_utils.frPyObjects({"size": size, "counts": runs}, h, w)
         else:
             raise UserError(f"{where}: RLE counts must be a list or a string", path)
     else:
         raise UserError(f"{where}: segmentation must be polygons or RLE", path)
-    try:
-        m = mask_utils.decode(rle)
-    except Exception as e:  # pycocotools raises bare Exceptions on malformed RLE strings
-        raise UserError(f"{where}: cannot decode RLE ({e})", path) from None
-    if m.shape[:2] != (h, w):
-        raise UserError(f"{where}: mask decodes to {m.shape[:2]}, image is {h}x{w}", path)
-    return m.astype(bool)
+    return mask_utils.decode(rle).astype(bool)
 
 
 def rasterise(data: dict, path: Path, cat_to_id: dict[int, int]) -> dict[int, np.ndarray]:
@@ -109,10 +146,11 @@ def rasterise(data: dict, path: Path, cat_to_id: dict[int, int]) -> dict[int, np
     for ann in data["annotations"]:
         if not isinstance(ann, dict) or "segmentation" not in ann:
             raise UserError(f"annotation {ann!r:.60} has no segmentation", path)
-        if ann.get("image_id") not in images:
-            raise UserError(f"annotation {ann.get('id')} refers to unknown image_id {ann.get('image_id')!r}", path)
-        if ann.get("category_id") not in cat_to_id:
-            raise UserError(f"annotation {ann.get('id')} has unknown category_id {ann.get('category_id')!r}", path)
+        image_id, category_id = ann.get("image_id"), ann.get("category_id")
+        if not _is_int(image_id) or image_id not in images:
+            raise UserError(f"annotation {ann.get('id')!r:.40} refers to unknown image_id {image_id!r:.40}", path)
+        if not _is_int(category_id) or category_id not in cat_to_id:
+            raise UserError(f"annotation {ann.get('id')!r:.40} has unknown category_id {category_id!r:.40}", path)
         by_image[ann["image_id"]].append(ann)
     labels = {}
     for image_id, anns in by_image.items():

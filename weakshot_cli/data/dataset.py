@@ -9,7 +9,9 @@ one is used and its novel tags are dropped. Tags are never decided from hidden p
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from weakshot_cli.data.labels import IGNORE, open_image, read_raw_label
 from weakshot_cli.data.manifest import Item, Manifest
+from weakshot_cli.errors import UserError
 
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
 STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
@@ -39,13 +42,35 @@ def load_rgb(path, exif: bool = False) -> torch.Tensor:
     return TF.pil_to_tensor(img.convert("RGB"))
 
 
+def short_side_size(h: int, w: int, imgsz: int | None) -> tuple[int, int]:
+    """(h, w) with the short side resized to ``imgsz`` (aspect kept); ``None`` or 0 keeps the size."""
+    if not imgsz:
+        return h, w
+    s = imgsz / min(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
 def resize_short(image: torch.Tensor, imgsz: int | None) -> torch.Tensor:
     """Resize so the short side is ``imgsz`` (aspect kept); ``None`` or 0 keeps the original size."""
     if not imgsz:
         return image
-    h, w = image.shape[-2:]
-    s = imgsz / min(h, w)
-    return TF.resize(image, [max(1, round(h * s)), max(1, round(w * s))], antialias=True)
+    return TF.resize(image, list(short_side_size(*image.shape[-2:], imgsz)), antialias=True)
+
+
+def check_inference_size(path: str | Path, h: int, w: int, imgsz: int | None,
+                         scales: Sequence[float] = (1.0,)) -> None:
+    """Refuse an image the network cannot take. Inference pads to a multiple of 32 (collate_eval) and sizes
+    each test-time scale as engine.inference.class_scores does; where that leaves a single stride-32 cell,
+    the pixel decoder's GroupNorm has one value per channel and fails."""
+    rh, rw = short_side_size(h, w, imgsz)
+    H, W = math.ceil(rh / 32) * 32, math.ceil(rw / 32) * 32
+    for s in scales:
+        sh, sw = (H, W) if s == 1 else (max(32, math.ceil(H * s / 32) * 32), max(32, math.ceil(W * s / 32) * 32))
+        if sh <= 32 and sw <= 32:
+            at = f"--imgsz {imgsz}" if imgsz else "its original size (--imgsz 0)"
+            at += f" and scale {s}" if s != 1 else ""
+            raise UserError(f"image is {w}x{h} px, too small for the network at {at}: it needs more than 32 px on "
+                            "its long side; pass a larger --imgsz", path)
 
 
 def normalise(image: torch.Tensor) -> torch.Tensor:

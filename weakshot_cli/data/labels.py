@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def read_class_names(path: str | Path) -> list[str]:
     """One class name per line; line i is class id i. Blank lines at the end are dropped."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not part of the first name
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read class names ({e.__class__.__name__})", path) from None
     names = [line.strip() for line in lines]
@@ -74,15 +75,30 @@ def read_class_names(path: str | Path) -> list[str]:
     return names
 
 
+def _as_int(raw: object) -> int | None:
+    """An integer written as 7, "7" or 7.0; None for anything else (true, 7.5, inf, lists, ...)."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float):
+        return int(raw) if raw.is_integer() else None
+    if isinstance(raw, str):
+        try:
+            return int(raw.strip())
+        except ValueError:  # also digit strings too long to convert
+            return None
+    return None
+
+
 def _map_value(raw: object, path: Path, key: object) -> int:
     if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("ignore", "255", "")):
         return IGNORE
-    try:
-        value = int(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise UserError(f"label map value {raw!r} for {key!r} is not an integer or 'ignore'", path) from None
+    value = _as_int(raw)
+    if value is None:
+        raise UserError(f"label map value {raw!r:.40} for {key!r:.40} is not an integer or 'ignore'", path)
     if not (0 <= value <= 255):
-        raise UserError(f"label map value {value} for {key!r} is outside 0..255", path)
+        raise UserError(f"label map value {value} for {key!r:.40} is outside 0..255", path)
     return value
 
 
@@ -90,19 +106,22 @@ def read_label_map(path: str | Path) -> dict[int, int]:
     """A JSON object ``{"7": 0, "0": "ignore"}`` or a CSV of ``source,target`` rows."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read label map ({e.__class__.__name__})", path) from None
     if path.suffix.lower() == ".json":
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"invalid JSON in label map (line {e.lineno})", path) from None
+        except (ValueError, RecursionError) as e:  # ValueError: also integers too long to convert
+            raise UserError(f"invalid JSON in label map ({str(e).splitlines()[0][:80]})", path) from None
         if not isinstance(obj, dict):
             raise UserError("label map must be a JSON object of source id -> class id", path)
         pairs = list(obj.items())
     else:
-        rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
+        try:
+            rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
+        except csv.Error as e:
+            raise UserError(f"malformed label map CSV ({e})", path) from None
         if rows and not rows[0][0].strip().lstrip("-").isdigit():
             rows = rows[1:]  # header
         if any(len(r) != 2 for r in rows):
@@ -110,10 +129,9 @@ def read_label_map(path: str | Path) -> dict[int, int]:
         pairs = [(r[0].strip(), r[1].strip()) for r in rows]
     mapping: dict[int, int] = {}
     for key, raw in pairs:
-        try:
-            src = int(key)
-        except (TypeError, ValueError):
-            raise UserError(f"label map key {key!r} is not an integer", path) from None
+        src = _as_int(key)
+        if src is None:
+            raise UserError(f"label map key {key!r:.40} is not an integer", path)
         if not (0 <= src <= 255):
             raise UserError(f"label map key {src} is outside 0..255 (8-bit labels)", path)
         mapping[src] = _map_value(raw, path, key)
@@ -122,19 +140,39 @@ def read_label_map(path: str | Path) -> dict[int, int]:
     return mapping
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image, so truncated files fail here with a clear message."""
-    path = Path(path)
+def _unreadable(e: Exception, path: Path) -> UserError:
+    detail = str(e).split("\n")[0] or e.__class__.__name__
+    return UserError(f"unreadable or truncated image ({detail})", path)
+
+
+def _open(path: Path) -> Image.Image:
+    """``Image.open`` (header only) with every way it fails on a bad file as a UserError naming it."""
     try:
-        img = Image.open(path)
-        img.load()
-    except Image.DecompressionBombError:
+        with warnings.catch_warnings():  # PIL only warns between MAX_PIXELS and twice that; refuse those too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UserError(f"image is larger than {MAX_PIXELS:,} pixels (decompression-bomb limit)", path) from None
     except FileNotFoundError:
         raise UserError("file not found", path) from None
     except (OSError, SyntaxError, ValueError) as e:
-        detail = str(e).split("\n")[0] or e.__class__.__name__
-        raise UserError(f"unreadable or truncated image ({detail})", path) from None
+        raise _unreadable(e, path) from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    with _open(Path(path)) as img:
+        return img.height, img.width
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image, so truncated files fail here with a clear message."""
+    path = Path(path)
+    img = _open(path)
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise _unreadable(e, path) from None
     return img
 
 

@@ -48,7 +48,10 @@ class Manifest:
         p = Path(rel)
         if p.is_absolute():
             return p
-        full = (self.root / p).resolve()
+        try:
+            full = (self.root / p).resolve()
+        except (OSError, RuntimeError, ValueError):  # RuntimeError: a symlink loop; ValueError: a NUL byte
+            raise UserError(f"path {rel!r:.80} cannot be resolved", self.root / MANIFEST) from None
         if not full.is_relative_to(self.root.resolve()):
             raise UserError(f"path {rel!r} escapes the dataset folder", self.root / MANIFEST)
         return full
@@ -87,9 +90,11 @@ def load_manifest(path: str | Path) -> Manifest:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"no {MANIFEST} here; make a dataset with 'weakshot split' first", path) from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"invalid JSON (line {e.lineno}: {e.msg})", path) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise UserError(f"cannot read manifest ({e.__class__.__name__})", path) from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, or an integer too long to convert
+        raise UserError(f"invalid JSON ({str(e).splitlines()[0][:80]})", path) from None
+    except OSError as e:
         raise UserError(f"cannot read manifest ({e.__class__.__name__})", path) from None
     if not isinstance(obj, dict):
         raise _fail(path, "top level must be an object")
@@ -101,8 +106,9 @@ def load_manifest(path: str | Path) -> Manifest:
     if len(set(classes)) != len(classes):
         raise _fail(path, "'classes' has duplicate names")
     k = len(classes)
+    is_id = lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < k  # noqa: E731
     for name, ids in (("base", base), ("novel", novel)):
-        if not isinstance(ids, list) or not all(isinstance(i, int) and 0 <= i < k for i in ids):
+        if not isinstance(ids, list) or not all(is_id(i) for i in ids):
             raise _fail(path, f"'{name}' must be a list of class ids in 0..{k - 1}")
     if set(base) & set(novel):
         raise _fail(path, f"classes {sorted(set(base) & set(novel))} are both base and novel")
@@ -110,6 +116,8 @@ def load_manifest(path: str | Path) -> Manifest:
         raise _fail(path, "'base' and 'novel' must together list every class exactly once")
     if obj.get("ignore_index", IGNORE) != IGNORE:
         raise _fail(path, "'ignore_index' must be 255 inside a weak-shot dataset")
+    if not isinstance(obj.get("novel_masks", False), bool) or not isinstance(obj.get("source") or {}, dict):
+        raise _fail(path, "'novel_masks' must be true or false and 'source' an object")
     splits_obj = obj.get("splits")
     if not isinstance(splits_obj, dict) or not splits_obj:
         raise _fail(path, "'splits' must be an object of split name -> items")
@@ -124,7 +132,7 @@ def load_manifest(path: str | Path) -> Manifest:
             label, tags, full = it.get("label"), it.get("tags", []), it.get("full")
             if label is not None and not isinstance(label, str) or full is not None and not isinstance(full, str):
                 raise _fail(path, f"item {n} of split {name!r}: 'label' and 'full' must be paths or null")
-            if not isinstance(tags, list) or not all(isinstance(t, int) and 0 <= t < k for t in tags):
+            if not isinstance(tags, list) or not all(is_id(t) for t in tags):
                 raise _fail(path, f"item {n} of split {name!r}: 'tags' must be class ids in 0..{k - 1}")
             parsed.append(Item(it["image"], label, sorted(set(tags)), full))
         splits[name] = parsed
@@ -134,12 +142,12 @@ def load_manifest(path: str | Path) -> Manifest:
         novel=sorted(novel),
         splits=splits,
         root=path.parent,
-        novel_masks=bool(obj.get("novel_masks", False)),
+        novel_masks=obj.get("novel_masks", False),
         source=obj.get("source") or {},
     )
-    for items in splits.values():
-        for it in items:
-            for rel in (it.image, it.label, it.full):
-                if rel is not None:
-                    m.resolve(rel)
+    for name, items in splits.items():  # every file is there now, not only when a run reaches it
+        for n, it in enumerate(items):
+            for kind, rel in (("image", it.image), ("label", it.label), ("full", it.full)):
+                if rel is not None and not m.resolve(rel).is_file():
+                    raise _fail(path, f"item {n} of split {name!r}: {kind} file {rel!r:.200} not found")
     return m

@@ -24,10 +24,10 @@ from weakshot_cli.data.labels import IGNORE, LabelConvention, open_image, read_c
     read_raw_label
 from weakshot_cli.data.manifest import MANIFEST, Item, Manifest
 from weakshot_cli.data.presets import PRESETS, preset_num_classes
-from weakshot_cli.data.sources import Discovery, Pair, discover_folders, safe_join
+from weakshot_cli.data.sources import SPLIT_NAMES, Discovery, Pair, discover_folders, safe_join
 from weakshot_cli.data.tags import load_tags
 from weakshot_cli.errors import UserError
-from weakshot_cli.io import write_label_png
+from weakshot_cli.io import WriteError, write_label_png
 
 
 @dataclass
@@ -89,7 +89,9 @@ def _coco_pairs(opts: SplitOptions, staging: Path) -> tuple[Discovery, list[str]
     pairs, names = [], None
     for spec in opts.coco:
         split, _, path = spec.rpartition("=")
-        split, path = split or "train", Path(path)
+        if split and split.lower() not in SPLIT_NAMES:
+            raise UserError(f"--coco {spec}: unknown split {split!r}; use train, val or test (or no SPLIT=)")
+        split, path = SPLIT_NAMES[split.lower()] if split else "train", Path(path)
         data, these_names, cat_to_id = coco.load_coco(path)
         if names is not None and these_names != names:
             raise UserError("categories differ from the first COCO file", path)
@@ -269,6 +271,8 @@ def run_split(opts: SplitOptions, console: Console, argv: list[str] | None = Non
             novel, tags = _choose_novel(opts, classes, warn), {}
         manifest = _write(opts, staging, scanned, classes, novel, tags, convention, argv, warn, console)
         _commit(staging, opts.out)
+    except WriteError as e:  # name the file where it was going, not its staging copy
+        raise UserError(f"cannot write ({e.reason})", opts.out / Path(e.path).relative_to(staging)) from None
     except OSError as e:
         raise UserError(f"cannot write the output folder ({e.strerror})", opts.out) from None
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import pickle
 from pathlib import Path
 
@@ -39,16 +40,19 @@ def _load_npy_dict(path: Path) -> dict:
         with path.open("rb") as f:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
-                _, _, dtype = np.lib.format.read_array_header_1_0(f)
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
             else:
-                _, _, dtype = np.lib.format.read_array_header_2_0(f)
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
             if dtype.hasobject:
                 obj = _SafeUnpickler(io.BytesIO(f.read())).load()
             else:
+                # a header may claim any shape: check it against the file before numpy allocates for it
+                if math.prod(shape) * dtype.itemsize > path.stat().st_size - f.tell():
+                    raise ValueError(f"header claims shape {shape}, more data than the file holds")
                 f.seek(0)
                 obj = np.load(f, allow_pickle=False)
-    except (pickle.UnpicklingError, ValueError, EOFError, OSError, TypeError, AttributeError) as e:
-        raise UserError(f"not a plain .npy dict of multi-hot arrays ({e})", path) from None
+    except Exception as e:  # corrupt pickles raise almost any type; nothing here can run code (allow-list)
+        raise UserError(f"not a plain .npy dict of multi-hot arrays ({str(e).strip()[:120]})", path) from None
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         obj = obj.item()
     if not isinstance(obj, dict):
@@ -77,7 +81,7 @@ def _stem(key: object, path: Path) -> str:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first key
     except FileNotFoundError:
         raise UserError("file not found", path) from None
     except (OSError, UnicodeDecodeError) as e:
@@ -90,10 +94,11 @@ def load_tags(path: str | Path, classes: list[str]) -> Tags:
     suffix = path.suffix.lower()
     tags: Tags = {}
     if suffix == ".json":
+        text = _read_text(path)
         try:
-            obj = json.loads(_read_text(path))
-        except json.JSONDecodeError as e:
-            raise UserError(f"invalid JSON (line {e.lineno}: {e.msg})", path) from None
+            obj = json.loads(text)
+        except (ValueError, RecursionError) as e:  # ValueError: also integers too long to convert
+            raise UserError(f"invalid JSON ({str(e).splitlines()[0][:80]})", path) from None
         if not isinstance(obj, dict):
             raise UserError('tags JSON must be an object {"image_stem": ["class", ...]}', path)
         for key, names in obj.items():
@@ -115,8 +120,11 @@ def load_tags(path: str | Path, classes: list[str]) -> Tags:
     elif suffix == ".npy":
         for key, vec in _load_npy_dict(path).items():
             stem = _stem(key, path)
-            arr = np.asarray(vec)
-            if arr.ndim != 1 or arr.dtype.kind not in "biuf":
+            try:
+                arr = np.asarray(vec)
+            except ValueError:  # ragged nested lists
+                arr = None
+            if arr is None or arr.ndim != 1 or arr.dtype.kind not in "biuf":
                 raise UserError(f"tags for {stem!r} must be a 1-D multi-hot vector", path)
             if len(arr) == len(classes):
                 offset = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 from collections import Counter
@@ -19,12 +18,12 @@ from rich.markup import escape
 from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset
 
-from weakshot_cli.data.dataset import collate_eval, load_rgb, normalise, resize_short
-from weakshot_cli.data.labels import IMAGE_EXTS, open_image
+from weakshot_cli.data.dataset import check_inference_size, collate_eval, load_rgb, normalise, resize_short
+from weakshot_cli.data.labels import IMAGE_EXTS
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.distributed import resolve_device
 from weakshot_cli.engine.inference import class_scores, inference_size, model_from_checkpoint
-from weakshot_cli.engine.runs import new_run_dir
+from weakshot_cli.engine.runs import provisional_run_dir
 from weakshot_cli.engine.visualise import default_palette, overlay
 from weakshot_cli.errors import UserError
 from weakshot_cli.io import atomic_write, write_json, write_label_png
@@ -104,11 +103,11 @@ def output_stems(rels: Sequence[PurePosixPath]) -> list[str]:
 
 
 class PredictDataset(Dataset):
-    """Images resized so the short side is ``imgsz``; an unreadable file gives an error record, not an
-    exception, so one bad file does not stop a folder."""
+    """Images resized so the short side is ``imgsz``; an unreadable file, or one too small for the network at
+    ``imgsz`` and ``scales``, gives an error record, not an exception, so one bad file does not stop a folder."""
 
-    def __init__(self, paths: Sequence[Path], imgsz: int | None, keep_rgb: bool):
-        self.paths, self.imgsz, self.keep_rgb = paths, imgsz, keep_rgb
+    def __init__(self, paths: Sequence[Path], imgsz: int | None, keep_rgb: bool, scales: Sequence[float] = (1.0,)):
+        self.paths, self.imgsz, self.keep_rgb, self.scales = paths, imgsz, keep_rgb, scales
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -116,6 +115,7 @@ class PredictDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         try:
             rgb = load_rgb(self.paths[index], exif=True)
+            check_inference_size(self.paths[index], *rgb.shape[-2:], self.imgsz, self.scales)
         except (UserError, OSError, ValueError, SyntaxError) as e:
             return {"index": index, "error": str(e) if isinstance(e, UserError) else f"{self.paths[index]}: {e}"}
         return {"index": index, "image": normalise(resize_short(rgb, self.imgsz)), "size": tuple(rgb.shape[-2:]),
@@ -155,35 +155,33 @@ def run_predict(o: PredictOptions, console: Console) -> dict:
     palette = ckpt.get("palette") or default_palette(len(classes))
     imgsz = inference_size(ckpt, o.imgsz)
     stems = output_stems([rel for _, rel in images])
-    loader = DataLoader(PredictDataset([p for p, _ in images], imgsz or None, o.save_overlay), batch_size=o.batch,
-                        collate_fn=collate_predict, num_workers=o.workers)
-    run_dir = new_run_dir(o.project, "predict", o.name, o.exist_ok)
+    loader = DataLoader(PredictDataset([p for p, _ in images], imgsz or None, o.save_overlay, o.scales),
+                        batch_size=o.batch, collate_fn=collate_predict, num_workers=o.workers)
     written, errors, results = 0, [], []
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("predict", total=len(images))
-        for batch in loader:
-            for error in batch["errors"]:
-                console.print(f"[yellow]warning:[/] skipped {escape(error)}", soft_wrap=True)
-            errors += batch["errors"]
-            if batch["index"]:
-                scores = class_scores(model, batch["image"].to(dev), batch["sizes"], batch["out_sizes"], o.flip,
-                                      o.scales)
-                for s, i, rgb in zip(scores, batch["index"], batch["rgb"]):
-                    label = s.argmax(0).to(torch.uint8).cpu().numpy()
-                    write_label_png(run_dir / "labels" / f"{stems[i]}.png", label, palette if o.palette else None)
-                    if o.save_overlay:
-                        blend = Image.fromarray(overlay(rgb.permute(1, 2, 0).numpy(), label, palette))
-                        atomic_write(run_dir / "overlays" / f"{stems[i]}.jpg",
-                                     lambda p, im=blend: im.save(p, format="JPEG", quality=90))
-                    if o.json:
-                        results += rle_results(s.cpu(), label, stems[i], str(images[i][0]), classes)
-                    written += 1
-            bar.advance(task, len(batch["index"]) + len(batch["errors"]))
-    if o.json and written:
-        write_json(run_dir / "predictions.json", results)
-    if not written:
-        with contextlib.suppress(OSError):
-            run_dir.rmdir()
-        raise UserError(f"no image could be read ({len(errors)} skipped; first: {errors[0]})", o.source)
+    with provisional_run_dir(o.project, "predict", o.name, o.exist_ok) as run_dir:
+        with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+            task = bar.add_task("predict", total=len(images))
+            for batch in loader:
+                for error in batch["errors"]:
+                    console.print(f"[yellow]warning:[/] skipped {escape(error)}", soft_wrap=True)
+                errors += batch["errors"]
+                if batch["index"]:
+                    scores = class_scores(model, batch["image"].to(dev), batch["sizes"], batch["out_sizes"], o.flip,
+                                          o.scales)
+                    for s, i, rgb in zip(scores, batch["index"], batch["rgb"]):
+                        label = s.argmax(0).to(torch.uint8).cpu().numpy()
+                        write_label_png(run_dir / "labels" / f"{stems[i]}.png", label, palette if o.palette else None)
+                        if o.save_overlay:
+                            blend = Image.fromarray(overlay(rgb.permute(1, 2, 0).numpy(), label, palette))
+                            atomic_write(run_dir / "overlays" / f"{stems[i]}.jpg",
+                                         lambda p, im=blend: im.save(p, format="JPEG", quality=90))
+                        if o.json:
+                            results += rle_results(s.cpu(), label, stems[i], str(images[i][0]), classes)
+                        written += 1
+                bar.advance(task, len(batch["index"]) + len(batch["errors"]))
+        if not written:
+            raise UserError(f"no image could be read ({len(errors)} skipped; first: {errors[0]})", o.source)
+        if o.json:
+            write_json(run_dir / "predictions.json", results)
     console.print(f"{written} images written to [bold]{run_dir}[/], {len(errors)} skipped")
     return {"run_dir": str(run_dir), "written": written, "skipped": len(errors)}

@@ -22,7 +22,7 @@ from weakshot_cli.data.labels import IGNORE, read_raw_label
 from weakshot_cli.data.manifest import MANIFEST, Item, Manifest, load_manifest
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.distributed import resolve_device
-from weakshot_cli.engine.evaluate import check_classes
+from weakshot_cli.engine.evaluate import check_classes, check_image_sizes
 from weakshot_cli.engine.inference import class_scores, inference_size, model_from_checkpoint
 from weakshot_cli.engine.metrics import confusion
 from weakshot_cli.errors import UserError
@@ -72,6 +72,8 @@ def _prepare(out: Path, root: Path, state: dict, exist_ok: bool) -> None:
     src, dst = root.resolve(), out.resolve()
     if dst == src or dst.is_relative_to(src):
         raise UserError("the output folder may not be the input dataset or lie inside it", out)
+    if out.exists() and not out.is_dir():
+        raise UserError("output path exists and is not a folder", out)
     state_path = out / STATE
     if exist_ok:
         for name in (MANIFEST, REPORT, STATE):
@@ -90,10 +92,9 @@ def _prepare(out: Path, root: Path, state: dict, exist_ok: bool) -> None:
                             "options to resume, pass --exist-ok to start over, or choose another -o", out)
     elif out.exists() and any(out.iterdir()):
         raise UserError("folder exists and is not a pseudo-labelling run; choose another -o", out)
-    try:
-        write_json(state_path, state)
-    except OSError as e:
-        raise UserError(f"cannot write the output folder ({e.strerror})", out) from None
+    write_json(state_path, state)
+    for tmp in (out / "labels" / "train").glob(".*.tmp"):  # atomic writes a kill interrupted
+        tmp.unlink()
 
 
 def quality(cm: np.ndarray, m: Manifest) -> dict:
@@ -124,9 +125,10 @@ def run_pseudolabel(checkpoint: Path, dataset: Path, out: Path, device: str, img
     state = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_bytes": stat.st_size,
              "checkpoint_mtime_ns": stat.st_mtime_ns, "dataset": str(dataset.resolve()), "imgsz": imgsz,
              "min_score": min_score, "flip": flip, "scales": list(scales)}
+    check_image_sizes(m, "train", imgsz, scales)
     dev = resolve_device(device)
-    _prepare(out, m.root, state, exist_ok)
     model = model_from_checkpoint(ckpt, dev, str(checkpoint))
+    _prepare(out, m.root, state, exist_ok)
     items = m.splits["train"]
     names = _label_names(items)
     todo = [i for i, name in enumerate(names) if not (out / name).exists()]

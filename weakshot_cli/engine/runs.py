@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from weakshot_cli.errors import UserError
@@ -35,3 +38,21 @@ def new_run_dir(project: Path, stage: str, name: str | None, exist_ok: bool) -> 
     except OSError as e:
         raise UserError(f"cannot create the run folder ({e.strerror})", candidate) from None
     return candidate
+
+
+@contextmanager
+def provisional_run_dir(project: Path, stage: str, name: str | None, exist_ok: bool) -> Iterator[Path]:
+    """A new run folder that disappears again, with the parents made for it, if the block raises an error
+    (bad input found mid-run, a full disk): a failed run leaves nothing behind. Ctrl-C keeps what is there."""
+    made = [p for p in (project / stage, *(project / stage).parents) if not p.exists()]
+    run_dir = new_run_dir(project, stage, name, exist_ok)
+    fresh = not any(run_dir.iterdir())
+    try:
+        yield run_dir
+    except Exception:
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        for p in made:  # innermost first; a folder something else wrote into meanwhile stays
+            with suppress(OSError):
+                p.rmdir()
+        raise

@@ -1,0 +1,683 @@
+"""Bad input through the real CLI, every subcommand, one table: each case must end in exit code 2 and one
+stderr line naming the offending file (or option) and the problem, with no traceback, and must leave every
+file and folder exactly as it was (no output folder, no staging or run folder, sources byte-identical).
+
+Cases are functions of a per-test context ``t`` that break a fresh copy of a small dataset and return the
+command line and the fragments the error line must contain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import resource
+import shutil
+import signal
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from conftest import assert_user_error, blocks, run_cli, write_dataset
+from test_train import TINY
+from weakshot_cli.data.split import SplitOptions, run_split
+from weakshot_cli.engine.checkpoint import save_checkpoint
+from weakshot_cli.engine.config import build_config
+from weakshot_cli.engine.train import build_model
+from weakshot_cli.engine.visualise import default_palette
+
+CLASSES = ["a", "b", "c", "d"]
+ROOT_USER = os.geteuid() == 0  # root ignores file permissions
+
+
+@dataclass
+class Case:
+    args: list
+    fragments: tuple[str, ...]
+    preexec: Callable[[], None] | None = None
+
+
+CASES: list = []  # pytest.param(case function, id=name)
+
+
+def case(name: str, *marks: pytest.MarkDecorator) -> Callable:
+    def register(fn: Callable[[Ctx], Case]) -> Callable[[Ctx], Case]:
+        CASES.append(pytest.param(fn, id=name, marks=marks))
+        return fn
+    return register
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every folder, link and file (by content) under the roots: equal snapshots mean nothing was created,
+    changed or removed."""
+    state = {}
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            for name in dirs + files:
+                p = Path(folder, name)
+                state[str(p)] = ("-> " + os.readlink(p) if p.is_symlink() else "dir" if p.is_dir()
+                                 else hashlib.sha256(p.read_bytes()).hexdigest())
+    return state
+
+
+def png_header(path: Path, width: int, height: int) -> None:
+    """A PNG that claims width x height pixels but holds almost nothing: a decompression bomb, cheaply."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def full_disk() -> None:
+    """In the child: files may not grow past 16 bytes, and hitting that is an error (EFBIG), not a signal."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+
+
+def make_checkpoint(path: Path, classes: list[str]) -> Path:
+    """An untrained tiny model saved as train.py saves one: building it is quicker than a training run."""
+    sets = [v for flag, v in zip(TINY, TINY[1:]) if flag == "--set"]
+    cfg = build_config("small", {"imgsz": 64}, sets)
+    model = build_model(cfg, len(classes))
+    return save_checkpoint(path, {"model": model.state_dict(), "config": cfg.to_dict(), "classes": classes,
+                                  "base": [0, 1, 3], "novel": [2], "palette": default_palette(len(classes)),
+                                  "iter": 0, "best": 0.0, "stage": "train"})
+
+
+def make_source(root: Path) -> None:
+    """4 classes; train images with varied class sets, val with everything (16x20 px)."""
+    train = {"t0": blocks(16, 20, [0, 1, 2]), "t1": blocks(16, 20, [0, 3]), "t2": blocks(16, 20, [1, 2, 255]),
+             "t3": blocks(16, 20, [0, 1, 3, 2])}
+    val = {"v0": blocks(16, 20, [0, 1, 2, 3]), "v1": blocks(16, 20, [3, 2])}
+    write_dataset(root, {"train": train, "val": val}, CLASSES)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    import matplotlib.font_manager  # noqa: F401 (builds the font cache now: a disk-full child could not)
+
+    root = tmp_path_factory.mktemp("shared")
+    make_source(root / "src")
+    make_checkpoint(root / "ckpt.pt", CLASSES)
+    make_checkpoint(root / "other.pt", ["a", "b", "c", "zebra"])
+    return root
+
+
+class Ctx:
+    """Fresh copies per test of what a case breaks; the shared checkpoints are only read."""
+
+    def __init__(self, shared: Path, tmp: Path):
+        self.shared, self.tmp = shared, tmp
+        self.ckpt, self.other_ckpt = shared / "ckpt.pt", shared / "other.pt"
+        self.out, self.runs = tmp / "out", tmp / "runs"
+        self._src: Path | None = None
+        self._ws: Path | None = None
+
+    @property
+    def src(self) -> Path:
+        if self._src is None:
+            self._src = Path(shutil.copytree(self.shared / "src", self.tmp / "src"))
+        return self._src
+
+    def split(self, *extra: str, novel: bool = True) -> list:
+        return ["split", "--images", self.src / "images", "--masks", self.src / "labels", "--classes",
+                self.src / "classes.txt", "-o", self.out, *(["--novel", "c"] if novel else []), *extra]
+
+    @property
+    def ws(self) -> Path:
+        """A benchmark-mode weak-shot dataset (novel: c) made from this test's copy of the source."""
+        if self._ws is None:
+            self._ws = self.tmp / "ws"
+            run_split(SplitOptions(out=self._ws, images=self.src / "images", masks=self.src / "labels",
+                                   classes=self.src / "classes.txt", novel=["c"]), Console(file=io.StringIO()))
+        return self._ws
+
+    def edit_manifest(self, edit: Callable[[dict], object]) -> None:
+        path = self.ws / "weakshot.json"
+        manifest = json.loads(path.read_text())
+        edit(manifest)
+        path.write_text(json.dumps(manifest))
+
+    def file(self, name: str, data: bytes | str) -> Path:
+        path = self.tmp / name
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+        return path
+
+    def evaluate(self, *extra, ckpt: Path | None = None) -> list:
+        return ["evaluate", ckpt or self.ckpt, self.ws, "--device", "cpu", "--project", self.runs, *extra]
+
+    def pseudolabel(self, *extra, ckpt: Path | None = None) -> list:
+        return ["pseudolabel", ckpt or self.ckpt, self.ws, "-o", self.out, "--device", "cpu", *extra]
+
+    def predict(self, source, *extra, ckpt: Path | None = None) -> list:
+        return ["predict", ckpt or self.ckpt, source, "--device", "cpu", "--project", self.runs, *extra]
+
+    def train(self, *extra, stage: str = "train") -> list:
+        return [stage, self.ws, *TINY, "--iters", "1", "--project", self.runs, *extra]
+
+    def locked(self) -> Path:
+        """A folder nobody but root may write into (permissions restored at teardown)."""
+        folder = self.tmp / "locked"
+        folder.mkdir()
+        folder.chmod(0o500)
+        return folder
+
+
+# ---- split: images and labels ---------------------------------------------------------------------------------
+
+@case("split-truncated-jpeg")
+def _(t: Ctx) -> Case:
+    png = t.src / "images" / "train" / "t1.png"
+    jpg = png.with_suffix(".jpg")
+    Image.open(png).resize((80, 64)).save(jpg, quality=95)
+    png.unlink()
+    data = jpg.read_bytes()
+    jpg.write_bytes(data[: len(data) * 2 // 3])
+    return Case(t.split(), (str(jpg), "unreadable or truncated image"))
+
+
+@case("split-truncated-png")
+def _(t: Ctx) -> Case:
+    path = t.src / "images" / "train" / "t1.png"
+    path.write_bytes(path.read_bytes()[:-40])
+    return Case(t.split(), (str(path), "unreadable or truncated image"))
+
+
+@case("split-zero-byte-image")
+def _(t: Ctx) -> Case:
+    path = t.src / "images" / "val" / "v1.png"
+    path.write_bytes(b"")
+    return Case(t.split(), (str(path), "unreadable or truncated image"))
+
+
+@case("split-text-file-as-image")
+def _(t: Ctx) -> Case:
+    path = t.src / "images" / "train" / "t3.png"
+    path.write_text("not an image")
+    return Case(t.split(), (str(path), "unreadable or truncated image"))
+
+
+@case("split-zero-byte-label")
+def _(t: Ctx) -> Case:
+    path = t.src / "labels" / "train" / "t0.png"
+    path.write_bytes(b"")
+    return Case(t.split(), (str(path), "unreadable or truncated image"))
+
+
+@case("split-label-wrong-size")
+def _(t: Ctx) -> Case:
+    path = t.src / "labels" / "train" / "t0.png"
+    Image.fromarray(blocks(10, 20, [0, 1])).save(path)
+    return Case(t.split(), (str(path), "label is 20x10 but its image t0.png is 20x16"))
+
+
+@case("split-label-rgb-colour-coded")
+def _(t: Ctx) -> Case:
+    path = t.src / "labels" / "train" / "t2.png"
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(path)
+    return Case(t.split(), (str(path), "colour-coded (RGB)"))
+
+
+@case("split-label-values-beyond-classes")
+def _(t: Ctx) -> Case:
+    path = t.src / "labels" / "val" / "v1.png"
+    Image.fromarray(blocks(16, 20, [0, 7])).save(path)
+    return Case(t.split(), (str(path), "label values [7] exceed the 4 classes"))
+
+
+@case("split-label-16-bit")
+def _(t: Ctx) -> Case:
+    """Refused even when every value would fit 8 bits (README: 16-bit label PNGs are refused)."""
+    path = t.src / "labels" / "train" / "t1.png"
+    Image.fromarray(blocks(16, 20, [0, 3]).astype(np.uint16)).save(path)
+    assert Image.open(path).mode == "I;16"
+    return Case(t.split(), (str(path), "16/32-bit"))
+
+
+@case("split-image-decompression-bomb")
+def _(t: Ctx) -> Case:
+    path = t.src / "images" / "train" / "t0.png"
+    png_header(path, 20_000, 20_000)
+    return Case(t.split(), (str(path), "larger than 100,000,000 pixels"))
+
+
+@case("split-label-just-over-the-pixel-limit")
+def _(t: Ctx) -> Case:
+    """Between the limit and twice it PIL only warns; it must be refused all the same."""
+    path = t.src / "labels" / "train" / "t0.png"
+    png_header(path, 12_000, 10_000)
+    return Case(t.split(), (str(path), "larger than 100,000,000 pixels"))
+
+
+@case("split-duplicate-stems")
+def _(t: Ctx) -> Case:
+    path = t.src / "images" / "train" / "t0.jpg"
+    Image.new("RGB", (20, 16)).save(path)
+    return Case(t.split(), (str(path), "duplicate image stem 't0'"))
+
+
+@case("split-empty-image-folder")
+def _(t: Ctx) -> Case:
+    shutil.rmtree(t.src / "images")
+    (t.src / "images").mkdir()
+    return Case(t.split(), (str(t.src / "images"), "no images"))
+
+
+@case("split-no-image-has-a-label")
+def _(t: Ctx) -> Case:
+    shutil.rmtree(t.src / "labels")
+    (t.src / "labels").mkdir()
+    return Case(t.split(), (str(t.src / "images"), "empty dataset"))
+
+
+@case("split-missing-image-folder")
+def _(t: Ctx) -> Case:
+    args = t.split()
+    args[args.index("--images") + 1] = t.tmp / "nope"
+    return Case(args, (str(t.tmp / "nope"), "image folder not found"))
+
+
+@case("split-missing-mask-folder")
+def _(t: Ctx) -> Case:
+    args = t.split()
+    args[args.index("--masks") + 1] = t.tmp / "nomasks"
+    return Case(args, (str(t.tmp / "nomasks"), "label folder not found"))
+
+
+# ---- split: class names, label maps, tags ---------------------------------------------------------------------
+
+@case("split-classes-duplicate-names")
+def _(t: Ctx) -> Case:
+    (t.src / "classes.txt").write_text("a\nb\na\nd\n")
+    return Case(t.split(), (str(t.src / "classes.txt"), "duplicate class names: a"))
+
+
+@case("split-label-map-malformed-json")
+def _(t: Ctx) -> Case:
+    path = t.file("map.json", '{7: 0, "8": 1}')
+    return Case(t.split("--label-map", path), (str(path), "invalid JSON in label map"))
+
+
+@case("split-label-map-infinite-target")
+def _(t: Ctx) -> Case:
+    path = t.file("map.json", '{"0": 0, "1": Infinity}')
+    return Case(t.split("--label-map", path), (str(path), "value inf for '1' is not an integer"))
+
+
+@case("split-tags-unknown-class")
+def _(t: Ctx) -> Case:
+    path = t.file("tags.json", json.dumps({"t0": ["a", "zebra"]}))
+    return Case(t.split("--tags", path, novel=False), (str(path), "tagged with unknown class 'zebra'"))
+
+
+@case("split-tags-malformed-json")
+def _(t: Ctx) -> Case:
+    path = t.file("tags.json", '{"t0": ["a",')
+    return Case(t.split("--tags", path, novel=False), (str(path), "invalid JSON"))
+
+
+@case("split-tags-csv-without-header")
+def _(t: Ctx) -> Case:
+    path = t.file("tags.csv", "t0;a\nt1;c\n")
+    return Case(t.split("--tags", path, novel=False), (str(path), "needs a header 'image,labels'"))
+
+
+@case("split-tags-npy-garbage")
+def _(t: Ctx) -> Case:
+    path = t.file("tags.npy", b"\x93NUMPY garbage")
+    return Case(t.split("--tags", path, novel=False), (str(path), "not a plain .npy dict"))
+
+
+@case("split-tags-npy-header-claims-a-huge-array")
+def _(t: Ctx) -> Case:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)})
+    path = t.file("tags.npy", buf.getvalue() + b"\0" * 64)
+    return Case(t.split("--tags", path, novel=False), (str(path), "more data than the file holds"))
+
+
+@case("split-tags-key-escapes")
+def _(t: Ctx) -> Case:
+    path = t.file("tags.json", json.dumps({"../../etc/passwd": ["a"]}))
+    return Case(t.split("--tags", path, novel=False), (str(path), "must be an image name, not a path"))
+
+
+@case("split-novel-class-occurs-in-a-training-mask")
+def _(t: Ctx) -> Case:
+    path = t.file("tags.csv", "image,labels\nt0,c\n")
+    return Case(t.split("--tags", path), (str(t.src / "labels" / "train" / "t0.png"),
+                                          "novel class 'c' is also a base class"))
+
+
+@case("split-unknown-novel-name")
+def _(t: Ctx) -> Case:
+    return Case(t.split("--novel", "zebra", novel=False), ("--novel", "unknown class 'zebra'"))
+
+
+@case("split-novel-leaves-no-base-class")
+def _(t: Ctx) -> Case:
+    return Case(t.split("--novel", "a,b,c,d", novel=False), ("--novel", "leave at least one base class"))
+
+
+# ---- split: COCO JSON ---------------------------------------------------------------------------------------------
+
+def coco(t: Ctx, segmentation: object = None, file_name: str = "a.jpg", **replace: object) -> Path:
+    """A one-image COCO file (20x30 px, categories dog and ball); ``segmentation`` for its one annotation."""
+    images = t.tmp / "coco"
+    images.mkdir(exist_ok=True)
+    Image.new("RGB", (30, 20)).save(images / "a.jpg")
+    data = {"images": [{"id": 1, "file_name": file_name, "height": 20, "width": 30}],
+            "annotations": [{"id": 7, "image_id": 1, "category_id": 2,
+                             "segmentation": segmentation or [[2, 2, 9, 2, 9, 9, 2, 9]]}],
+            "categories": [{"id": 2, "name": "dog"}, {"id": 9, "name": "ball"}], **replace}
+    return t.file("inst.json", json.dumps(data))
+
+
+def coco_split(t: Ctx, path: Path, spec: str | None = None) -> list:
+    return ["split", "--images", t.tmp / "coco", "--coco", spec or f"train={path}", "--novel", "ball", "-o", t.out]
+
+
+@case("split-coco-missing-keys")
+def _(t: Ctx) -> Case:
+    path = coco(t)
+    path.write_text(json.dumps({"images": [], "categories": []}))
+    return Case(coco_split(t, path), (str(path), "no 'annotations' list"))
+
+
+@case("split-coco-image-entry-missing-keys")
+def _(t: Ctx) -> Case:
+    path = coco(t, images=[{"id": 1, "file_name": "a.jpg"}])
+    return Case(coco_split(t, path), (str(path), "needs integer id, height, width and a file_name"))
+
+
+@case("split-coco-broken-polygon")
+def _(t: Ctx) -> Case:
+    path = coco(t, [[1, 2, 3, 4]])
+    return Case(coco_split(t, path), (str(path), "annotation 7: broken polygon"))
+
+
+@case("split-coco-polygon-with-a-string")
+def _(t: Ctx) -> Case:
+    path = coco(t, [[1, 2, 3, "x", 5, 6]])
+    return Case(coco_split(t, path), (str(path), "annotation 7: broken polygon"))
+
+
+@case("split-coco-segmentation-neither-polygons-nor-rle")
+def _(t: Ctx) -> Case:
+    path = coco(t, "nonsense")
+    return Case(coco_split(t, path), (str(path), "annotation 7: segmentation must be polygons or RLE"))
+
+
+@case("split-coco-rle-of-another-size")
+def _(t: Ctx) -> Case:
+    path = coco(t, {"size": [5, 5], "counts": "abc"})
+    return Case(coco_split(t, path), (str(path), "annotation 7: RLE size [5, 5] does not match the image"))
+
+
+@case("split-coco-uncompressed-rle-too-short")
+def _(t: Ctx) -> Case:
+    path = coco(t, {"size": [20, 30], "counts": [1, 2]})
+    return Case(coco_split(t, path), (str(path), "annotation 7: uncompressed RLE counts do not add up"))
+
+
+@case("split-coco-polygon-far-outside-the-image")
+def _(t: Ctx) -> Case:
+    """pycocotools would overflow C ints (or walk 10^12 outline pixels) on this."""
+    path = coco(t, [[0, 0, 1e12, 0, 1e12, 1e12]])
+    return Case(coco_split(t, path), (str(path), "annotation 7: broken polygon"))
+
+
+@case("split-coco-rle-that-does-not-cover-the-image")
+def _(t: Ctx) -> Case:
+    """pycocotools decodes this one, leaving the uncovered pixels uninitialised."""
+    path = coco(t, {"size": [20, 30], "counts": "0"})
+    return Case(coco_split(t, path), (str(path), "compressed RLE counts are malformed"))
+
+
+@case("split-coco-file-name-escapes")
+def _(t: Ctx) -> Case:
+    path = coco(t, file_name="../../etc/passwd")
+    return Case(coco_split(t, path), (str(path), "escapes the images folder"))
+
+
+@case("split-coco-unknown-split")
+def _(t: Ctx) -> Case:
+    path = coco(t)
+    return Case(coco_split(t, path, f"../x={path}"), (str(path), "unknown split '../x'"))
+
+
+# ---- split: where the output goes -----------------------------------------------------------------------------
+
+@case("split-output-inside-the-source")
+def _(t: Ctx) -> Case:
+    t.out = t.src / "images" / "ws"
+    return Case(t.split(), (str(t.out), "overlaps the source folder"))
+
+
+@case("split-output-is-a-file")
+def _(t: Ctx) -> Case:
+    t.out.write_text("a file\n")
+    return Case(t.split(), (str(t.out), "exists and is not a folder"))
+
+
+@case("split-unwritable-output-folder", pytest.mark.skipif(ROOT_USER, reason="root ignores permissions"))
+def _(t: Ctx) -> Case:
+    t.out = t.locked() / "ws"
+    return Case(t.split(), (str(t.out), "cannot write the output folder"))
+
+
+@case("split-disk-full")
+def _(t: Ctx) -> Case:
+    return Case(t.split(), (str(t.out / "full" / "train" / "t0.png"), "cannot write (File too large)"), full_disk)
+
+
+# ---- weak-shot datasets edited by hand, through train, retrain, evaluate and pseudolabel --------------------------
+
+@case("train-manifest-label-missing")
+def _(t: Ctx) -> Case:
+    (t.ws / "labels" / "train" / "t0.png").unlink()
+    return Case(t.train(), (str(t.ws / "weakshot.json"), "label file 'labels/train/t0.png' not found"))
+
+
+@case("train-manifest-novel-id-out-of-range")
+def _(t: Ctx) -> Case:
+    t.edit_manifest(lambda m: m.update(novel=[2, 9]))
+    return Case(t.train(), (str(t.ws / "weakshot.json"), "'novel' must be a list of class ids in 0..3"))
+
+
+@case("retrain-manifest-base-novel-overlap")
+def _(t: Ctx) -> Case:
+    t.edit_manifest(lambda m: m.update(base=[0, 1, 2, 3], novel_masks=True))
+    return Case(t.train(stage="retrain"), (str(t.ws / "weakshot.json"), "classes [2] are both base and novel"))
+
+
+@case("train-manifest-image-escapes")
+def _(t: Ctx) -> Case:
+    t.edit_manifest(lambda m: m["splits"]["train"][1].update(image="../../etc/passwd"))
+    return Case(t.train(), (str(t.ws / "weakshot.json"), "'../../etc/passwd' escapes the dataset folder"))
+
+
+@case("evaluate-symlink-out-of-the-dataset")
+def _(t: Ctx) -> Case:
+    link = t.ws / "labels" / "val" / "v1.png"
+    link.unlink()
+    link.symlink_to(t.src / "labels" / "val" / "v1.png")
+    return Case(t.evaluate(), (str(t.ws / "weakshot.json"), "'labels/val/v1.png' escapes the dataset folder"))
+
+
+@case("evaluate-split-without-full-masks")
+def _(t: Ctx) -> Case:
+    t.edit_manifest(lambda m: [it.pop("full") for it in m["splits"]["train"]])
+    return Case(t.evaluate("--split", "train"), (str(t.ws), "evaluate a split with full ground truth (--split val)"))
+
+
+@case("evaluate-no-such-split")
+def _(t: Ctx) -> Case:
+    return Case(t.evaluate("--split", "test"), (str(t.ws), "no split 'test'"))
+
+
+@case("evaluate-image-truncated-after-split")
+def _(t: Ctx) -> Case:
+    """Found mid-run (the header is intact): the run folder made for it must go again."""
+    args = t.evaluate("--batch", "1")  # the dataset is made from the intact image
+    path = t.src / "images" / "val" / "v1.png"
+    path.write_bytes(path.read_bytes()[:-40])
+    return Case(args, (str(path), "unreadable or truncated image"))
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------------------
+
+@case("evaluate-checkpoint-of-another-class-set")
+def _(t: Ctx) -> Case:
+    return Case(t.evaluate(ckpt=t.other_ckpt), (str(t.other_ckpt), "different class set"))
+
+
+@case("evaluate-text-file-as-checkpoint")
+def _(t: Ctx) -> Case:
+    path = t.file("bogus.pt", "not a checkpoint")
+    return Case(t.evaluate(ckpt=path), (str(path), "not a weakshot checkpoint"))
+
+
+@case("evaluate-torch-file-that-is-no-checkpoint")
+def _(t: Ctx) -> Case:
+    import torch
+
+    path = t.tmp / "weights.pt"
+    torch.save({"model": {}, "config": "small", "classes": CLASSES}, path)
+    return Case(t.evaluate(ckpt=path), (str(path), "not a weakshot checkpoint (model, config or classes"))
+
+
+@case("predict-text-file-as-checkpoint")
+def _(t: Ctx) -> Case:
+    path = t.file("fake.pt", "not a checkpoint")
+    return Case(t.predict(t.src / "images" / "val", ckpt=path), (str(path), "not a weakshot checkpoint"))
+
+
+@case("pseudolabel-zero-byte-checkpoint")
+def _(t: Ctx) -> Case:
+    path = t.file("empty.pt", b"")
+    return Case(t.pseudolabel(ckpt=path), (str(path), "not a weakshot checkpoint"))
+
+
+@case("pseudolabel-checkpoint-of-another-class-set")
+def _(t: Ctx) -> Case:
+    return Case(t.pseudolabel(ckpt=t.other_ckpt), (str(t.other_ckpt), "different class set"))
+
+
+@case("train-weights-not-a-checkpoint")
+def _(t: Ctx) -> Case:
+    path = t.file("weights.pt", np.random.default_rng(0).bytes(300))
+    return Case(t.train("--weights", path), (str(path), "not a weakshot checkpoint"))
+
+
+@case("train-weights-of-another-class-set")
+def _(t: Ctx) -> Case:
+    return Case(t.train("--weights", t.other_ckpt), (str(t.other_ckpt), "different class set"))
+
+
+# ---- images the network cannot take ------------------------------------------------------------------------
+
+@case("evaluate-images-too-small-at-original-size")
+def _(t: Ctx) -> Case:
+    return Case(t.evaluate("--imgsz", "0"), (str(t.src / "images" / "val" / "v0.png"), "image is 20x16 px, too small"))
+
+
+@case("evaluate-images-too-small-at-a-test-time-scale")
+def _(t: Ctx) -> Case:
+    return Case(t.evaluate("--scales", "1,0.25"), (str(t.src / "images" / "val" / "v0.png"), "and scale 0.25"))
+
+
+@case("predict-image-too-small")
+def _(t: Ctx) -> Case:
+    path = t.src / "images" / "train" / "t0.png"
+    return Case(t.predict(path, "--imgsz", "0"), (str(path), "no image could be read", "too small for the network"))
+
+
+@case("pseudolabel-images-too-small")
+def _(t: Ctx) -> Case:
+    return Case(t.pseudolabel("--imgsz", "16"), (str(t.src / "images" / "train" / "t0.png"), "too small"))
+
+
+# ---- inference outputs ---------------------------------------------------------------------------------------
+
+@case("predict-no-such-source")
+def _(t: Ctx) -> Case:
+    return Case(t.predict(t.tmp / "nowhere"), (str(t.tmp / "nowhere"), "no such image, folder, glob pattern"))
+
+
+@case("predict-glob-matching-nothing")
+def _(t: Ctx) -> Case:
+    pattern = f"{t.src}/images/*/*.gif"
+    return Case(t.predict(pattern), (pattern, "no images"))
+
+
+@case("pseudolabel-output-inside-the-input")
+def _(t: Ctx) -> Case:
+    t.out = t.ws / "pl"
+    return Case(t.pseudolabel(), (str(t.out), "may not be the input dataset or lie inside it"))
+
+
+@case("pseudolabel-output-is-a-file")
+def _(t: Ctx) -> Case:
+    t.out.write_text("a file\n")
+    return Case(t.pseudolabel(), (str(t.out), "exists and is not a folder"))
+
+
+@case("pseudolabel-unwritable-output-folder", pytest.mark.skipif(ROOT_USER, reason="root ignores permissions"))
+def _(t: Ctx) -> Case:
+    t.out = t.locked() / "pl"
+    return Case(t.pseudolabel(), (str(t.out / ".pseudolabel-state.json"), "cannot write"))
+
+
+@case("evaluate-unwritable-project-folder", pytest.mark.skipif(ROOT_USER, reason="root ignores permissions"))
+def _(t: Ctx) -> Case:
+    t.runs = t.locked() / "runs"
+    return Case(t.evaluate(), (str(t.runs / "evaluate" / "evaluate"), "cannot create the run folder"))
+
+
+@case("evaluate-disk-full")
+def _(t: Ctx) -> Case:
+    """metrics.json cannot be written: the run folder made for it must go again."""
+    return Case(t.evaluate(), (str(t.runs / "evaluate" / "evaluate" / "metrics.json"), "cannot write (File too large)"),
+                full_disk)
+
+
+# ---- options ------------------------------------------------------------------------------------------------------
+
+@case("evaluate-scales-not-numbers")
+def _(t: Ctx) -> Case:
+    return Case(t.evaluate("--scales", "1,x"), ("--scales 1,x", "expected comma-separated numbers"))
+
+
+@case("evaluate-batch-zero")
+def _(t: Ctx) -> Case:
+    return Case(t.evaluate("--batch", "0"), ("--batch must be >= 1",))
+
+
+@case("pseudolabel-negative-min-score")
+def _(t: Ctx) -> Case:
+    return Case(t.pseudolabel("--min-score", "-1"), ("--min-score must be >= 0",))
+
+
+@case("pseudolabel-batch-zero")
+def _(t: Ctx) -> Case:
+    return Case(t.pseudolabel("--batch", "0"), ("--batch must be >= 1",))
+
+
+@pytest.mark.parametrize("make", CASES)
+def test_bad_input(make, shared, tmp_path, request):
+    request.addfinalizer(lambda: [p.chmod(0o700) for p in tmp_path.rglob("locked")])
+    t = Ctx(shared, tmp_path)
+    c = make(t)
+    before = snapshot(tmp_path, shared)
+    assert_user_error(run_cli(*c.args, preexec_fn=c.preexec), *c.fragments)
+    assert snapshot(tmp_path, shared) == before
