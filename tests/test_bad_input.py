@@ -506,6 +506,20 @@ def _(t: Ctx) -> Case:
     return Case(t.train(), (str(t.ws / "weakshot.json"), "'../../etc/passwd' escapes the dataset folder"))
 
 
+@case("train-image-truncated-after-split")
+def _(t: Ctx) -> Case:
+    """Found only when the loader reads it, after the run folder exists: the folder must go again."""
+    m = json.loads((t.ws / "weakshot.json").read_text())
+    image = (t.ws / m["splits"]["train"][0]["image"]).resolve()
+    image.write_bytes(image.read_bytes()[:40])
+    return Case(t.train("--iters", "8"), (image.name, "unreadable or truncated image"))
+
+
+@case("train-disk-full")
+def _(t: Ctx) -> Case:
+    return Case(t.train(), ("cannot write (File too large)",), full_disk)
+
+
 @case("evaluate-symlink-out-of-the-dataset")
 def _(t: Ctx) -> Case:
     link = t.ws / "labels" / "val" / "v1.png"

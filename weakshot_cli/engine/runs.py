@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -41,16 +41,18 @@ def new_run_dir(project: Path, stage: str, name: str | None, exist_ok: bool) -> 
 
 
 @contextmanager
-def provisional_run_dir(project: Path, stage: str, name: str | None, exist_ok: bool) -> Iterator[Path]:
+def provisional_run_dir(project: Path, stage: str, name: str | None, exist_ok: bool,
+                        keep: Callable[[Path], bool] = lambda run_dir: False) -> Iterator[Path]:
     """A new run folder that disappears again, with the parents made for it, if the block raises an error
-    (bad input found mid-run, a full disk): a failed run leaves nothing behind. Ctrl-C keeps what is there."""
+    (bad input found mid-run, a full disk) and ``keep(run_dir)`` is false: a failed run leaves nothing behind.
+    Ctrl-C keeps what is there."""
     made = [p for p in (project / stage, *(project / stage).parents) if not p.exists()]
     run_dir = new_run_dir(project, stage, name, exist_ok)
     fresh = not any(run_dir.iterdir())
     try:
         yield run_dir
     except Exception:
-        if fresh:
+        if fresh and not keep(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         for p in made:  # innermost first; a folder something else wrote into meanwhile stays
             with suppress(OSError):

@@ -27,11 +27,11 @@ from weakshot_cli.engine.config import ARCH_KEYS, TrainConfig
 from weakshot_cli.engine.inference import evaluate_loader
 from weakshot_cli.engine.plots import plot_losses
 from weakshot_cli.engine.progress import TrainProgress
-from weakshot_cli.engine.runs import new_run_dir
+from weakshot_cli.engine.runs import provisional_run_dir
 from weakshot_cli.engine.visualise import default_palette
 from weakshot_cli.engine.weights import init_backbone
 from weakshot_cli.errors import UserError
-from weakshot_cli.io import atomic_write, write_json
+from weakshot_cli.io import WriteError, atomic_write, write_json
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> SimFormer:
@@ -210,8 +210,11 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
         save_checkpoint(run_dir / "weights" / name, state)
 
     def log(record: dict) -> None:
-        with (run_dir / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with (run_dir / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise WriteError(e.strerror or e.__class__.__name__, run_dir / "metrics.jsonl") from None
 
     module.train()
     progress = TrainProgress(console, run_dir / "log.txt", start, iters, enabled=ddp.main, every=cfg.log_every)
@@ -314,10 +317,12 @@ def run_train(dataset: Path | None, cfg_builder: Callable[[], TrainConfig], proj
             setattr(cfg, key, init["config"][key])
     ddp, device = distributed.setup(cfg.device)
     check_run(cfg, m, dataset, ddp.world, stage)
-    run_dir = new_run_dir(project, stage, name, exist_ok) if ddp.main else None
-    run_dir = Path(ddp.broadcast(str(run_dir)))  # rank 0 makes the folder; the others learn its name
-    if ddp.main:
-        save_config(cfg, dataset, run_dir)
-        console.print(f"Run folder: [bold]{run_dir}[/]  ({len(m.splits['train'])} training images, "
-                      f"{len(m.base)} base + {len(m.novel)} novel classes)")
-    return train(cfg, m, run_dir, console, ddp, device, init=init)
+    # A run that fails before its first checkpoint leaves no folder behind; one with a checkpoint keeps it.
+    folder = provisional_run_dir(project, stage, name, exist_ok, keep=lambda d: any((d / "weights").glob("*.pt")))
+    with folder if ddp.main else contextlib.nullcontext() as run_dir:
+        run_dir = Path(ddp.broadcast(str(run_dir)))  # rank 0 makes the folder; the others learn its name
+        if ddp.main:
+            save_config(cfg, dataset, run_dir)
+            console.print(f"Run folder: [bold]{run_dir}[/]  ({len(m.splits['train'])} training images, "
+                          f"{len(m.base)} base + {len(m.novel)} novel classes)")
+        return train(cfg, m, run_dir, console, ddp, device, init=init)
