@@ -57,15 +57,22 @@ def resize_short(image: torch.Tensor, imgsz: int | None) -> torch.Tensor:
     return TF.resize(image, list(short_side_size(*image.shape[-2:], imgsz)), antialias=True)
 
 
+def scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
+    """A padded (multiple-of-32) input size at a test-time scale: the size class_scores runs that scale at."""
+    if scale == 1:
+        return h, w
+    return max(32, math.ceil(h * scale / 32) * 32), max(32, math.ceil(w * scale / 32) * 32)
+
+
 def check_inference_size(path: str | Path, h: int, w: int, imgsz: int | None,
                          scales: Sequence[float] = (1.0,)) -> None:
     """Refuse an image the network cannot take. Inference pads to a multiple of 32 (collate_eval) and sizes
-    each test-time scale as engine.inference.class_scores does; where that leaves a single stride-32 cell,
-    the pixel decoder's GroupNorm has one value per channel and fails."""
+    each test-time scale with scaled_size; where that leaves a single stride-32 cell, the pixel decoder's
+    GroupNorm has one value per channel and fails."""
     rh, rw = short_side_size(h, w, imgsz)
     H, W = math.ceil(rh / 32) * 32, math.ceil(rw / 32) * 32
     for s in scales:
-        sh, sw = (H, W) if s == 1 else (max(32, math.ceil(H * s / 32) * 32), max(32, math.ceil(W * s / 32) * 32))
+        sh, sw = scaled_size(H, W, s)
         if sh <= 32 and sw <= 32:
             at = f"--imgsz {imgsz}" if imgsz else "its original size (--imgsz 0)"
             at += f" and scale {s}" if s != 1 else ""

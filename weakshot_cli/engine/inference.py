@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import fields
 
@@ -12,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import SimFormer, semantic_probs
+from weakshot_cli.data.dataset import scaled_size
 from weakshot_cli.engine.config import TrainConfig
 from weakshot_cli.engine.metrics import compute_metrics, confusion
 from weakshot_cli.errors import UserError
@@ -59,8 +59,7 @@ def class_scores(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, 
     for s in scales:
         x = images
         if s != 1.0:
-            x = F.interpolate(images, size=(max(32, math.ceil(H * s / 32) * 32), max(32, math.ceil(W * s / 32) * 32)),
-                              mode="bilinear", align_corners=False)
+            x = F.interpolate(images, size=scaled_size(H, W, s), mode="bilinear", align_corners=False)
         p = _scores_at(model, x, flip).float()
         if s != 1.0:
             p = F.interpolate(p, size=(H, W), mode="bilinear", align_corners=False)
