@@ -28,14 +28,33 @@ class WriteError(UserError):
         super().__init__(f"cannot write ({reason})", path)
 
 
+_TMP_SUFFIX = ".tmp"
+
+
+def remove_interrupted_writes(folder: Path) -> None:
+    """Delete the temporary files that atomic writes into ``folder`` left when a kill interrupted them."""
+    for tmp in folder.glob(f".*{_TMP_SUFFIX}"):
+        tmp.unlink()
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to a log; a failed write is a WriteError naming the file, as for atomic writes."""
+    try:
+        with path.open("a") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        raise WriteError(e.strerror or e.__class__.__name__, path) from None
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place. A process killed
-    mid-write can leave a ``.NAME.*.tmp`` file beside ``path``, never a half-written ``path``."""
+    mid-write can leave a ``.NAME.*.tmp`` file beside ``path`` (see remove_interrupted_writes), never a
+    half-written ``path``."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
         os.close(fd)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give what a plain open() would
         write(Path(tmp))

@@ -10,6 +10,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from weakshot_cli.io import append_line
+
 SHORT = {"loss": "loss", "loss_ce": "ce", "loss_mask": "mask", "loss_dice": "dice", "loss_comp": "comp",
          "loss_sim": "sim", "loss_dist": "dist"}
 
@@ -45,8 +47,7 @@ class TrainProgress:
 
     def _write(self, line: str) -> None:
         if self.enabled:
-            with self.log_path.open("a") as f:
-                f.write(line + "\n")
+            append_line(self.log_path, line)
 
     def update(self, it: int, losses: dict[str, float], lr: float, device: torch.device) -> None:
         if not self.enabled:

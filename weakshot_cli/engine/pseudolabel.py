@@ -26,7 +26,7 @@ from weakshot_cli.engine.evaluate import check_classes, check_image_sizes
 from weakshot_cli.engine.inference import class_scores, inference_size, model_from_checkpoint
 from weakshot_cli.engine.metrics import confusion
 from weakshot_cli.errors import UserError
-from weakshot_cli.io import write_json, write_label_png
+from weakshot_cli.io import remove_interrupted_writes, write_json, write_label_png
 
 STATE = ".pseudolabel-state.json"
 REPORT = "pseudolabel.json"
@@ -93,8 +93,7 @@ def _prepare(out: Path, root: Path, state: dict, exist_ok: bool) -> None:
     elif out.exists() and any(out.iterdir()):
         raise UserError("folder exists and is not a pseudo-labelling run; choose another -o", out)
     write_json(state_path, state)
-    for tmp in (out / "labels" / "train").glob(".*.tmp"):  # atomic writes a kill interrupted
-        tmp.unlink()
+    remove_interrupted_writes(out / "labels" / "train")
 
 
 def quality(cm: np.ndarray, m: Manifest) -> dict:

@@ -31,7 +31,7 @@ from weakshot_cli.engine.runs import provisional_run_dir
 from weakshot_cli.engine.visualise import default_palette
 from weakshot_cli.engine.weights import init_backbone
 from weakshot_cli.errors import UserError
-from weakshot_cli.io import WriteError, atomic_write, write_json
+from weakshot_cli.io import append_line, remove_interrupted_writes, write_json, write_text
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> SimFormer:
@@ -121,9 +121,8 @@ def _after_crash(run_dir: Path, last_iter: int) -> None:
     path = run_dir / "metrics.jsonl"
     if path.exists():
         lines = [line for line in path.read_text().splitlines() if line and kept(line)]
-        atomic_write(path, lambda p: p.write_text("".join(line + "\n" for line in lines)))
-    for tmp in (run_dir / "weights").glob(".*.tmp"):
-        tmp.unlink()
+        write_text(path, "".join(line + "\n" for line in lines))
+    remove_interrupted_writes(run_dir / "weights")
 
 
 def check_finite(losses: dict[str, torch.Tensor], it: int, run_dir: Path) -> None:
@@ -210,11 +209,7 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
         save_checkpoint(run_dir / "weights" / name, state)
 
     def log(record: dict) -> None:
-        try:
-            with (run_dir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as e:
-            raise WriteError(e.strerror or e.__class__.__name__, run_dir / "metrics.jsonl") from None
+        append_line(run_dir / "metrics.jsonl", json.dumps(record))
 
     module.train()
     progress = TrainProgress(console, run_dir / "log.txt", start, iters, enabled=ddp.main, every=cfg.log_every)
