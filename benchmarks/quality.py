@@ -64,9 +64,9 @@ def weakshot(*args: object, threads: int) -> float:
     return time.perf_counter() - start
 
 
-def train_args(budget: dict, iters: int) -> list[str]:
+def train_args(budget: dict, iters: int, seed: int = 0) -> list[str]:
     return ["--preset", "small", "--iters", iters, "--batch", budget["batch"], "--imgsz", budget["imgsz"],
-            "--device", "cpu", "--workers", 1, "--seed", 0, "--set", f"val_every={max(1, iters // 2)}",
+            "--device", "cpu", "--workers", 1, "--seed", seed, "--set", f"val_every={max(1, iters // 2)}",
             "--exist-ok"]
 
 

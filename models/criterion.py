@@ -2,7 +2,7 @@
 SimNet training on base-involved pixel pairs, and distillation of SimNet similarities into novel scores.
 
 Reads only the weak labels of each target: labels, masks/has_mask (all-False for novel), sem (base-only
-map), pad, ref and novel_tags.
+map), pad, ref, novel_tags and tag_only (an image with tags and no mask, whose unknown pixels may be base).
 """
 
 from __future__ import annotations
@@ -121,7 +121,9 @@ class SimFormerCriterion(nn.Module):
         losses = []
         for b, (q, t) in enumerate(indices):
             target = targets[b]
-            if target["has_mask"].all():
+            # a tag-only image's unknown pixels may be base: "covered by the maskless targets" would make every
+            # tagged class's proposal cover the whole image (measured: base mIoU collapses), so it has no term here
+            if target["has_mask"].all() or target.get("tag_only"):
                 continue
             novel = masks[b, q[~target["has_mask"].cpu()[t]].to(masks.device)]  # [n, h, w]
             not_base = ((target["sem"] == IGNORE) & ~target["pad"]).to(masks.dtype)
@@ -190,7 +192,7 @@ class SimFormerCriterion(nn.Module):
         grids, same, valid = [], [], []
         for i, target in enumerate(targets):
             j = int(target["ref"])
-            if j == i:
+            if j == i or target.get("tag_only") or targets[j].get("tag_only"):  # no pixel pair of theirs is known
                 continue
             pi, pj = self._sim_points(sem[i], pad[i], sem[j], pad[j])
             li, lj = sem[i, pi], sem[j, pj]

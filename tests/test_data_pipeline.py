@@ -77,7 +77,7 @@ def test_ranks_split_the_global_batch_into_whole_pairs():
 def test_targets_hide_novel_masks_and_pass_a_base_only_map():
     sem = torch.tensor([[0, 0, 255, 255], [3, 3, 255, 255]])
     batch = collate_train([{"image": torch.zeros(3, 2, 4), "sem": sem, "pad": torch.zeros(2, 4, dtype=torch.bool),
-                            "tags": torch.tensor([0, 3, 5]), "index": 0}] * 2)
+                            "tags": torch.tensor([0, 3, 5]), "index": 0, "tag_only": False}] * 2)
     t = build_targets(batch, base=[0, 3], novel=[5], novel_masks=False)
     assert t[0]["labels"].tolist() == [0, 3, 5] and t[0]["has_mask"].tolist() == [True, True, False]
     assert torch.equal(t[0]["masks"][0], sem == 0) and not t[0]["masks"][2].any()
@@ -90,3 +90,16 @@ def test_targets_hide_novel_masks_and_pass_a_base_only_map():
     assert torch.equal(t[0]["masks"][2], full == 5)
     assert (t[0]["sem"][full == 5] == 255).all()
     np.testing.assert_array_equal(t[0]["sem"][full != 5].numpy(), full[full != 5].numpy())
+
+
+def test_tag_only_images_give_every_tag_as_a_maskless_target():
+    """A tag-only image has no base pixels: its base tags, like its novel ones, are targets without masks, and it is
+    marked so that the SimNet and the complementary loss, whose premise needs a mask, skip it."""
+    unknown = torch.full((2, 4), 255)
+    masked = {"image": torch.zeros(3, 2, 4), "sem": torch.tensor([[0, 0, 255, 255]] * 2),
+              "pad": torch.zeros(2, 4, dtype=torch.bool), "tags": torch.tensor([0, 5]), "index": 0, "tag_only": False}
+    tag_only = {**masked, "sem": unknown, "tags": torch.tensor([3, 5]), "index": 1, "tag_only": True}
+    t = build_targets(collate_train([masked, tag_only]), base=[0, 3], novel=[5], novel_masks=False)
+    assert t[0]["labels"].tolist() == [0, 5] and t[0]["has_mask"].tolist() == [True, False] and not t[0]["tag_only"]
+    assert t[1]["labels"].tolist() == [3, 5] and not t[1]["has_mask"].any() and t[1]["tag_only"]
+    assert t[1]["novel_tags"].tolist() == [5] and (t[1]["sem"] == 255).all()

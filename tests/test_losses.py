@@ -118,6 +118,12 @@ def test_complementary_loss():
     union3 = torch.maximum(masks[0, 1], torch.tensor(math.log(0.05 / 0.95))).flatten().tolist()
     got = crit(use_comp=True, ignore_prior=0.05).loss_comp(masks, targets, indices)
     assert got.item() == pytest.approx(20 * focal(union3, y) + dice(union3, y), rel=1e-5)
+    # a tag-only image (no mask, so its unknown pixels may be base) has no complementary term: with image 0 tag-only
+    # the loss is zero, and it does not dilute another image's term
+    tag_only = {**weak_target(torch.full((4, 4), IGN), novel=[2, 3], pad=pad), "tag_only": True}
+    assert c.loss_comp(masks, [tag_only, targets[1]], indices2).item() == 0.0
+    assert c.loss_comp(masks, [targets[0], tag_only], [indices[0], indices2[0]]).item() == pytest.approx(expected,
+                                                                                                        rel=1e-5)
 
 
 class DotSimNet(nn.Module):

@@ -154,20 +154,20 @@ def test_guard_warns_on_binary_0_255_masks_and_strict_refuses(tmp_path):
     out = tmp_path / "ws"
     args = ["split", "--images", images, "--masks", masks, "--classes", classes, "--novel", "dog", "-o", out]
     r = run_cli(*args)
-    assert r.returncode == 0 and "only the values 0 and 255" in r.stdout
+    assert r.returncode == 0 and "only the values 0 and 255" in r.stderr and "only the values" not in r.stdout
     r = run_cli(*args, "--strict", "--exist-ok")
     assert_user_error(r, "only the values 0 and 255", "--strict")
 
 
 def test_guard_warns_when_ignore_value_never_occurs(toy):
     r = run_cli(*split_args(toy, toy["tmp"] / "ws", "--novel", "c", "--ignore-index", "9"))
-    assert r.returncode == 0 and "ignore value 9 never occurs" in r.stdout
+    assert r.returncode == 0 and "ignore value 9 never occurs" in r.stderr
 
 
 def test_guard_warns_about_images_without_labels(toy):
     Image.new("RGB", (20, 16)).save(toy["images"] / "train" / "lonely.png")
     r = run_cli(*split_args(toy, toy["tmp"] / "ws", "--novel", "c"))
-    assert r.returncode == 0 and "1 image(s) have no label PNG" in r.stdout
+    assert r.returncode == 0 and "1 image(s) have no label PNG" in r.stderr
     assert len(load_manifest(toy["tmp"] / "ws").splits["train"]) == 4
 
 

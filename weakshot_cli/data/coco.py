@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from weakshot_cli.data.labels import MAX_PIXELS
+from weakshot_cli.data.labels import MAX_PIXELS, image_size
 from weakshot_cli.errors import UserError
 
 IGNORE = 255
@@ -31,7 +31,7 @@ def load_coco(path: str | Path) -> tuple[dict, list[str], dict[int, int]]:
     """Parse and check the JSON; return it, class names, and category id -> contiguous id."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM is not part of the JSON
     except FileNotFoundError:
         raise UserError("file not found", path) from None
     except UnicodeDecodeError as e:
@@ -81,6 +81,15 @@ def coco_images(data: dict, path: Path) -> list[CocoImage]:
     if len({im.id for im in images}) != len(images):
         raise UserError("COCO images have duplicate ids", path)
     return images
+
+
+def check_image_size(im: CocoImage, image: Path, path: Path) -> None:
+    """Masks are rasterised at the size the JSON states: an image file of another size is the JSON's error,
+    named here, not later as a mismatch with a label file the user never made."""
+    h, w = image_size(image)
+    if (h, w) != (im.height, im.width):
+        raise UserError(f"image {im.file_name!r:.80} is {w}x{h} px ({image}) but its entry states "
+                        f"width {im.width}, height {im.height}", path)
 
 
 def _rle_counts(s: str) -> list[int] | None:
@@ -139,8 +148,9 @@ def _decode(seg: object, h: int, w: int, path: Path, ann_id: object) -> np.ndarr
     return mask_utils.decode(rle).astype(bool)
 
 
-def rasterise(data: dict, path: Path, cat_to_id: dict[int, int]) -> dict[int, np.ndarray]:
-    """Semantic label map (uint8, 255 where unlabelled) for every image id."""
+def rasterise(data: dict, path: Path, cat_to_id: dict[int, int], background: int = IGNORE) -> dict[int, np.ndarray]:
+    """Semantic label map (uint8) for every image id; pixels outside every annotation get ``background``
+    (255, ignore, by default)."""
     images = {im.id: im for im in coco_images(data, path)}
     by_image: dict[int, list[dict]] = {i: [] for i in images}
     for ann in data["annotations"]:
@@ -155,7 +165,7 @@ def rasterise(data: dict, path: Path, cat_to_id: dict[int, int]) -> dict[int, np
     labels = {}
     for image_id, anns in by_image.items():
         im = images[image_id]
-        label = np.full((im.height, im.width), IGNORE, dtype=np.uint8)
+        label = np.full((im.height, im.width), background, dtype=np.uint8)
         decoded = [(_decode(a["segmentation"], im.height, im.width, path, a.get("id")), a) for a in anns]
         decoded.sort(key=lambda ma: -int(ma[0].sum()))
         for m, ann in decoded:

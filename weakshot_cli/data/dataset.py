@@ -4,6 +4,8 @@ Tag policy under augmentation: novel pixels can only lie where the training labe
 so a crop keeps an image's novel tags only if it keeps at least ``tag_keep`` (default half) of the
 image's unknown pixels; crops are re-drawn up to ``crop_tries`` times to meet that, else the best
 one is used and its novel tags are dropped. Tags are never decided from hidden pixels.
+
+A tag-only item (``label`` None: tags but no mask) reads as a label whose every pixel is unknown.
 """
 
 from __future__ import annotations
@@ -80,6 +82,13 @@ def check_inference_size(path: str | Path, h: int, w: int, imgsz: int | None,
                             "its long side; pass a larger --imgsz", path)
 
 
+def item_label(m: Manifest, item: Item, size: tuple[int, int]) -> np.ndarray:
+    """An item's stored label; a tag-only item (no mask) is unknown everywhere at the image's ``size``."""
+    if item.label is None:
+        return np.full(tuple(size), IGNORE, np.uint8)
+    return read_raw_label(m.resolve(item.label))
+
+
 def normalise(image: torch.Tensor) -> torch.Tensor:
     return (image.float() - MEAN) / STD
 
@@ -116,9 +125,10 @@ class TrainDataset(Dataset):
     """Training crops. Items are fetched as ``(index, seed)`` so every augmentation is reproducible
     from the sampler alone (exact resume, any number of workers)."""
 
-    def __init__(self, manifest: Manifest, aug: AugConfig, split: str = "train", oracle: bool = False):
+    def __init__(self, manifest: Manifest, aug: AugConfig, split: str = "train", oracle: bool = False,
+                 tag_only: bool = True):
         self.m, self.aug, self.oracle = manifest, aug, oracle
-        self.items: list[Item] = manifest.splits[split]
+        self.items: list[Item] = [it for it in manifest.splits[split] if tag_only or it.label is not None]
         self.novel = torch.tensor(manifest.novel, dtype=torch.long)
         if oracle and any(it.full is None for it in self.items):
             raise ValueError("oracle training needs a benchmark-mode dataset (training items with 'full' masks)")
@@ -126,15 +136,13 @@ class TrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def label_path(self, item: Item):
-        return self.m.resolve(item.full if self.oracle else item.label)
-
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key
         item = self.items[index]
         g = torch.Generator().manual_seed(seed)
         image = tv_tensors.Image(load_rgb(self.m.resolve(item.image)))
-        label = tv_tensors.Mask(torch.from_numpy(read_raw_label(self.label_path(item)).astype(np.int64))[None])
+        raw = read_raw_label(self.m.resolve(item.full)) if self.oracle else item_label(self.m, item, image.shape[-2:])
+        label = tv_tensors.Mask(torch.from_numpy(raw.astype(np.int64))[None])
         a = self.aug
         short = min(image.shape[-2:])
         s = a.scale[0] + (a.scale[1] - a.scale[0]) * torch.rand(1, generator=g).item()
@@ -157,7 +165,8 @@ class TrainDataset(Dataset):
         tags = torch.tensor(item.tags, dtype=torch.long)
         if not keep_novel:
             tags = tags[~torch.isin(tags, self.novel)]
-        return {"image": image, "sem": sem, "pad": pad_mask, "tags": tags, "index": index}
+        return {"image": image, "sem": sem, "pad": pad_mask, "tags": tags, "index": index,
+                "tag_only": item.label is None and not self.oracle}
 
     def _crop(self, label: torch.Tensor, ch: int, cw: int, g: torch.Generator) -> tuple[int, int, bool]:
         """Pick a ch x cw crop that keeps novel tags true (see module docstring)."""
@@ -186,6 +195,7 @@ def collate_train(batch: list[dict]) -> dict:
         "pad": torch.stack([b["pad"] for b in batch]),
         "tags": [b["tags"] for b in batch],
         "index": [b["index"] for b in batch],
+        "tag_only": [b["tag_only"] for b in batch],
     }
 
 
@@ -205,8 +215,11 @@ class EvalDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
         image = load_rgb(self.m.resolve(item.image))
-        path = item.full if self.full and item.full else item.label
-        label = torch.from_numpy(read_raw_label(self.m.resolve(path)).astype(np.int64))
+        if self.full and item.full:
+            label = read_raw_label(self.m.resolve(item.full))
+        else:
+            label = item_label(self.m, item, image.shape[-2:])
+        label = torch.from_numpy(label.astype(np.int64))
         return {"image": normalise(resize_short(image, self.imgsz)), "label": label, "index": index}
 
 
@@ -224,9 +237,10 @@ def collate_eval(batch: list[dict]) -> dict:
 def build_targets(batch: dict, base: list[int], novel: list[int], novel_masks: bool) -> list[dict]:
     """Per-image targets for the criterion, from the (base-only, unless ``novel_masks``) label map.
 
-    Base classes present in the crop get masks; tagged novel classes get a target without a mask.
-    With ``novel_masks`` (oracle or pseudo-labelled data) every class in the map gets a mask and
-    the criterion's ``sem`` still shows only base pixels.
+    Base classes present in the crop get masks; tagged novel classes get a target without a mask, and so
+    do a tag-only image's base tags: its unknown pixels may belong to them too. With ``novel_masks``
+    (oracle or pseudo-labelled data) every class in the map gets a mask and the criterion's ``sem`` still
+    shows only base pixels.
     """
     n = len(batch["tags"])
     novel_t = torch.tensor(novel, dtype=torch.long)
@@ -242,11 +256,13 @@ def build_targets(batch: dict, base: list[int], novel: list[int], novel_masks: b
             tags_novel = present[torch.isin(present, novel_t)]
         else:
             tags_novel = batch["tags"][i][torch.isin(batch["tags"][i], novel_t)]
-            labels = torch.cat([present, tags_novel])
+            maskless = batch["tags"][i] if batch["tag_only"][i] else tags_novel
+            labels = torch.cat([present, maskless])
             has_mask = torch.cat([torch.ones(len(present), dtype=torch.bool),
-                                  torch.zeros(len(tags_novel), dtype=torch.bool)])
+                                  torch.zeros(len(maskless), dtype=torch.bool)])
         masks = (sem[None] == labels[:, None, None]) & has_mask[:, None, None]
         ref = i ^ 1 if (i ^ 1) < n else (0 if n > 1 else i)
         targets.append({"labels": labels, "masks": masks, "has_mask": has_mask, "sem": base_lut[sem],
-                        "pad": batch["pad"][i], "ref": ref, "novel_tags": tags_novel})
+                        "pad": batch["pad"][i], "ref": ref, "novel_tags": tags_novel,
+                        "tag_only": bool(batch["tag_only"][i]) and not novel_masks})
     return targets

@@ -26,12 +26,14 @@ class LabelConvention:
     """How source label values become class ids: ``label_map`` first, else reduce-zero, else identity.
 
     Source values equal to ``ignore_index`` become 255; with a label map, values it does not list
-    become 255 too (the Cityscapes labelIds -> trainIds rule).
+    become 255 too (the Cityscapes labelIds -> trainIds rule). ``unknown_class`` (a class id) becomes 255
+    as well: masks that call every unannotated object "background" say nothing about those pixels.
     """
 
     ignore_index: int = IGNORE
     reduce_zero_label: bool = False
     label_map: dict[int, int] | None = field(default=None, hash=False)
+    unknown_class: int | None = None
 
     def lut(self) -> np.ndarray:
         lut = np.arange(256, dtype=np.int64)
@@ -43,6 +45,8 @@ class LabelConvention:
             lut = lut - 1
             lut[0] = IGNORE
         lut[self.ignore_index] = IGNORE
+        if self.unknown_class is not None:
+            lut[lut == self.unknown_class] = IGNORE
         return lut
 
     def as_dict(self) -> dict:
@@ -50,6 +54,7 @@ class LabelConvention:
             "ignore_index": self.ignore_index,
             "reduce_zero_label": self.reduce_zero_label,
             "label_map": None if self.label_map is None else {str(k): v for k, v in self.label_map.items()},
+            "unknown_class": self.unknown_class,
         }
 
 

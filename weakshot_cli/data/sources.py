@@ -14,16 +14,18 @@ SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "va
 
 @dataclass
 class Pair:
+    """An image and its label PNG; ``label`` is None for an image without one (tag-only in real mode)."""
+
     split: str
     stem: str
     image: Path
-    label: Path
+    label: Path | None
 
 
 @dataclass
 class Discovery:
     pairs: list[Pair]
-    unlabelled_images: list[Path]
+    unlabelled: list[Pair]
     orphan_labels: list[Path]
 
 
@@ -40,6 +42,9 @@ def _index(root: Path, exts: tuple[str, ...], suffix: str, kind: str) -> dict[tu
         if p.name.startswith(".") or p.suffix.lower() not in exts or not p.is_file():
             continue
         stem = p.stem[: -len(suffix)] if suffix and p.stem.endswith(suffix) else p.stem
+        if not stem:  # its outputs would be hidden files named '.png'
+            option = "--img-suffix" if kind == "image" else "--mask-suffix"
+            raise UserError(f"{option} {suffix!r} is the whole file stem, leaving an empty name", p)
         key = (_split_of(p.relative_to(root)), stem)
         if key in found:
             raise UserError(f"duplicate {kind} stem {stem!r} in split {key[0]!r} (also {found[key]})", p)
@@ -56,7 +61,7 @@ def discover_folders(images: Path, masks: Path, img_suffix: str = "", mask_suffi
     pairs = [Pair(split, stem, p, labels.get((split, stem))) for (split, stem), p in imgs.items()]
     return Discovery(
         pairs=[p for p in pairs if p.label is not None],
-        unlabelled_images=[p.image for p in pairs if p.label is None],
+        unlabelled=[p for p in pairs if p.label is None],
         orphan_labels=[p for k, p in labels.items() if k not in imgs],
     )
 

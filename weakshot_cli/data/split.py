@@ -7,10 +7,16 @@ source files are only ever read.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +31,8 @@ from weakshot_cli.data.labels import IGNORE, LabelConvention, open_image, read_c
 from weakshot_cli.data.manifest import MANIFEST, Item, Manifest
 from weakshot_cli.data.presets import PRESETS, preset_num_classes
 from weakshot_cli.data.sources import SPLIT_NAMES, Discovery, Pair, discover_folders, safe_join
-from weakshot_cli.data.tags import load_tags
-from weakshot_cli.errors import UserError
+from weakshot_cli.data.tags import Tags, load_tags
+from weakshot_cli.errors import Interrupted, UserError
 from weakshot_cli.io import WriteError, write_label_png
 
 
@@ -47,6 +53,10 @@ class SplitOptions:
     preset: str | None = None
     seed: int = 0
     tags: Path | None = None
+    unknown_class: str | None = None
+    background: str | None = None
+    tag_only_fraction: float = 0.0
+    all_values: bool = False
     strict: bool = False
     exist_ok: bool = False
 
@@ -55,22 +65,36 @@ class SplitOptions:
 class Scanned:
     pair: Pair
     present: set[int]  # class ids in the label after conversion
+    unknown: int  # pixels that are 255 after conversion (every pixel of a tag-only image)
+
+    @property
+    def masked(self) -> bool:
+        return self.pair.label is not None
 
 
 class Warnings:
-    """Collects the label-convention warnings; ``--strict`` makes the first one an error."""
+    """Prints the label-convention warnings on ``err`` (stderr), one unwrapped line each; ``--strict`` makes
+    the first one an error. ``note`` reports facts that are no error under ``--strict``."""
 
-    def __init__(self, console: Console, strict: bool):
-        self.console, self.strict = console, strict
+    def __init__(self, err: Console, strict: bool):
+        self.err, self.strict = err, strict
 
     def __call__(self, message: str, path: Path | str | None = None) -> None:
         if self.strict:
             raise UserError(f"{message} (--strict)", path)
+        self._print("[yellow]warning:[/]", message, path)
+
+    def note(self, message: str, path: Path | str | None = None) -> None:
+        self._print("note:", message, path)
+
+    def _print(self, prefix: str, message: str, path: Path | str | None) -> None:
         where = f"{path}: " if path else ""
-        self.console.print(f"[yellow]warning:[/] {escape(where + message)}", highlight=False)
+        self.err.print(f"{prefix} {escape(where + message)}", highlight=False, soft_wrap=True)
 
 
-def _check_out(opts: SplitOptions) -> None:
+def _check_out(opts: SplitOptions) -> set[Path]:
+    """Refuse an output that is not ours to write; return the files of the weak-shot dataset that
+    ``--exist-ok`` replaces (its manifest and the label files it lists), the only ones split may remove."""
     out = opts.out.resolve()
     for src in (opts.images, opts.masks):
         if src is None:
@@ -78,15 +102,45 @@ def _check_out(opts: SplitOptions) -> None:
         src = src.resolve()
         if out == src or out.is_relative_to(src) or src.is_relative_to(out):
             raise UserError(f"output folder overlaps the source folder {src}; choose another -o", opts.out)
-    if (opts.out / MANIFEST).exists() and not opts.exist_ok:
-        raise UserError("already holds a weak-shot dataset; pass --exist-ok to replace it", opts.out)
-    if opts.out.exists() and not opts.out.is_dir():
+    if not opts.out.exists():
+        return set()
+    if not opts.out.is_dir():
         raise UserError("output path exists and is not a folder", opts.out)
+    if not (opts.out / MANIFEST).exists():
+        if any(opts.out.iterdir()):
+            raise UserError("folder is not empty and holds no weak-shot dataset; choose a new or empty -o", opts.out)
+        return set()
+    if not opts.exist_ok:
+        raise UserError("already holds a weak-shot dataset; pass --exist-ok to replace it", opts.out)
+    return _own_files(opts.out)
 
 
-def _coco_pairs(opts: SplitOptions, staging: Path) -> tuple[Discovery, list[str]]:
-    """Rasterise each COCO JSON (``[split=]path``) into label PNGs cached in the new dataset."""
+def _own_files(out: Path) -> set[Path]:
+    """The manifest of the dataset in ``out`` and the label files it lists inside ``out``."""
+    try:
+        obj = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        rels = [it.get(key) for items in obj["splits"].values() for it in items for key in ("label", "full")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"cannot read the dataset already there ({e.__class__.__name__}), so cannot tell its files "
+                        "from others; choose a new -o", out / MANIFEST) from None
+    root = out.resolve()
+    own = {root / MANIFEST}
+    for rel in rels:
+        if isinstance(rel, str) and not Path(rel).is_absolute():
+            path = Path(os.path.normpath(root / rel))  # split writes no links: never follow one
+            if path.is_relative_to(root) and path.is_file() and not path.is_symlink():
+                own.add(path)
+    return own
+
+
+UNANNOTATED_WARN = 0.25  # share of pixels outside every COCO annotation above which the lack of a background class is named
+
+
+def _coco_pairs(opts: SplitOptions, staging: Path, warn: Warnings) -> tuple[Discovery, list[str]]:
+    """Rasterise each COCO JSON (``[split=]path``) into label PNGs cached in the new dataset. Pixels outside
+    every annotation are ignore, or the class ``--background`` (a category, or a new last class)."""
     pairs, names = [], None
+    unannotated = total = 0
     for spec in opts.coco:
         split, _, path = spec.rpartition("=")
         if split and split.lower() not in SPLIT_NAMES:
@@ -96,50 +150,85 @@ def _coco_pairs(opts: SplitOptions, staging: Path) -> tuple[Discovery, list[str]
         if names is not None and these_names != names:
             raise UserError("categories differ from the first COCO file", path)
         names = these_names
+        background = coco.IGNORE
+        if opts.background is not None:
+            background = names.index(opts.background) if opts.background in names else len(names)
+            if background >= coco.IGNORE:
+                raise UserError(f"--background {opts.background!r} would be class 255, the ignore value: "
+                                f"{len(names)} categories leave no room for it", path)
         images = {im.id: im for im in coco.coco_images(data, path)}
-        for image_id, label in coco.rasterise(data, path, cat_to_id).items():
+        for image_id, label in coco.rasterise(data, path, cat_to_id, background).items():
+            unannotated, total = unannotated + int((label == coco.IGNORE).sum()), total + label.size
             im = images[image_id]
             image = safe_join(opts.images, im.file_name, path)
             if not image.exists() and (opts.images / split).is_dir():
                 image = safe_join(opts.images / split, im.file_name, path)
+            coco.check_image_size(im, image, path)
             stem = Path(im.file_name).stem
             label_path = staging / "full" / split / f"{stem}.png"
             if label_path.exists():
                 raise UserError(f"duplicate image stem {stem!r} in split {split!r}", path)
             write_label_png(label_path, label)
             pairs.append(Pair(split, stem, image, label_path))
+    if opts.background is None and total and unannotated > UNANNOTATED_WARN * total:
+        warn(f"{100 * unannotated / total:.0f}% of pixels lie outside every COCO annotation and become ignore, so "
+             "the model learns no background and labels every pixel as some object; pass --background NAME to "
+             "make them a class")
+    if opts.background is not None and opts.background not in (names or []):
+        names = [*(names or []), opts.background]
     return Discovery(pairs, [], []), names or []
 
 
-def _scan(found: Discovery, k: int, convention: LabelConvention, warn: Warnings, console: Console,
-          coco_mode: bool) -> tuple[list[Scanned], np.ndarray]:
-    """Read every image and label once: sizes, truncation, value histogram, classes present."""
-    if found.unlabelled_images:
-        warn(f"{len(found.unlabelled_images)} image(s) have no label PNG and are skipped "
-             f"(first: {found.unlabelled_images[0]})")
+def _usable(found: Discovery, tags: Tags | None, images: Path, warn: Warnings) -> list[Pair]:
+    """The pairs, and in real mode each training image with tags but no label PNG as a tag-only image; any
+    other image without a label is skipped, with a warning. A dataset without training images is refused."""
+    kept = [p for p in found.unlabelled if tags is not None and p.split == "train" and _tags_of(tags, p) is not None]
+    usable = found.pairs + kept
+    if not usable:
+        raise UserError("empty dataset: no image has a matching label" + (" or tags" if tags else ""), images)
+    if not any(p.split == "train" for p in usable):
+        raise UserError("no training images: every image found lies in val/ or test/ folders or has no label; do "
+                        "image and mask names match (they are compared exactly, case included)?", images)
+    skipped = [p.image for p in found.unlabelled if p not in kept]
+    if skipped:
+        why = "without tags or outside train" if tags is not None else "(give --tags to train on them as tag-only)"
+        warn(f"{len(skipped)} image(s) have no label PNG and are skipped {why} (first: {skipped[0]})")
     if found.orphan_labels:
         warn(f"{len(found.orphan_labels)} label PNG(s) have no image (first: {found.orphan_labels[0]})")
-    if not found.pairs:
-        raise UserError("empty dataset: no image has a matching label", found.unlabelled_images[0].parent
-                        if found.unlabelled_images else None)
+    return usable
+
+
+def _tags_of(tags: Tags, pair: Pair) -> set[int] | None:
+    """Tags are keyed by the image's stem, with or without --img-suffix."""
+    found = tags.get(pair.stem)
+    return found if found is not None else tags.get(pair.image.stem)
+
+
+def _scan(pairs: list[Pair], k: int, convention: LabelConvention, warn: Warnings, console: Console,
+          coco_mode: bool) -> tuple[list[Scanned], np.ndarray]:
+    """Read every image and label once: sizes, truncation, value histogram, classes present."""
     lut = convention.lut()
     hist = np.zeros(256, dtype=np.int64)
     scanned = []
-    for pair in track(found.pairs, description="Scanning labels", console=console, transient=True,
+    for pair in track(pairs, description="Scanning labels", console=console, transient=True,
                       disable=not console.is_terminal):
         img = open_image(pair.image)
+        if pair.label is None:
+            scanned.append(Scanned(pair, set(), img.width * img.height))
+            continue
         raw = read_raw_label(pair.label)
         if raw.shape != (img.height, img.width):
             raise UserError(f"label is {raw.shape[1]}x{raw.shape[0]} but its image {pair.image.name} is "
                             f"{img.width}x{img.height}", pair.label)
         counts = np.bincount(raw.ravel(), minlength=256)
         hist += counts
-        ids = set(int(v) for v in np.unique(lut[np.flatnonzero(counts)]))
-        bad = sorted(int(v) for v in np.flatnonzero(counts) if lut[v] != IGNORE and lut[v] >= k)
+        values = np.flatnonzero(counts)
+        ids = set(int(v) for v in np.unique(lut[values]))
+        bad = sorted(int(v) for v in values if lut[v] != IGNORE and lut[v] >= k)
         if bad:
             raise UserError(f"label values {bad} exceed the {k} classes (ids 0..{k - 1}); check "
                             "--ignore-index / --reduce-zero-label / --label-map", pair.label)
-        scanned.append(Scanned(pair, ids - {IGNORE}))
+        scanned.append(Scanned(pair, ids - {IGNORE}, int(counts[lut == IGNORE].sum())))
     if not coco_mode:
         used = set(np.flatnonzero(hist))
         if used <= {0, 255} and k > 2 and 255 in used:
@@ -152,19 +241,27 @@ def _scan(found: Discovery, k: int, convention: LabelConvention, warn: Warnings,
     return scanned, hist
 
 
+VALUE_ROWS = 20  # the value table shows this many of the commonest values unless --all-values
+
+
 def _value_table(hist: np.ndarray, scanned: list[Scanned], classes: list[str], convention: LabelConvention,
-                 coco_mode: bool) -> Table:
+                 coco_mode: bool, all_values: bool) -> Table:
     lut = convention.lut()
     images_with = Counter(c for s in scanned for c in s.present)
     total = max(int(hist.sum()), 1)
     table = Table(title="Label values" + (" (rasterised from COCO)" if coco_mode else ""))
     for col in ("value", "class id", "class", "pixels", "%", "images"):
         table.add_column(col, justify="right" if col not in ("class",) else "left")
-    for v in np.flatnonzero(hist):
+    values = np.flatnonzero(hist)
+    shown = values if all_values or len(values) <= VALUE_ROWS else values[np.sort(np.argsort(-hist[values])[:VALUE_ROWS])]
+    for v in shown:
         cid = int(lut[v])
         name = "ignore" if cid == IGNORE else classes[cid]
         table.add_row(str(v), "-" if cid == IGNORE else str(cid), name, f"{int(hist[v]):,}",
                       f"{100 * hist[v] / total:.2f}", "-" if cid == IGNORE else str(images_with[cid]))
+    if len(shown) < len(values):
+        table.add_section()
+        table.add_row("", "", f"{len(values) - len(shown)} rarer values not shown (--all-values)", "", "", "")
     return table
 
 
@@ -202,50 +299,100 @@ def _choose_novel(opts: SplitOptions, classes: list[str], warn: Warnings) -> lis
     raise UserError("choose the novel classes with --novel, --novel-ratio or --preset (or give --tags)")
 
 
-def _real_mode(opts: SplitOptions, scanned: list[Scanned], classes: list[str], warn: Warnings
-               ) -> tuple[list[int], dict[str, set[int]]]:
-    """Base-only masks + a tags file: novel = the classes no training mask contains (or --novel)."""
-    tags = load_tags(opts.tags, classes)
-    in_train_masks = {c for s in scanned if s.pair.split == "train" for c in s.present}
+def _class_id(name: str, classes: list[str], option: str) -> int:
+    if name not in classes:
+        raise UserError(f"{option} names unknown class {name!r}; classes are: {', '.join(classes)}")
+    return classes.index(name)
+
+
+def _real_mode(opts: SplitOptions, scanned: list[Scanned], classes: list[str], tags: Tags, warn: Warnings
+               ) -> tuple[list[int], list[int]]:
+    """Base-only masks + a tags file: novel = the classes that no training mask contains and some training
+    image is tagged with (or --novel); a class in neither is unused. Returns (novel, unused)."""
+    train = [s for s in scanned if s.pair.split == "train"]
+    in_train_masks = {c for s in train for c in s.present}
+    tagged = {c for s in train for c in _tags_of(tags, s.pair) or ()}
+    unused = sorted(set(range(len(classes))) - in_train_masks - tagged)
     if opts.novel is not None:
         novel = _choose_novel(opts, classes, warn)
-        for s in scanned:
+        for s in train:
             clash = s.present & set(novel)
-            if s.pair.split == "train" and clash:
+            if clash:
                 raise UserError(f"novel class {classes[min(clash)]!r} is also a base class: it occurs in this "
                                 "training mask", s.pair.label)
+        unused = [c for c in unused if c not in novel]
     else:
-        novel = sorted(set(range(len(classes))) - in_train_masks)
+        novel = sorted(tagged - in_train_masks)
         if not novel:
-            raise UserError("every class occurs in the training masks, so there is no novel class; "
-                            "use --novel to name them", opts.masks)
-    stems = {s.pair.stem for s in scanned}
-    unknown = sorted(set(tags) - stems)
-    if unknown:
-        warn(f"{len(unknown)} tagged image(s) are not in the dataset (first: {unknown[0]!r})", opts.tags)
-    return novel, tags
+            raise UserError("no class is missing from the training masks and tagged in a training image, so there "
+                            "is no novel class; use --novel to name them", opts.tags)
+    tagged_novel = [s for s in train if s.masked and (_tags_of(tags, s.pair) or set()) & set(novel)]
+    nowhere = [s for s in tagged_novel if s.unknown == 0]
+    if nowhere:
+        warn(f"{len(nowhere)} of {len(tagged_novel)} masked training images tagged with a novel class have no "
+             f"unknown (ignore) pixel for it (first: {nowhere[0].pair.label}); masks that label unannotated "
+             "objects as a base class (often background) hide the novel classes: pass --unknown-class NAME to "
+             "make that class unknown")
+    matched = {s.pair.stem for s in scanned} | {s.pair.image.stem for s in scanned}
+    unmatched = sorted(set(tags) - matched)
+    if unmatched:
+        warn(f"{len(unmatched)} tagged image(s) are not in the dataset (first: {unmatched[0]!r})", opts.tags)
+    return novel, unused
 
 
-def _commit(staging: Path, out: Path) -> None:
-    """Move staged files into ``out``; the manifest goes last so a crash never leaves a valid-looking
-    dataset with missing labels."""
-    out.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST):
-        target = out / entry.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        entry.replace(target)
-    staging.rmdir()
+def _commit(staging: Path, out: Path, replaced: set[Path]) -> None:
+    """Move staged files into ``out``, removing only ``replaced`` (the old dataset's own files): a staged file
+    that would land on anything else is refused before anything moves. The old manifest goes first and the
+    new one last, so a crash never leaves a valid-looking dataset with missing or mixed labels."""
+    root = out.resolve()
+    staged = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
+    for src in staged:
+        target = root / src.relative_to(staging)
+        if (target.exists() or target.is_symlink()) and target not in replaced:
+            raise UserError("would overwrite a file this dataset did not make; move it away or choose another -o",
+                            out / src.relative_to(staging))
+    for old in sorted(replaced, key=lambda p: p.name != MANIFEST):
+        old.unlink(missing_ok=True)
+        for folder in old.parents:  # folders the old dataset's files leave empty
+            if folder == root or not folder.is_relative_to(root) or any(folder.iterdir()):
+                break
+            folder.rmdir()
+    for src in staged:
+        target = root / src.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        src.replace(target)
 
 
-def run_split(opts: SplitOptions, console: Console, argv: list[str] | None = None) -> Manifest:
-    warn = Warnings(console, opts.strict)
-    _check_out(opts)
+@contextlib.contextmanager
+def _uninterruptible() -> Iterator[None]:
+    """Ctrl-C is ignored while the staged dataset moves into place (renames: a moment), so it never lands half."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def run_split(opts: SplitOptions, console: Console, argv: list[str] | None = None,
+              err: Console | None = None) -> Manifest:
+    """``console`` gets the tables; ``err`` (default stderr) the warnings."""
+    warn = Warnings(err or Console(stderr=True, highlight=False), opts.strict)
+    replaced = _check_out(opts)
     coco_mode = bool(opts.coco)
     if coco_mode and (opts.masks is not None or opts.classes is not None):
         raise UserError("with --coco, class names and masks come from the COCO JSON; drop --masks/--classes")
     if not coco_mode and (opts.masks is None or opts.classes is None):
         raise UserError("give --masks and --classes (or --coco for COCO JSON)")
+    if opts.background is not None and not coco_mode:
+        raise UserError("--background names the class of pixels outside every COCO annotation; it needs --coco")
+    if not 0 <= opts.tag_only_fraction < 1:
+        raise UserError(f"--tag-only-fraction must be in [0, 1), got {opts.tag_only_fraction}")
+    if opts.tag_only_fraction and opts.tags is not None:
+        raise UserError("--tag-only-fraction simulates tag-only images in benchmark mode; with --tags, images "
+                        "without a label PNG are tag-only already")
     if not opts.images.is_dir():
         raise UserError("image folder not found", opts.images)
     parent = opts.out.resolve().parent
@@ -256,21 +403,34 @@ def run_split(opts: SplitOptions, console: Console, argv: list[str] | None = Non
         raise UserError(f"cannot write the output folder ({e.strerror})", opts.out) from None
     try:
         if coco_mode:
+            found, classes = _coco_pairs(opts, staging, warn)
             convention = LabelConvention()
-            found, classes = _coco_pairs(opts, staging)
         else:
             label_map = read_label_map(opts.label_map) if opts.label_map else None
             convention = LabelConvention(opts.ignore_index, opts.reduce_zero_label, label_map)
             classes = read_class_names(opts.classes)
             found = discover_folders(opts.images, opts.masks, opts.img_suffix, opts.mask_suffix)
-        scanned, hist = _scan(found, len(classes), convention, warn, console, coco_mode)
-        console.print(_value_table(hist, scanned, classes, convention, coco_mode))
-        if opts.tags is not None:
-            novel, tags = _real_mode(opts, scanned, classes, warn)
+        if opts.unknown_class is not None:
+            convention = replace(convention, unknown_class=_class_id(opts.unknown_class, classes, "--unknown-class"))
+        tags = load_tags(opts.tags, classes) if opts.tags is not None else None
+        pairs = _usable(found, tags, opts.images, warn)
+        scanned, hist = _scan(pairs, len(classes), convention, warn, console, coco_mode)
+        console.print(_value_table(hist, scanned, classes, convention, coco_mode, opts.all_values))
+        if tags is not None:
+            novel, unused = _real_mode(opts, scanned, classes, tags, warn)
         else:
-            novel, tags = _choose_novel(opts, classes, warn), {}
-        manifest = _write(opts, staging, scanned, classes, novel, tags, convention, argv, warn, console)
-        _commit(staging, opts.out)
+            novel = _choose_novel(opts, classes, warn)
+            unused = sorted(set(range(len(classes))) - set(novel)
+                            - {c for s in scanned if s.pair.split == "train" for c in s.present})
+        if unused:
+            warn.note(f"{len(unused)} class(es) occur in no training mask and no tag and cannot be learned; they "
+                      f"are kept as unused base classes: {', '.join(classes[c] for c in unused)}")
+        manifest = _write(opts, staging, scanned, classes, novel, unused, tags or {}, convention, argv, warn,
+                          console)
+        with _uninterruptible():
+            _commit(staging, opts.out, replaced)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: nothing was written to {opts.out}") from None
     except WriteError as e:  # name the file where it was going, not its staging copy
         raise UserError(f"cannot write ({e.reason})", opts.out / Path(e.path).relative_to(staging)) from None
     except OSError as e:
@@ -282,27 +442,36 @@ def run_split(opts: SplitOptions, console: Console, argv: list[str] | None = Non
 
 
 def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: list[str], novel: list[int],
-           tags: dict[str, set[int]], convention: LabelConvention, argv: list[str] | None,
+           unused: list[int], tags: Tags, convention: LabelConvention, argv: list[str] | None,
            warn: Warnings, console: Console) -> Manifest:
     benchmark = opts.tags is None
     lut = convention.lut()
     hide = np.arange(256, dtype=np.uint8)
     hide[novel] = IGNORE
+    train = [i for i, s in enumerate(scanned) if s.pair.split == "train"]
+    rng = np.random.default_rng(opts.seed)
+    simulated = set(rng.choice(train, round(len(train) * opts.tag_only_fraction), replace=False).tolist())
     splits: dict[str, list[Item]] = {}
-    for s in track(scanned, description="Writing labels", console=console, transient=True,
-                   disable=not console.is_terminal):
+    for i, s in enumerate(track(scanned, description="Writing labels", console=console, transient=True,
+                                disable=not console.is_terminal)):
+        split = s.pair.split
+        if s.pair.label is None:  # real mode: tags, no mask
+            splits.setdefault(split, []).append(Item(str(s.pair.image.resolve()), None,
+                                                     sorted(_tags_of(tags, s.pair)), None))
+            continue
         label = lut[read_raw_label(s.pair.label)].astype(np.uint8)
-        train = s.pair.split == "train"
-        item_tags = set(s.present) if benchmark else s.present | tags.get(s.pair.stem, set())
+        item_tags = set(s.present) if benchmark else s.present | (_tags_of(tags, s.pair) or set())
         full = None
-        if train and benchmark:
+        if split == "train" and benchmark:
             full = f"full/train/{s.pair.stem}.png"
             if s.pair.label != staging / full:  # COCO input already cached it there
                 write_label_png(staging / full, label)
             label = hide[label]  # honest weak-shot: novel pixels never reach training
-        rel = f"labels/{s.pair.split}/{s.pair.stem}.png"
-        write_label_png(staging / rel, label)
-        splits.setdefault(s.pair.split, []).append(Item(str(s.pair.image.resolve()), rel, sorted(item_tags), full))
+        rel = None
+        if i not in simulated:  # --tag-only-fraction: the image keeps its tags and loses its mask
+            rel = f"labels/{split}/{s.pair.stem}.png"
+            write_label_png(staging / rel, label)
+        splits.setdefault(split, []).append(Item(str(s.pair.image.resolve()), rel, sorted(item_tags), full))
     for c in novel:
         if not any(c in it.tags for it in splits.get("train", [])):
             warn(f"novel class {classes[c]!r} is tagged in no training image; it cannot be learned")
@@ -321,15 +490,27 @@ def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: l
             "novel_ratio": opts.novel_ratio,
             "preset": opts.preset,
             "seed": opts.seed,
+            "tag_only_fraction": opts.tag_only_fraction,
+            "background": opts.background,
             "label_convention": convention.as_dict(),
+            "unused": unused,
+            "counts": {name: image_counts(items) for name, items in splits.items()},
         },
     )
     manifest.save(staging)
     return manifest
 
 
+def image_counts(items: list[Item]) -> dict[str, int]:
+    """Masked and tag-only images of a split."""
+    tag_only = sum(it.label is None for it in items)
+    return {"masked": len(items) - tag_only, "tag_only": tag_only}
+
+
 def summary_table(m: Manifest) -> Table:
-    table = Table(title=f"Weak-shot dataset: {len(m.base)} base + {len(m.novel)} novel classes")
+    unused = set(m.source.get("unused", []))
+    table = Table(title=f"Weak-shot dataset: {len(m.base) - len(unused)} base + {len(m.novel)} novel classes"
+                        + (f" ({len(unused)} unused)" if unused else ""))
     table.add_column("id", justify="right")
     table.add_column("class")
     table.add_column("role")
@@ -337,8 +518,12 @@ def summary_table(m: Manifest) -> Table:
         table.add_column(f"{name} images", justify="right")
     counts = {name: Counter(t for it in items for t in it.tags) for name, items in m.splits.items()}
     for c, cname in enumerate(m.classes):
-        role = "[magenta]novel[/]" if c in m.novel else "base"
+        role = "[magenta]novel[/]" if c in m.novel else "[dim]unused[/]" if c in unused else "base"
         table.add_row(str(c), cname, role, *(str(counts[n][c]) for n in m.splits))
     table.add_section()
+    per_split = [image_counts(items) for items in m.splits.values()]
+    table.add_row("", "masked images", "", *(str(c["masked"]) for c in per_split))
+    if any(c["tag_only"] for c in per_split):
+        table.add_row("", "tag-only images", "", *(str(c["tag_only"]) for c in per_split))
     table.add_row("", "all images", "", *(str(len(items)) for items in m.splits.values()))
     return table

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from weakshot_cli.data.labels import IMAGE_EXTS
 from weakshot_cli.errors import UserError
 
 Tags = dict[str, set[int]]
@@ -76,7 +77,7 @@ def _stem(key: object, path: Path) -> str:
     name = Path(key.strip()).name
     if name != key.strip() or name in (".", ".."):
         raise UserError(f"tag key {key!r} must be an image name, not a path", path)
-    return Path(name).stem if Path(name).suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp") else name
+    return Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTS else name
 
 
 def _read_text(path: Path) -> str:
@@ -115,7 +116,9 @@ def load_tags(path: str | Path, classes: list[str]) -> Tags:
             raise UserError("tags CSV needs a header 'image,labels' and at least one row", path)
         for row in rows:
             stem = _stem(row["image"], path)
-            names = [n.strip() for n in (row["labels"] or "").split(";") if n.strip()]
+            # names past the last column (img,car,tree) are tags too, as are ';'-separated ones (img,car;tree)
+            cells = [row["labels"] or "", *row.get(None, [])]
+            names = [n.strip() for cell in cells for n in cell.split(";") if n.strip()]
             tags[stem] = _names_to_ids(names, classes, path, stem)
     elif suffix == ".npy":
         for key, vec in _load_npy_dict(path).items():
