@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from rich.console import Console
 
@@ -685,6 +686,174 @@ def _(t: Ctx) -> Case:
 @case("pseudolabel-batch-zero")
 def _(t: Ctx) -> Case:
     return Case(t.pseudolabel("--batch", "0"), ("--batch must be >= 1",))
+
+
+# ---- bad options (issue 11.6) ----
+
+# Every bad option: one line naming it, exit 2, nothing written (the config is checked before any run folder).
+CONFIG_CASES = [  # (name, train/retrain options, stage, fragment)
+    ("train-workers-negative", ["--workers", "-1"], "train", "--workers must be >= 0, got -1"),
+    ("retrain-workers-negative", ["--workers", "-1"], "retrain", "--workers must be >= 0, got -1"),
+    ("train-lr-nan", ["--lr", "nan"], "train", "--lr must be a positive finite number, got nan"),
+    ("train-lr-negative", ["--lr", "-1"], "train", "--lr must be a positive finite number, got -1.0"),
+    ("retrain-lr-inf", ["--lr", "inf"], "retrain", "--lr must be a positive finite number, got inf"),
+    ("train-epochs-negative", ["--epochs", "-1"], "train", "--epochs must be >= 0, got -1"),
+    ("train-imgsz-too-large", ["--imgsz", "16384"], "train", "--imgsz must be a multiple of 32 from 32 to 4096"),
+    ("train-set-num-queries-zero", ["--set", "num_queries=0"], "train",
+     "invalid configuration: num_queries must be >= 1, got 0"),
+    ("train-set-num-points-negative", ["--set", "num_points=-5"], "train",
+     "invalid configuration: num_points must be >= 0, got -5"),
+    ("train-set-sim-class-points-above-num-sim-points", ["--set", "sim_class_points=500"], "train",
+     "invalid configuration: sim_class_points must be <= num_sim_points (16), got 500"),
+    ("train-set-dropout-above-one", ["--set", "dropout=5"], "train",
+     "invalid configuration: dropout must be in [0, 1), got 5.0"),
+    ("train-set-log-every-zero", ["--set", "log_every=0"], "train",
+     "invalid configuration: log_every must be >= 1, got 0"),
+    ("train-set-save-every-zero", ["--set", "save_every=0"], "train",
+     "invalid configuration: save_every must be >= 1, got 0"),
+    ("train-set-tag-keep-above-one", ["--set", "tag_keep=5"], "train",
+     "invalid configuration: tag_keep must be in [0, 1], got 5.0"),
+    ("train-set-loss-weight-nan", ["--set", "dice_weight=nan"], "train",
+     "invalid configuration: dice_weight must be a finite number >= 0, got nan"),
+    ("train-set-nheads-zero", ["--set", "nheads=0"], "train", "invalid configuration: nheads must be >= 1, got 0"),
+]
+for _name, _extra, _stage, _fragment in CONFIG_CASES:
+    case(_name)(lambda t, extra=_extra, stage=_stage, fragment=_fragment: Case(t.train(*extra, stage=stage),
+                                                                              (fragment,)))
+
+INFER_CASES = [  # (name, command, options, fragments); the predict source is the val images
+    *[(f"{cmd}-workers-negative", cmd, ["--workers", "-1"], ("--workers must be >= 0, got -1",))
+      for cmd in ("evaluate", "predict", "pseudolabel")],
+    *[(f"{cmd}-imgsz-too-large", cmd, ["--imgsz", "16384"],
+       ("--imgsz must be 0 (original size) or at most 4096, got 16384",))
+      for cmd in ("evaluate", "predict", "pseudolabel")],
+    ("evaluate-scales-nan", "evaluate", ["--scales", "nan"], ("--scales nan", "positive finite numbers up to 4")),
+    ("evaluate-scales-inf", "evaluate", ["--scales", "1,inf"], ("--scales 1,inf", "positive finite numbers")),
+    ("predict-scales-nan", "predict", ["--scales", "1,nan"], ("--scales 1,nan", "positive finite numbers")),
+    ("pseudolabel-scales-too-large", "pseudolabel", ["--scales", "100"], ("--scales 100", "up to 4")),
+    ("pseudolabel-min-score-nan", "pseudolabel", ["--min-score", "nan"], ("--min-score must be >= 0 and finite",)),
+    ("pseudolabel-min-score-inf", "pseudolabel", ["--min-score", "inf"], ("--min-score must be >= 0 and finite",)),
+]
+
+
+def infer_args(t: Ctx, cmd: str, extra: list[str]) -> list:
+    return t.predict(t.src / "images" / "val", *extra) if cmd == "predict" else getattr(t, cmd)(*extra)
+
+
+for _name, _cmd, _extra, _fragments in INFER_CASES:
+    case(_name)(lambda t, cmd=_cmd, extra=_extra, fragments=_fragments: Case(infer_args(t, cmd, extra), fragments))
+
+for _cmd in ("train", "evaluate", "predict"):  # a run name is one folder under --project/<stage>
+    case(f"{_cmd}-name-escapes-project")(lambda t, cmd=_cmd: Case(
+        t.train("--name", "../../x") if cmd == "train" else infer_args(t, cmd, ["--name", "../../x"]),
+        ("--name '../../x'", "must be a single folder name")))
+
+
+@case("predict-run-folder-is-a-file")
+def _(t: Ctx) -> Case:
+    path = t.runs / "predict" / "X"
+    path.parent.mkdir(parents=True)
+    path.write_text("a file\n")
+    return Case(t.predict(t.src / "images" / "val", "--name", "X"), (str(path), "exists and is not a folder"))
+
+
+@case("demo-output-is-a-file")
+def _(t: Ctx) -> Case:
+    t.out.write_text("a file\n")
+    return Case(["demo", "-o", t.out], (str(t.out), "exists and is not a folder"))
+
+
+@case("demo-iters-zero")
+def _(t: Ctx) -> Case:
+    return Case(["demo", "-o", t.out, "--iters", "0"], ("--iters must be >= 1, got 0",))
+
+
+@case("demo-retrain-iters-zero")
+def _(t: Ctx) -> Case:
+    return Case(["demo", "-o", t.out, "--retrain-iters", "0"], ("--retrain-iters must be >= 1, got 0",))
+
+
+@case("demo-seed-negative")
+def _(t: Ctx) -> Case:
+    return Case(["demo", "-o", t.out, "--seed", "-1"], ("--seed must be in 0..2**63-1, got -1",))
+
+
+@case("split-img-suffix-is-a-whole-stem")
+def _(t: Ctx) -> Case:
+    return Case(t.split("--img-suffix", "t0"), (str(t.src / "images" / "train" / "t0.png"),
+                                                "--img-suffix 't0' is the whole file stem"))
+
+
+@case("split-mask-suffix-is-a-whole-stem")
+def _(t: Ctx) -> Case:
+    return Case(t.split("--mask-suffix", "v1"), (str(t.src / "labels" / "val" / "v1.png"),
+                                                 "--mask-suffix 'v1' is the whole file stem"))
+
+
+@case("split-coco-image-size-differs-from-its-entry")
+def _(t: Ctx) -> Case:
+    path = coco(t, images=[{"id": 1, "file_name": "a.jpg", "height": 20, "width": 40}])
+    return Case(coco_split(t, path), (str(path), str(t.tmp / "coco" / "a.jpg"), "'a.jpg' is 30x20 px",
+                                      "width 40, height 20"))
+
+
+# ---- run outcomes (issue 11.7) ----
+
+def finished_run(t: Ctx) -> Path:
+    """A finished 2-iteration training run, made once in the shared folder and from then on only read: a refused
+    --resume must leave it byte-identical."""
+    run = t.shared / "runs" / "train" / "train"
+    if not (run / "results.json").exists():
+        ws = t.shared / "ws"
+        run_split(SplitOptions(out=ws, images=t.shared / "src" / "images", masks=t.shared / "src" / "labels",
+                               classes=t.shared / "src" / "classes.txt", novel=["c"]), Console(file=io.StringIO()))
+        r = run_cli("train", ws, *TINY, "--iters", "2", "--project", t.shared / "runs")
+        assert r.returncode == 0, r.stderr
+    return run
+
+
+@case("train-resume-with-a-changed-option")
+def _(t: Ctx) -> Case:
+    return Case(["train", "--resume", finished_run(t), "--lr", "0.1"],
+                ("--lr would change the run that --resume continues", "give only --iters or --epochs"))
+
+
+@case("train-resume-with-set")
+def _(t: Ctx) -> Case:
+    return Case(["train", "--resume", finished_run(t), "--set", "comp_weight=0"], ("--set would change the run",))
+
+
+@case("retrain-resume-with-a-value-equal-to-the-default")
+def _(t: Ctx) -> Case:
+    """Typed is typed: --preset r50 would be ignored as silently as any other preset."""
+    return Case(["retrain", "--resume", finished_run(t), "--preset", "r50"], ("--preset would change the run",))
+
+
+@case("train-resume-with-another-dataset")
+def _(t: Ctx) -> Case:
+    return Case(["train", t.ws, "--resume", finished_run(t)],
+                (str(t.ws), "DATASET differs from the dataset of the run --resume continues"))
+
+
+@case("train-resume-to-fewer-iterations-than-done")
+def _(t: Ctx) -> Case:
+    run = finished_run(t)
+    return Case(["train", "--resume", run, "--iters", "1"],
+                (str(run), "run already finished (2 of 1 iterations); --iters N with N above 2 continues it"))
+
+
+@case("train-best-metric-unknown")
+def _(t: Ctx) -> Case:
+    return Case(t.train("--best-metric", "accuracy"),
+                ("best_metric (--best-metric) must be one of mean_base_novel, mIoU,", "got 'accuracy'"))
+
+
+@case("train-r50-preset-on-a-cpu-only-machine",
+      pytest.mark.skipif(torch.cuda.is_available(), reason="refused on CPU-only machines only"))
+def _(t: Ctx) -> Case:
+    return Case(["train", t.ws, "--project", t.runs],
+                ("the r50 preset is for GPUs (60,000 iterations", "on this CPU-only machine pass --preset small",
+                 "(or --device cpu to train r50 on the CPU anyway)"))
 
 
 @pytest.mark.parametrize("make", CASES)

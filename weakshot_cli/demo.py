@@ -13,7 +13,7 @@ from weakshot_cli.data.synthetic import DEMO_NOVEL, make_synthetic
 from weakshot_cli.engine.config import build_config
 from weakshot_cli.engine.evaluate import run_evaluate
 from weakshot_cli.engine.predict import PredictOptions, run_predict
-from weakshot_cli.engine.pseudolabel import run_pseudolabel
+from weakshot_cli.engine.pseudolabel import report_tables, run_pseudolabel
 from weakshot_cli.engine.train import run_train
 from weakshot_cli.errors import UserError
 
@@ -25,6 +25,14 @@ DEMO_TRAIN = ["num_queries=16", "imgsz=64", "scale_min=0.75", "scale_max=1.5", "
 def run_demo(out: Path, seed: int, exist_ok: bool, console: Console, iters: int = 300,
              retrain_iters: int = 150) -> dict:
     """split -> train -> evaluate -> pseudolabel -> retrain -> evaluate -> predict; returns the figures."""
+    for option, n in (("--iters", iters), ("--retrain-iters", retrain_iters)):
+        if n < 1:
+            raise UserError(f"{option} must be >= 1, got {n}")
+    # both configurations checked now, not after minutes of dataset making and training
+    train_cfg, retrain_cfg = (build_config("small", {"iters": n, "seed": seed}, DEMO_TRAIN)
+                              for n in (iters, retrain_iters))
+    if out.exists() and not out.is_dir():
+        raise UserError("exists and is not a folder; choose another -o", out)
     if out.exists() and any(out.iterdir()) and not exist_ok:
         raise UserError("demo folder already exists; pass --exist-ok to reuse it or choose another -o", out)
     t0 = time.time()
@@ -39,17 +47,17 @@ def run_demo(out: Path, seed: int, exist_ok: bool, console: Console, iters: int 
     console.print(summary_table(run_split(opts, console, argv=["split", "(demo)"])))
 
     step(3, f"train: SimFormer, small preset, {iters} iterations")
-    config = lambda n: lambda: build_config("small", {"iters": n, "seed": seed}, DEMO_TRAIN)  # noqa: E731
-    trained = Path(run_train(dataset, config(iters), runs, "train", True, None, None, console)["run_dir"])
+    trained = Path(run_train(dataset, lambda: train_cfg, runs, "train", True, None, None, console)["run_dir"])
     step(4, "evaluate the SimFormer checkpoint on val")
     first = run_evaluate(trained / "weights" / "best.pt", dataset, "val", runs, "train", True, "auto", None, 8, 0,
                          False, (1.0,), 6, console)
     step(5, "pseudolabel: novel masks for the training images, where their tags allow")
     report = run_pseudolabel(trained / "weights" / "best.pt", dataset, pseudo, "auto", None, 8, 0, 0.0, False,
                              (1.0,), True, console)
+    console.print(*report_tables(report))
     step(6, f"retrain: plain MaskFormer on the pseudo-labelled data, {retrain_iters} iterations from the "
             "SimFormer weights")
-    retrained = Path(run_train(pseudo, config(retrain_iters), runs, "retrain", True, None,
+    retrained = Path(run_train(pseudo, lambda: retrain_cfg, runs, "retrain", True, None,
                                trained / "weights" / "best.pt", console, stage="retrain")["run_dir"])
     step(7, "evaluate the retrained checkpoint on val")
     second = run_evaluate(retrained / "weights" / "best.pt", pseudo, "val", runs, "retrain", True, "auto", None, 8,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from weakshot_cli.errors import UserError
@@ -61,12 +63,14 @@ class TrainConfig:
     scale_min: float = 0.5
     scale_max: float = 2.0
     tag_keep: float = 0.5
+    tag_only: bool = True  # train on tag-only images (tags, no mask) too
     workers: int = 2
     # run
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16; off on CPU) | bf16 | fp16 | off
-    val_every: int = 0  # 0: about 10 validations per run
+    val_every: int = 0  # 0: about 10 validations per run, at least 10 iterations apart
+    best_metric: str = "mean_base_novel"  # validation figure best.pt maximises; a tie goes to the later weights
     val_imgsz: int = 0  # 0: the training imgsz (short side)
     save_every: int = 500
     log_every: int = 20
@@ -75,6 +79,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+# Validation figures best.pt can be chosen by: the mean of base and novel mIoU (either alone where the other is
+# undefined), or any scalar of engine.metrics.compute_metrics.
+BEST_METRICS = ("mean_base_novel", "mIoU", "base_mIoU", "novel_mIoU", "hIoU", "pAcc", "mAcc")
 
 # Fields that fix the network's shape: a checkpoint's values override any others.
 ARCH_KEYS = ("backbone", "hidden_dim", "mask_dim", "dec_layers", "num_queries", "dim_feedforward", "nheads",
@@ -132,17 +140,66 @@ def build_config(preset: str, overrides: dict[str, object], sets: list[str]) -> 
     return cfg
 
 
+# Largest accepted --imgsz (training crop, or inference short side): 16384 asked for about 40 GB at once; 4096, 8x
+# the paper's 512, bounds that to a sixteenth, and larger values are almost always a typo.
+IMGSZ_MAX = 4096
+
+# Fields that train and retrain take as options of their own: errors name the option.
+OPTIONS = {"iters": "--iters", "epochs": "--epochs", "batch": "--batch", "imgsz": "--imgsz", "workers": "--workers",
+           "lr": "--lr", "seed": "--seed"}
+
+
+def _finite(v: float) -> bool:
+    return isinstance(v, int) or math.isfinite(v)  # an int is finite (and may be too large for a float)
+
+
+def _count(lo: int) -> tuple[Callable[[float], bool], str]:
+    return (lambda v: v >= lo), f">= {lo}"
+
+
+_WEIGHT = (lambda v: _finite(v) and v >= 0), "a finite number >= 0"
+_POSITIVE = (lambda v: _finite(v) and v > 0), "a positive finite number"
+
+# field -> (test, what it must be); a count's meaning decides whether 0 is allowed (num_points 0: full masks).
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    **{k: _count(1) for k in ("num_queries", "hidden_dim", "mask_dim", "dec_layers", "nheads", "dim_feedforward",
+                              "num_sim_points", "num_dist_points", "iters", "batch", "save_every", "log_every")},
+    **{k: _count(0) for k in ("num_points", "sim_class_points", "epochs", "workers", "val_every")},
+    **{k: _WEIGHT for k in ("no_object_weight", "ce_weight", "mask_weight", "dice_weight", "comp_weight",
+                            "sim_weight", "dist_weight", "weight_decay", "backbone_lr_mult", "clip_grad",
+                            "poly_power")},
+    "lr": _POSITIVE,
+    "dropout": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "ignore_prior": ((lambda v: 0 < v < 1), "in (0, 1)"),
+    "tag_keep": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
+    "scale_min": ((lambda v: 0 < v <= 10), "in (0, 10]"),
+    "scale_max": ((lambda v: 0 < v <= 10), "in (0, 10]"),
+    "imgsz": ((lambda v: 32 <= v <= IMGSZ_MAX and v % 32 == 0), f"a multiple of 32 from 32 to {IMGSZ_MAX}"),
+    "val_imgsz": ((lambda v: v == 0 or 32 <= v <= IMGSZ_MAX), f"0 (the training imgsz) or 32..{IMGSZ_MAX}"),
+    "seed": ((lambda v: 0 <= v < 2**63), "in 0..2**63-1"),
+}
+
+
 def validate(cfg: TrainConfig) -> None:
+    """Refuse every out-of-range value before a run folder exists: left alone, they crash mid-run (nheads 0),
+    fail far from their cause (lr inf as a non-finite loss), or are silently ignored (epochs -1)."""
+    for key, (ok, requirement) in RANGES.items():
+        value = getattr(cfg, key)
+        if not ok(value):  # NaN fails every comparison, so every test refuses it
+            what = OPTIONS[key] if key in OPTIONS else f"invalid configuration: {key}"
+            raise UserError(f"{what} must be {requirement}, got {value}")
     checks = [
         (cfg.backbone in ("resnet18", "resnet34", "resnet50", "resnet101"), "backbone must be resnet18/34/50/101"),
         (cfg.norm in ("auto", "frozen_bn", "bn", "gn"), "norm must be auto, frozen_bn, bn or gn"),
         (cfg.transformer_in in ("res3", "res4", "res5"), "transformer_in must be res3, res4 or res5"),
         (cfg.dist_func in ("bce", "cce"), "dist_func must be bce or cce"),
         (cfg.amp in ("auto", "bf16", "fp16", "off"), "amp must be auto, bf16, fp16 or off"),
-        (cfg.imgsz >= 32 and cfg.imgsz % 32 == 0, "imgsz must be a multiple of 32"),
-        (cfg.batch >= 1 and cfg.iters >= 1, "batch and iters must be positive"),
-        (0 < cfg.scale_min <= cfg.scale_max, "need 0 < scale_min <= scale_max"),
-        (0 < cfg.ignore_prior < 1, "ignore_prior (gamma) must be in (0, 1)"),
+        (cfg.best_metric in BEST_METRICS,
+         f"best_metric (--best-metric) must be one of {', '.join(BEST_METRICS)}, got {cfg.best_metric!r}"),
+        (isinstance(cfg.extra, dict), "extra must be a JSON object"),
+        (cfg.scale_min <= cfg.scale_max, f"need scale_min <= scale_max, got {cfg.scale_min} > {cfg.scale_max}"),
+        (cfg.sim_class_points <= cfg.num_sim_points,
+         f"sim_class_points must be <= num_sim_points ({cfg.num_sim_points}), got {cfg.sim_class_points}"),
         (cfg.hidden_dim % cfg.nheads == 0, "hidden_dim must be divisible by nheads"),
     ]
     for ok, message in checks:

@@ -12,9 +12,20 @@ from torch import nn
 
 from models import SimFormer, semantic_probs
 from weakshot_cli.data.dataset import scaled_size
-from weakshot_cli.engine.config import TrainConfig
+from weakshot_cli.engine.config import IMGSZ_MAX, TrainConfig
 from weakshot_cli.engine.metrics import compute_metrics, confusion
 from weakshot_cli.errors import UserError
+
+
+def check_options(batch: int, workers: int, imgsz: int | None) -> None:
+    """The options evaluate, predict and pseudolabel share, checked before a model loads or a folder exists
+    (a huge --imgsz would otherwise try to allocate tens of GB mid-run)."""
+    if batch < 1:
+        raise UserError(f"--batch must be >= 1, got {batch}")
+    if workers < 0:
+        raise UserError(f"--workers must be >= 0, got {workers}")
+    if imgsz is not None and not 0 <= imgsz <= IMGSZ_MAX:
+        raise UserError(f"--imgsz must be 0 (original size) or at most {IMGSZ_MAX}, got {imgsz}")
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device, source: str = "") -> SimFormer:

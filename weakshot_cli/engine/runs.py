@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -20,15 +21,26 @@ def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
     return [r for r in records if kind is None or r.get("type") == kind]
 
 
+def check_run_name(name: str) -> None:
+    """A run name is one folder under <project>/<stage>: '../../x' or 'a/b' would write elsewhere."""
+    if name in (".", "..") or any(sep and sep in name for sep in ("/", os.sep, os.altsep)):
+        raise UserError(f"--name {name!r}: a run name must be a single folder name (no path separators, "
+                        "not '.' or '..')")
+
+
 def new_run_dir(project: Path, stage: str, name: str | None, exist_ok: bool) -> Path:
     base = project / stage
+    if name:
+        check_run_name(name)
     name = name or stage
     candidate = base / name
-    if candidate.exists() and any(candidate.iterdir()):
-        if exist_ok:
+    if candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        if exist_ok and candidate.is_dir():
             return candidate
         if name != stage:
-            raise UserError("run folder already exists; pass --exist-ok or choose another --name", candidate)
+            raise UserError("run folder already exists; pass --exist-ok or choose another --name"
+                            if candidate.is_dir() else "run folder path exists and is not a folder; choose "
+                            "another --name", candidate)
         n = 2
         while (base / f"{name}{n}").exists():
             n += 1
