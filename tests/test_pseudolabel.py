@@ -1,5 +1,6 @@
-"""`weakshot pseudolabel`: the labelling rules pixel by pixel, a new dataset beside an untouched input,
-resumability, the benchmark-mode report, errors; and retrain reading the result."""
+"""`weakshot pseudolabel`: the labelling rules pixel by pixel (masked and tag-only images), a new dataset beside
+an untouched input, resumability (after a kill or Ctrl-C), the tag check and the benchmark-mode report, errors;
+and retrain reading the result."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from weakshot_cli.data.manifest import Item, Manifest, load_manifest
 from weakshot_cli.data.synthetic import make_synthetic
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
-from weakshot_cli.engine.pseudolabel import _batches, pseudo_label
+from weakshot_cli.engine.pseudolabel import _batches, image_stats, keep_classes, pseudo_label, tag_check
 
 IMGSZ = ["--imgsz", "64", "--device", "cpu"]
 
@@ -57,6 +58,48 @@ def labelled(ckpt, synth, tmp_path_factory) -> Path:  # noqa: F811
     return out
 
 
+@pytest.fixture(scope="module")
+def tag_only(synth, tmp_path_factory) -> Path:  # noqa: F811
+    """Real mode (no full masks) with every third training image tag-only: its tags (base and novel), no mask."""
+    src = load_manifest(synth)
+    train = [Item(it.image, None if i % 3 == 0 else str(src.resolve(it.label)), it.tags)
+             for i, it in enumerate(src.splits["train"])]
+    val = [Item(it.image, str(src.resolve(it.label)), it.tags) for it in src.splits["val"]]
+    root = tmp_path_factory.mktemp("tag-only")
+    Manifest(src.classes, src.base, src.novel, {"train": train, "val": val}).save(root)
+    return root
+
+
+def assert_tag_check_matches_files(report: dict, src: Manifest, new: Manifest) -> None:
+    """The tag check's counts, found, coverage and labelled shares, recomputed from the written labels and the
+    input's unknown pixels (all of a tag-only image's)."""
+    check = report["tag_check"]
+    per = {c: {"tagged": 0, "found": 0, "untagged": 0, "pixels": 0, "unknown": 0} for c in src.novel}
+    unknown_total = labelled = 0
+    for old, it in zip(src.splits["train"], new.splits["train"]):
+        pseudo = np.asarray(Image.open(new.resolve(it.label)))
+        unknown = (np.ones(pseudo.shape, bool) if old.label is None
+                   else np.asarray(Image.open(src.resolve(old.label))) == 255)
+        unknown_total += int(unknown.sum())
+        labelled += int((unknown & (pseudo != 255)).sum())
+        for c, r in per.items():
+            if c in old.tags:
+                r["tagged"] += 1
+                r["found"] += int((pseudo == c).any())
+                r["pixels"] += int((pseudo == c).sum())
+                r["unknown"] += int(unknown.sum())
+            else:
+                r["untagged"] += 1
+    for c, r in per.items():
+        got = check["per_class"][src.classes[c]]
+        counts = (got["tagged_images"], got["untagged_images"], got["pixels"])
+        assert counts == (r["tagged"], r["untagged"], r["pixels"])
+        assert got["found_pct"] == pytest.approx(100 * r["found"] / r["tagged"])
+        assert got["coverage_pct"] == pytest.approx(100 * r["pixels"] / r["unknown"])
+    assert check["unknown_pixels"] == unknown_total
+    assert check["labelled_pct"] == pytest.approx(100 * labelled / unknown_total)
+
+
 def test_unit_rule():
     scores = torch.zeros(4, 2, 3)  # classes 0, 1 base; 2, 3 novel
     scores[2, 0, :] = 0.9          # top row: novel 2 wins
@@ -66,6 +109,58 @@ def test_unit_rule():
     np.testing.assert_array_equal(pseudo_label(scores, base, [2, 3]), [[2, 1, 2], [3, 3, 255]])
     np.testing.assert_array_equal(pseudo_label(scores, base, [3]), [[255, 1, 255], [3, 3, 255]])  # 2 untagged
     np.testing.assert_array_equal(pseudo_label(scores, base, [2, 3], min_score=0.5), [[2, 1, 2], [255] * 3])
+
+
+def test_tag_only_images_keep_any_tagged_class():
+    """No mask, so no base ground truth wins and a tagged base class is kept too; a masked image keeps only its
+    novel tags (its base classes are all in its mask)."""
+    assert keep_classes(Item("a.png", None, [0, 3]), [2, 3]) == [0, 3]
+    assert keep_classes(Item("a.png", "a.png", [0, 3]), [2, 3]) == [3]
+    scores = torch.zeros(4, 1, 3)
+    scores[0, 0, 0] = scores[3, 0, 1] = scores[1, 0, 2] = 0.9  # winners: base 0, novel 3, base 1 (untagged)
+    unknown = np.full((1, 3), 255, np.uint8)
+    np.testing.assert_array_equal(pseudo_label(scores, unknown, [0, 3]), [[0, 3, 255]])
+
+
+def _scores(winners: list[list[tuple[int, float]]]) -> torch.Tensor:
+    """[4, H, W] scores in which pixel (y, x) is won by class ``winners[y][x][0]`` with score ``winners[y][x][1]``."""
+    s = torch.zeros(4, len(winners), len(winners[0]))
+    for y, row in enumerate(winners):
+        for x, (c, v) in enumerate(row):
+            s[c, y, x] = v
+    return s
+
+
+def test_tag_check_on_a_hand_made_case():
+    """Three 2x2 images, classes a, b (base) and c, d (novel), --min-score 0.15: every statistic worked out by hand.
+    1 (mask, tags c): b known (c wins there, not counted); c 0.8 kept; d 0.1 too weak; a 0.5 base.
+    2 (tag-only, tags a, d): d 0.4 and 0.2 kept; a 0.7 kept; c 0.3 predicted, dropped.
+    3 (mask, tags c, d): a and b known; d 0.1 too weak; b 0.9 on an unknown pixel (not a novel tag)."""
+    classes, novel = ["a", "b", "c", "d"], [2, 3]
+    items = [Item("1.png", "1.png", [2]), Item("2.png", None, [0, 3]), Item("3.png", "3.png", [2, 3])]
+    scores = [_scores([[(2, 0.9), (2, 0.8)], [(3, 0.1), (0, 0.5)]]),
+              _scores([[(3, 0.4), (3, 0.2)], [(0, 0.7), (2, 0.3)]]),
+              _scores([[(0, 0.6), (1, 0.6)], [(3, 0.1), (1, 0.9)]])]
+    bases = [np.array([[1, 255], [255, 255]], np.uint8), np.full((2, 2), 255, np.uint8),
+             np.array([[0, 1], [255, 255]], np.uint8)]
+    labels = [pseudo_label(s, b, keep_classes(it, novel), 0.15) for s, b, it in zip(scores, bases, items)]
+    for label, expected in zip(labels, ([[1, 2], [255, 255]], [[3, 3], [0, 255]], [[0, 1], [255, 255]])):
+        np.testing.assert_array_equal(label, expected)
+    stats = [image_stats(s, b, label, classes, novel, 0.15) for s, b, label in zip(scores, bases, labels)]
+    assert stats[1] == {"unknown": 4, "labelled": 3, "predicted": {"c": {"pixels": 1, "score_sum": pytest.approx(0.3)},
+                                                                   "d": {"pixels": 2, "score_sum": pytest.approx(0.6)}}}
+    report = tag_check(stats, [it.tags for it in items], classes, novel)
+    assert report == {
+        "per_class": {
+            "c": {"tagged_images": 2, "found_pct": 50.0, "untagged_images": 1, "untagged_predicted_pct": 100.0,
+                  "pixels": 1, "coverage_pct": pytest.approx(100 * 1 / 5), "mean_score": 0.8},
+            "d": {"tagged_images": 2, "found_pct": 50.0, "untagged_images": 1, "untagged_predicted_pct": 0.0,
+                  "pixels": 2, "coverage_pct": pytest.approx(100 * 2 / 6), "mean_score": 0.3}},
+        "unknown_pixels": 9, "labelled_pct": pytest.approx(100 * 4 / 9)}
+    # nothing tagged, nothing unknown: shares of nothing are None, not 0
+    empty = tag_check([{"unknown": 0, "labelled": 0, "predicted": {}}], [[]], classes, novel)
+    assert empty["per_class"]["c"]["found_pct"] is None and empty["per_class"]["c"]["coverage_pct"] is None
+    assert empty["per_class"]["c"]["mean_score"] is None and empty["labelled_pct"] is None
 
 
 def test_batches_never_mix_image_sizes(tmp_path):
@@ -110,6 +205,78 @@ def test_rules_hold_on_every_written_label(labelled, ckpt, synth):  # noqa: F811
     assert kept > 0 and dropped > 0, (kept, dropped)  # the tag rule both keeps and removes novel pixels
 
 
+@pytest.fixture(scope="module")
+def base_biased(ckpt, tag_only, tmp_path_factory) -> tuple[Path, int]:
+    """The novel-biased checkpoint with a base class raised further so that it wins: a class that some tag-only
+    images are tagged with and some are not, so that the rule has base pixels to keep and to drop."""
+    m = load_manifest(tag_only)
+    tags = [it.tags for it in m.splits["train"] if it.label is None]
+    b = next(c for c in m.base if 0 < sum(c in t for t in tags) < len(tags))
+    biased = load_checkpoint(ckpt)
+    biased["model"]["class_embed.bias"][b] += 3.0
+    path = tmp_path_factory.mktemp("base-biased") / "base-biased.pt"
+    torch.save(biased, path)
+    return path, b
+
+
+def test_tag_only_images_keep_their_tagged_classes(base_biased, tag_only, tmp_path):
+    """A tag-only image keeps a predicted base class it is tagged with (no ground truth to win) and drops one it
+    is not; masked images never take a base class from the model. Real mode: the report is the tag check alone."""
+    path, b = base_biased
+    out = tmp_path / "pl"
+    r = run_cli("pseudolabel", path, tag_only, "-o", out, *IMGSZ)
+    assert r.returncode == 0, r.stderr
+    assert "pseudo-labels vs image tags" in r.stdout and "full masks" not in r.stdout
+    report = json.loads((out / "pseudolabel.json").read_text())
+    src, new = load_manifest(tag_only), load_manifest(out)
+    assert set(report) == {"images", "tag_only_images", "tag_check"} and report["tag_only_images"] == 4
+    assert_tag_check_matches_files(report, src, new)
+
+    model = model_from_checkpoint(load_checkpoint(path), torch.device("cpu"))
+    ds = EvalDataset(src, "train", 64)
+    kept = dropped = 0
+    for i, (old, it) in enumerate(zip(src.splits["train"], new.splits["train"])):
+        batch = collate_eval([ds[i]])
+        scores = class_scores(model, batch["image"], batch["sizes"], [batch["labels"][0].shape])[0]
+        base = batch["labels"][0].numpy().astype(np.uint8)
+        pseudo = np.asarray(Image.open(new.resolve(it.label)))
+        np.testing.assert_array_equal(pseudo, pseudo_label(scores, base, keep_classes(old, src.novel)))
+        b_wins = (scores.argmax(0).numpy() == b) & (base == 255)
+        if old.label is None:
+            kept += int((b_wins & (pseudo == b)).sum())
+            dropped += int((b_wins & (pseudo == 255)).sum())
+        else:
+            assert not (b_wins & (pseudo == b)).any()
+    assert kept > 0 and dropped > 0, (kept, dropped)
+
+
+def test_tag_check_matches_the_model(labelled, ckpt, synth):  # noqa: F811
+    """What the files cannot show: in how many untagged images each novel class was predicted (then dropped), and
+    the mean winning score of its pseudo-labels, recomputed from the model's scores image by image."""
+    per_class = json.loads((labelled / "pseudolabel.json").read_text())["tag_check"]["per_class"]
+    src, new = load_manifest(synth), load_manifest(labelled)
+    model = model_from_checkpoint(load_checkpoint(ckpt), torch.device("cpu"))
+    ds = EvalDataset(src, "train", 64)
+    predicted_untagged: dict[int, list[bool]] = {c: [] for c in src.novel}
+    winning: dict[int, list[np.ndarray]] = {c: [] for c in src.novel}
+    for i, (old, it) in enumerate(zip(src.splits["train"], new.splits["train"])):
+        batch = collate_eval([ds[i]])
+        scores = class_scores(model, batch["image"], batch["sizes"], [batch["labels"][0].shape])[0]
+        unknown = batch["labels"][0].numpy() == 255
+        pseudo = np.asarray(Image.open(new.resolve(it.label)))
+        score, pred = (t.numpy() for t in scores.max(0))
+        for c in src.novel:
+            if c not in old.tags:
+                predicted_untagged[c].append(bool(((pred == c) & unknown).any()))
+            winning[c].append(score[pseudo == c])
+    for c in src.novel:
+        got, px = per_class[src.classes[c]], np.concatenate(winning[c])
+        assert got["untagged_predicted_pct"] == pytest.approx(100 * np.mean(predicted_untagged[c]))
+        assert got["mean_score"] == (pytest.approx(px.mean(), abs=1e-3) if px.size else None)
+    assert any(r["found_pct"] > 0 for r in per_class.values())
+    assert any(r["untagged_predicted_pct"] > 0 for r in per_class.values())
+
+
 def test_min_score_leaves_only_base(ckpt, synth, tmp_path):  # noqa: F811
     assert run_cli("pseudolabel", ckpt, synth, "-o", tmp_path / "pl", "--min-score", "1e9", *IMGSZ).returncode == 0
     src, new = load_manifest(synth), load_manifest(tmp_path / "pl")
@@ -123,11 +290,14 @@ def test_interrupted_run_resumes_to_the_same_output(labelled, ckpt, synth, tmp_p
     shutil.copytree(labelled, partial)
     (partial / "weakshot.json").unlink()
     (partial / "pseudolabel.json").unlink()
-    for png in sorted((partial / "labels" / "train").glob("*.png"))[::2]:
+    pngs = sorted((partial / "labels" / "train").glob("*.png"))
+    for png in pngs[::2]:
         png.unlink()
+    for png in pngs[1::4]:  # a label whose statistics are missing is redone too
+        (partial / "stats" / "train" / f"{png.stem}.json").unlink()
     r = run_cli("pseudolabel", ckpt, synth, "-o", partial, *IMGSZ)
     assert r.returncode == 0, r.stderr
-    assert "from an earlier run" in r.stdout
+    assert f"({len(pngs) - len(pngs[::2]) - len(pngs[1::4])} from an earlier run)" in r.stdout
     assert digest(partial) == digest(labelled)
     # a partial run with other options is not mixed with new ones
     (partial / "weakshot.json").unlink()
@@ -136,15 +306,25 @@ def test_interrupted_run_resumes_to_the_same_output(labelled, ckpt, synth, tmp_p
     assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", labelled, *IMGSZ), "--exist-ok")
 
 
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(ckpt, tmp_path):  # noqa: F811
-    """A real kill mid-way (120 images, one per batch), then the same command again: the same files as a run
-    never interrupted, and no temporary file left over."""
-    make_synthetic(tmp_path / "src", n_train=120, n_val=2, size=64, seed=1)
-    assert run_cli("split", "--images", tmp_path / "src" / "images", "--masks", tmp_path / "src" / "labels",
-                   "--classes", tmp_path / "src" / "classes.txt", "--novel", "star,ring,brick", "-o",
-                   tmp_path / "ws").returncode == 0
-    args = ["pseudolabel", ckpt, tmp_path / "ws", "--batch", "1", "--workers", "0", *IMGSZ]
-    assert run_cli(*args, "-o", tmp_path / "straight").returncode == 0
+@pytest.fixture(scope="module")
+def straight(ckpt, tmp_path_factory) -> tuple[list, Path]:
+    """A 120-image dataset pseudo-labelled one image per batch without interruption: the command, and its output."""
+    root = tmp_path_factory.mktemp("straight")
+    make_synthetic(root / "src", n_train=120, n_val=2, size=64, seed=1)
+    assert run_cli("split", "--images", root / "src" / "images", "--masks", root / "src" / "labels",
+                   "--classes", root / "src" / "classes.txt", "--novel", "star,ring,brick", "-o",
+                   root / "ws").returncode == 0
+    args = ["pseudolabel", ckpt, root / "ws", "--batch", "1", "--workers", "0", *IMGSZ]
+    assert run_cli(*args, "-o", root / "straight").returncode == 0
+    return args, root / "straight"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_stop_then_rerun_equals_an_uninterrupted_run(straight, tmp_path, sig):
+    """A real kill or Ctrl-C mid-way, then the same command again: the same files (labels, statistics, report) as
+    a run never interrupted, and no temporary file left over. Ctrl-C exits 130 with one line saying how many
+    labels were kept."""
+    args, uninterrupted = straight
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "weakshot_cli", *map(str, args), "-o", str(killed)],
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -152,19 +332,26 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(ckpt, tmp_path):  # noqa
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and len(list(labels.glob("*.png"))) < 10:
         time.sleep(0.01)
-    proc.kill()
-    proc.communicate()
+    proc.send_signal(sig)
+    _, err = proc.communicate()
     written = len(list(labels.glob("*.png")))
-    assert proc.returncode == -signal.SIGKILL and 10 <= written < 120 and not (killed / "weakshot.json").exists()
+    assert 10 <= written < 120 and not (killed / "weakshot.json").exists()
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130 and err.decode().splitlines() == [
+            f"interrupted: {written} of 120 pseudo-labels kept in {killed}; rerun the same command to resume"]
     r = run_cli(*args, "-o", killed)
     assert r.returncode == 0, r.stderr
     assert "from an earlier run" in r.stdout
-    assert digest(killed) == digest(tmp_path / "straight")
+    assert digest(killed) == digest(uninterrupted)
 
 
 def test_benchmark_report_matches_the_files(labelled, synth):  # noqa: F811
     report = json.loads((labelled / "pseudolabel.json").read_text())
     src, new = load_manifest(synth), load_manifest(labelled)
+    assert report["tag_only_images"] == 0
+    assert_tag_check_matches_files(report, src, new)  # the tag check beside the ground-truth comparison
     pairs = [(np.asarray(Image.open(new.resolve(it.label))), np.asarray(Image.open(new.resolve(it.full))))
              for it in new.splits["train"]]
     ious = []

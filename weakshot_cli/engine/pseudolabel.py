@@ -1,5 +1,7 @@
 """``weakshot pseudolabel``: novel-class masks for the training images, kept only where the image's tags
-allow, with base ground truth winning; written as a new dataset, resumably, the input left untouched."""
+allow, with base ground truth winning (a tag-only image, having none, takes any class it is tagged with);
+written as a new dataset, resumably, the input left untouched, with a report of what the tags alone can
+check (and, in benchmark mode, the full masks)."""
 
 from __future__ import annotations
 
@@ -25,25 +27,75 @@ from weakshot_cli.engine.distributed import resolve_device
 from weakshot_cli.engine.evaluate import check_classes, check_image_sizes
 from weakshot_cli.engine.inference import class_scores, inference_size, model_from_checkpoint
 from weakshot_cli.engine.metrics import confusion
-from weakshot_cli.errors import UserError
+from weakshot_cli.errors import Interrupted, UserError
 from weakshot_cli.io import remove_interrupted_writes, write_json, write_label_png
 
 STATE = ".pseudolabel-state.json"
 REPORT = "pseudolabel.json"
 
 
-def pseudo_label(scores: torch.Tensor, base_label: np.ndarray, novel_tags: Sequence[int],
+def pseudo_label(scores: torch.Tensor, base_label: np.ndarray, tags: Sequence[int],
                  min_score: float = 0.0) -> np.ndarray:
-    """Ignore everywhere, except: a pixel whose winning class is a novel class in the image's tags (with a
-    score of at least ``min_score``) takes that class, and a base ground-truth pixel keeps its class."""
+    """Ignore everywhere, except: a pixel whose winning class is one of ``tags`` (with a score of at least
+    ``min_score``) takes that class, and a base ground-truth pixel keeps its class."""
     score, pred = scores.max(0)
     pred, score = pred.numpy(), score.numpy()
     out = np.full(base_label.shape, IGNORE, np.uint8)
-    novel = np.isin(pred, list(novel_tags)) & (score >= min_score)
-    out[novel] = pred[novel]
+    tagged = np.isin(pred, list(tags)) & (score >= min_score)
+    out[tagged] = pred[tagged]
     known = base_label != IGNORE
     out[known] = base_label[known]
     return out
+
+
+def keep_classes(item: Item, novel: Sequence[int]) -> list[int]:
+    """The classes a pixel's prediction may keep: a masked image's base classes are all in its mask, so only its
+    novel tags; a tag-only image (no mask) has no base ground truth, so every tag, base or novel."""
+    return list(item.tags) if item.label is None else [t for t in item.tags if t in novel]
+
+
+def image_stats(scores: torch.Tensor, base_label: np.ndarray, pseudo: np.ndarray, classes: Sequence[str],
+                novel: Sequence[int], min_score: float = 0.0) -> dict:
+    """What one image contributes to ``tag_check``, saved beside its label so a resumed run reports on the images
+    labelled before the interruption too: its unknown pixels (no base ground truth), how many got a
+    pseudo-label, and per novel class *predicted* on at least one of them (winning class, score at least
+    ``min_score``; before the tag filter) the pixel count and summed winning score."""
+    score, pred = scores.max(0)
+    unknown = base_label == IGNORE
+    hit = unknown & (score.numpy() >= min_score)
+    k = scores.shape[0]
+    pixels = np.bincount(pred.numpy()[hit], minlength=k)
+    score_sum = np.bincount(pred.numpy()[hit], weights=score.numpy()[hit].astype(np.float64), minlength=k)
+    return {"unknown": int(unknown.sum()), "labelled": int((unknown & (pseudo != IGNORE)).sum()),
+            "predicted": {classes[c]: {"pixels": int(pixels[c]), "score_sum": float(score_sum[c])}
+                          for c in novel if pixels[c]}}
+
+
+def tag_check(stats: Sequence[dict], tags: Sequence[Sequence[int]], classes: Sequence[str],
+              novel: Sequence[int]) -> dict:
+    """The quality signal that needs no ground truth, from ``image_stats`` and each image's tags. Per novel class c:
+    found_pct: images tagged c with at least one pixel pseudo-labelled c, % of the images tagged c;
+    untagged_predicted_pct: images not tagged c where c was predicted (then dropped by the tag filter), % of the
+    images not tagged c; coverage_pct: pixels pseudo-labelled c, % of the unknown pixels of the images tagged c;
+    mean_score: mean winning score (the --min-score scale, 3 decimals) of the pixels pseudo-labelled c. Overall:
+    labelled_pct, the share of all unknown pixels that got a pseudo-label. A share of nothing is None."""
+    pct = lambda a, b: 100 * a / b if b else None  # noqa: E731
+    per_class = {}
+    for c in novel:
+        name = classes[c]
+        tagged = [s for s, t in zip(stats, tags) if c in t]
+        untagged = [s for s, t in zip(stats, tags) if c not in t]
+        found = [s["predicted"][name] for s in tagged if name in s["predicted"]]
+        pixels = sum(f["pixels"] for f in found)
+        per_class[name] = {
+            "tagged_images": len(tagged), "found_pct": pct(len(found), len(tagged)),
+            "untagged_images": len(untagged),
+            "untagged_predicted_pct": pct(sum(name in s["predicted"] for s in untagged), len(untagged)),
+            "pixels": pixels, "coverage_pct": pct(pixels, sum(s["unknown"] for s in tagged)),
+            "mean_score": round(sum(f["score_sum"] for f in found) / pixels, 3) if pixels else None}
+    unknown = sum(s["unknown"] for s in stats)
+    return {"per_class": per_class, "unknown_pixels": unknown,
+            "labelled_pct": pct(sum(s["labelled"] for s in stats), unknown)}
 
 
 def _label_names(items: list[Item]) -> list[str]:
@@ -53,11 +105,21 @@ def _label_names(items: list[Item]) -> list[str]:
     return [f"labels/train/{s if counts[s] == 1 else f'{i:06d}_{s}'}.png" for i, s in enumerate(stems)]
 
 
-def _batches(m: Manifest, todo: list[int], batch: int) -> list[list[int]]:
+def _stats_name(label_name: str) -> str:
+    """stats/train/<name>.json beside labels/train/<name>.png: the image's ``image_stats``."""
+    return f"stats/train/{Path(label_name).stem}.json"
+
+
+def _unfinished(out: Path, names: list[str]) -> set[int]:
+    """Images still to label: the label or its statistics is missing."""
+    return {i for i, name in enumerate(names) if not (out / name).exists() or not (out / _stats_name(name)).exists()}
+
+
+def _batches(m: Manifest, indices: list[int], batch: int) -> list[list[int]]:
     """Batches of images with the same original size: padding never differs from an image's own, so its
     pseudo-label does not depend on its batch neighbours and a resumed run labels as an uninterrupted one."""
     groups: dict[tuple[int, int] | None, list[int]] = {}
-    for i in todo:
+    for i in indices:
         try:
             with Image.open(m.resolve(m.splits["train"][i].image)) as im:  # reads the header only
                 size = im.size
@@ -78,8 +140,9 @@ def _prepare(out: Path, root: Path, state: dict, exist_ok: bool) -> None:
     if exist_ok:
         for name in (MANIFEST, REPORT, STATE):
             (out / name).unlink(missing_ok=True)
-        for png in (out / "labels" / "train").glob("*.png") if (out / "labels" / "train").is_dir() else []:
-            png.unlink()
+        for folder, pattern in (("labels", "*.png"), ("stats", "*.json")):
+            for f in (out / folder / "train").glob(pattern) if (out / folder / "train").is_dir() else []:
+                f.unlink()
     elif (out / MANIFEST).exists():
         raise UserError("already holds a finished dataset; pass --exist-ok to redo it or choose another -o", out)
     elif state_path.exists():
@@ -93,7 +156,8 @@ def _prepare(out: Path, root: Path, state: dict, exist_ok: bool) -> None:
     elif out.exists() and any(out.iterdir()):
         raise UserError("folder exists and is not a pseudo-labelling run; choose another -o", out)
     write_json(state_path, state)
-    remove_interrupted_writes(out / "labels" / "train")
+    for folder in ("labels", "stats"):
+        remove_interrupted_writes(out / folder / "train")
 
 
 def quality(cm: np.ndarray, m: Manifest) -> dict:
@@ -130,48 +194,82 @@ def run_pseudolabel(checkpoint: Path, dataset: Path, out: Path, device: str, img
     _prepare(out, m.root, state, exist_ok)
     items = m.splits["train"]
     names = _label_names(items)
-    todo = [i for i, name in enumerate(names) if not (out / name).exists()]
-    loader = DataLoader(EvalDataset(m, "train", imgsz or None), batch_sampler=_batches(m, todo, batch),
-                        collate_fn=collate_eval, num_workers=workers)
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("pseudo-label", total=len(items), completed=len(items) - len(todo))
-        for b in loader:
-            scores = class_scores(model, b["image"].to(dev), b["sizes"], [x.shape for x in b["labels"]], flip, scales)
-            for s, base_label, i in zip(scores, b["labels"], b["index"]):
-                tags = [t for t in items[i].tags if t in m.novel]
-                write_label_png(out / names[i], pseudo_label(s.cpu(), base_label.numpy().astype(np.uint8), tags,
-                                                             min_score))
-            bar.advance(task, len(b["index"]))
+    todo = _unfinished(out, names)
+    # Batches are cut from all images, then only those with work left run: a resumed run scores every image with
+    # the same batch neighbours as an uninterrupted one (scores differ in the last bits with batch composition).
+    batches = [b for b in _batches(m, list(range(len(items))), batch) if todo.intersection(b)]
+    loader = DataLoader(EvalDataset(m, "train", imgsz or None), batch_sampler=batches, collate_fn=collate_eval,
+                        num_workers=workers)
+    try:
+        with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+            task = bar.add_task("pseudo-label", total=len(items), completed=len(items) - len(todo))
+            for b in loader:
+                scores = class_scores(model, b["image"].to(dev), b["sizes"], [x.shape for x in b["labels"]], flip,
+                                      scales)
+                for s, base_label, i in zip(scores, b["labels"], b["index"]):
+                    if i not in todo:
+                        continue
+                    s, base = s.cpu(), base_label.numpy().astype(np.uint8)
+                    pseudo = pseudo_label(s, base, keep_classes(items[i], m.novel), min_score)
+                    # statistics first: a label on disk always has its statistics beside it
+                    write_json(out / _stats_name(names[i]), image_stats(s, base, pseudo, m.classes, m.novel,
+                                                                       min_score))
+                    write_label_png(out / names[i], pseudo)
+                    bar.advance(task)
 
-    report: dict = {"images": len(items)}
-    if all(it.full for it in items):  # benchmark mode: score against the kept full masks
-        k = len(m.classes)
-        cm = torch.zeros(k + 1, k + 1, dtype=torch.long)
-        for it, name in zip(items, names):
-            pseudo = torch.from_numpy(read_raw_label(out / name).astype(np.int64))
-            gt = torch.from_numpy(read_raw_label(m.resolve(it.full)).astype(np.int64))
-            cm += confusion(torch.where(pseudo == IGNORE, k, pseudo), gt, k + 1)  # ignore -> extra column k
-        report |= quality(cm.numpy(), m)
-    absolute = lambda rel: str(m.resolve(rel)) if rel is not None else None  # noqa: E731
-    splits = {name: [Item(absolute(it.image), absolute(it.label), it.tags, absolute(it.full)) for it in split_items]
-              for name, split_items in m.splits.items()}
-    splits["train"] = [Item(absolute(it.image), name, it.tags, absolute(it.full)) for it, name in zip(items, names)]
-    new = Manifest(m.classes, m.base, m.novel, splits, novel_masks=True,
-                   source={"command": "pseudolabel", **state})
-    write_json(out / REPORT, report)
-    new.save(out)  # last: its presence marks a finished dataset
+        stats = [json.loads((out / _stats_name(name)).read_text()) for name in names]
+        report: dict = {"images": len(items), "tag_only_images": sum(it.label is None for it in items),
+                        "tag_check": tag_check(stats, [it.tags for it in items], m.classes, m.novel)}
+        if all(it.full for it in items):  # benchmark mode: score against the kept full masks
+            k = len(m.classes)
+            cm = torch.zeros(k + 1, k + 1, dtype=torch.long)
+            for it, name in zip(items, names):
+                pseudo = torch.from_numpy(read_raw_label(out / name).astype(np.int64))
+                gt = torch.from_numpy(read_raw_label(m.resolve(it.full)).astype(np.int64))
+                cm += confusion(torch.where(pseudo == IGNORE, k, pseudo), gt, k + 1)  # ignore -> extra column k
+            report |= quality(cm.numpy(), m)
+        absolute = lambda rel: str(m.resolve(rel)) if rel is not None else None  # noqa: E731
+        splits = {name: [Item(absolute(it.image), absolute(it.label), it.tags, absolute(it.full))
+                         for it in split_items] for name, split_items in m.splits.items()}
+        splits["train"] = [Item(absolute(it.image), name, it.tags, absolute(it.full))
+                           for it, name in zip(items, names)]
+        new = Manifest(m.classes, m.base, m.novel, splits, novel_masks=True,
+                       source={"command": "pseudolabel", **state})
+        write_json(out / REPORT, report)
+        new.save(out)  # last: its presence marks a finished dataset
+    except KeyboardInterrupt:
+        kept = len(items) - len(_unfinished(out, names))
+        raise Interrupted(f"interrupted: {kept} of {len(items)} pseudo-labels kept in {out}; rerun the same "
+                          "command to resume") from None
+    console.print(f"Pseudo-labelled {len(items)} training images ({len(items) - len(todo)} from an earlier run); "
+                  f"dataset: [bold]{out / MANIFEST}[/]")
+    return report
+
+
+def report_tables(report: dict) -> list[Table]:
+    """The report as tables for the CLI to print: the tag check, then (benchmark mode) the full-mask scores."""
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    check = report["tag_check"]
+    table = Table(title=f"pseudo-labels vs image tags, {report['images']} training images (%)",
+                  caption="found: % of its tagged images with pixels of it; predicted: % of its untagged images "
+                          "where the tag filter dropped it; coverage: % of its tagged images' unknown pixels")
+    for col in ("novel class", "tagged", "found", "untagged", "predicted", "coverage", "mean score"):
+        table.add_column(col, justify="left" if col == "novel class" else "right")
+    for name, r in check["per_class"].items():
+        table.add_row(name, str(r["tagged_images"]), fmt(r["found_pct"]), str(r["untagged_images"]),
+                      fmt(r["untagged_predicted_pct"]), fmt(r["coverage_pct"]),
+                      "-" if r["mean_score"] is None else f"{r['mean_score']:.3f}")
+    table.add_section()
+    table.add_row("all unknown pixels", "", "", "", "", fmt(check["labelled_pct"]), "")
+    tables = [table]
     if report.get("novel_mIoU") is not None:
         table = Table(title="pseudo-labels vs full masks, training images (%)")
         for col in ("novel class", "IoU", "precision"):
             table.add_column(col, justify="left" if col == "novel class" else "right")
-        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        for c in m.novel:
-            name = m.classes[c]
-            table.add_row(name, fmt(report["novel_IoU"][name]), fmt(report["precision"][name]))
+        for name, iou in report["novel_IoU"].items():
+            table.add_row(name, fmt(iou), fmt(report["precision"][name]))
         table.add_section()
         table.add_row("novel mIoU", fmt(report["novel_mIoU"]), "")
         table.add_row("coverage of novel pixels", fmt(report["coverage"]), "")
-        console.print(table)
-    console.print(f"Pseudo-labelled {len(items)} training images ({len(items) - len(todo)} from an earlier run); "
-                  f"dataset: [bold]{out / MANIFEST}[/]")
-    return report
+        tables.append(table)
+    return tables
