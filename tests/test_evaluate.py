@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import run_cli
 from test_train import TINY, synth  # noqa: F401  (fixture)
@@ -16,6 +17,7 @@ from weakshot_cli.data.manifest import load_manifest
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
 from weakshot_cli.engine.metrics import compute_metrics, confusion
+from weakshot_cli.engine.visualise import legend_entries
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +42,13 @@ def test_metrics_are_those_of_the_real_predictions(ckpt, synth, tmp_path):  # no
     model, m = model_from_checkpoint(c, torch.device("cpu")), load_manifest(synth)
     ds = EvalDataset(m, "val", 64)
     cm = torch.zeros(10, 10, dtype=torch.long)
+    shown = []  # the label maps of the two sample rows: ground truth and prediction
     for i in range(len(ds)):
         b = collate_eval([ds[i]])
         pred = class_scores(model, b["image"], b["sizes"], [b["labels"][0].shape])[0].argmax(0)
         cm += confusion(pred, b["labels"][0], 10)
+        if i < 2:
+            shown += [b["labels"][0].numpy(), pred.numpy()]
     expected = compute_metrics(cm, m.base, m.novel)
     assert np.array_equal(np.array(result["confusion"]), cm.numpy())
     for key in ("mIoU", "base_mIoU", "novel_mIoU", "hIoU", "pAcc"):
@@ -51,6 +56,16 @@ def test_metrics_are_those_of_the_real_predictions(ckpt, synth, tmp_path):  # no
     assert [result["classes"][n]["IoU"] for n in m.classes] == pytest.approx(expected["IoU"], nan_ok=True)
     assert {n for n, v in result["classes"].items() if v["type"] == "novel"} == {"star", "ring", "brick"}
     assert result["images"] == len(ds) and int(np.sum(result["confusion"])) > 0
+
+    # samples.png has a legend: a swatch in each tinted class's exact colour (the overlays blend colours, so only a
+    # swatch shows them unmixed), and none for the classes the two samples do not contain
+    samples = np.asarray(Image.open(run / "plots" / "samples.png").convert("RGB")).reshape(-1, 3)
+    entries = legend_entries(shown, m.classes, c["palette"])
+    assert entries and len(entries) < len(m.classes), entries
+    swatch = {name: int((samples == colour).all(axis=-1).sum()) for name, colour in entries}
+    assert min(swatch.values()) >= 50, swatch
+    absent = [c["palette"][3 * k:3 * k + 3] for k in range(10) if m.classes[k] not in dict(entries)]
+    assert all((samples == colour).all(axis=-1).sum() < 10 for colour in absent)
 
 
 def test_test_time_augmentation(ckpt, synth, tmp_path):  # noqa: F811

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +17,13 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import assert_user_error, run_cli
+from conftest import ROOT, assert_user_error, run_cli
 from test_train import TINY, synth  # noqa: F401  (fixture)
 from weakshot_cli.data.dataset import collate_eval, normalise
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
 from weakshot_cli.engine.predict import find_images, rle_results
+from weakshot_cli.engine.visualise import default_palette, legend_entries, overlay, untinted, with_legend
 
 FAST = ["--device", "cpu", "--imgsz", "64"]
 
@@ -91,6 +97,8 @@ def test_sources_select_the_expected_images_and_names_never_collide(ckpt, tmp_pa
     listing.write_text(f"# chosen images\n\nsrc/b.png\n{src / 'sub' / 'c.png'}\nsrc/b.png\n"
                        f"../{tmp_path.name}/src/a.jpg\n")
     assert outputs(str(listing)) == ["src/b.png", "src/sub/c.png", "src/a.jpg"]
+    listing.write_bytes(b"\xef\xbb\xbf" + listing.read_bytes().replace(b"# chosen images\n", b""))
+    assert outputs(str(listing)) == ["src/b.png", "src/sub/c.png", "src/a.jpg"]  # a byte-order mark is no name
 
 
 def test_prediction_is_the_models_and_outputs_agree(ckpt, tmp_path):
@@ -116,7 +124,14 @@ def test_prediction_is_the_models_and_outputs_agree(ckpt, tmp_path):
     pal = Image.open(rich / "labels" / "one.png")
     assert pal.mode == "P" and np.array_equal(np.asarray(pal), expected)
     assert pal.getpalette()[:3 * len(c["classes"])] == c["palette"][:3 * len(c["classes"])]
-    assert Image.open(rich / "overlays" / "one.jpg").size == (53, 37)
+    # the overlay: the image with the predicted classes tinted, above a legend of those classes. JPEG keeps the flat
+    # legend band nearly exact, the noise image only in its mean colour.
+    shown = np.asarray(Image.open(rich / "overlays" / "one.jpg").convert("RGB")).astype(float)
+    wanted = with_legend(overlay(image.permute(1, 2, 0).numpy(), expected.astype(np.uint8), c["palette"]),
+                         legend_entries([expected], c["classes"], c["palette"]))
+    assert shown.shape == wanted.shape and shown.shape[0] > 37
+    assert np.abs(shown[37:] - wanted[37:]).mean() < 4
+    assert np.abs(shown[:37].mean((0, 1)) - wanted[:37].mean((0, 1))).max() < 2
     results = json.loads((rich / "predictions.json").read_text())
     assert sorted(x["category_id"] for x in results) == np.unique(expected).tolist()
     for x in results:
@@ -159,3 +174,60 @@ def test_unreadable_files_are_skipped_and_all_unreadable_is_an_error(ckpt, tmp_p
         assert f"skipped {bad / name}" in r.stdout
     assert "1 images written" in r.stdout and "3 skipped" in r.stdout
     assert list(labels_of(runs / "predict" / "predict")) == ["good.png"]
+
+
+def test_images_in_subfolders_are_reported_when_not_searched(ckpt, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub" / "deep").mkdir(parents=True)
+    for name in ("a.png", "sub/b.png", "sub/deep/c.jpg"):
+        rgb(20, 24).save(src / name)
+    (src / "sub" / "notes.txt").write_text("not an image\n")
+    runs = tmp_path / "runs"
+    r = run_cli("predict", ckpt, src, *FAST, "--project", runs)
+    assert r.returncode == 0, r.stderr
+    assert f"warning: skipped 2 images in subfolders of {src}; pass --recursive to include them" in r.stdout
+    assert list(labels_of(runs / "predict" / "predict")) == ["a.png"]
+    r = run_cli("predict", ckpt, src, *FAST, "--recursive", "--project", runs)
+    assert r.returncode == 0, r.stderr
+    assert "warning" not in r.stdout and len(labels_of(runs / "predict" / "predict2")) == 3
+
+
+def test_ctrl_c_says_how_many_predictions_were_kept_and_where(ckpt, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(300):
+        rgb(32, 40, i).save(src / f"{i:03d}.png")
+    run = tmp_path / "runs" / "predict" / "predict"
+    proc = subprocess.Popen([sys.executable, "-m", "weakshot_cli", "predict", str(ckpt), str(src), *FAST,
+                             "--json", "--project", str(tmp_path / "runs")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((run / "labels").glob("*.png")) and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    written = len(labels_of(run))
+    assert proc.returncode == 130 and 0 < written < 300, (proc.returncode, written, out, err)
+    assert err.strip() == (f"interrupted: {written} of 300 predictions written to {run / 'labels'}; "
+                           "predictions.json is written only by a finished run")
+    assert not (run / "predictions.json").exists()
+
+
+def test_overlays_leave_background_and_ignore_untinted_and_list_the_tinted_classes():
+    classes = ["_background_", "cat", "dog", "bird"]
+    palette = default_palette(len(classes))
+    image = np.full((20, 40, 3), 100, np.uint8)
+    label = np.zeros((20, 40), np.uint8)
+    label[:, 10:20], label[:, 20:30] = 1, 255  # background, cat, ignore, background; dog and bird absent
+    shown = overlay(image, label, palette, skip=untinted(classes))
+    assert untinted(classes) == [0] and untinted(["Background", "bg"]) == [0]
+    plain = (label == 0) | (label == 255)
+    assert (shown[plain] == 100).all() and (shown[label == 1] != 100).any(axis=-1).all()
+    entries = legend_entries([label], classes, palette)
+    assert entries == [("cat", tuple(palette[3:6]))]
+    framed = with_legend(shown, entries)
+    assert framed.shape[1] == 40 and framed.shape[0] > 20 and (framed[:20] == shown).all()
+    band = framed[20:].reshape(-1, 3)
+    assert (band == palette[3:6]).all(axis=-1).sum() >= 4  # the cat swatch
+    assert not (band == palette[6:9]).all(axis=-1).any()  # no dog: it is not in the image
+    assert with_legend(shown, []) is shown

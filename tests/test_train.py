@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from weakshot_cli.data.manifest import load_manifest
 from weakshot_cli.data.synthetic import make_synthetic
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.runs import read_metrics
+from weakshot_cli.engine.train import best_score, improves, log_interval, val_interval
 from weakshot_cli.engine.weights import imagenet_file, init_backbone
 from weakshot_cli.errors import UserError
 from models import build_backbone
@@ -49,6 +51,14 @@ def records(run: Path, kind: str = "train") -> list[dict]:
     return read_metrics(run, kind)
 
 
+def strict_json(path: Path) -> dict:
+    """Parse as strict JSON readers (jq, JavaScript) do: NaN and Infinity are errors."""
+    def refuse(token: str) -> None:
+        raise ValueError(f"{path}: {token} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
 def test_run_folder_and_checkpoints(synth, tmp_path):
     r = run_cli("train", synth, *TINY, "--iters", "3", "--project", tmp_path / "runs")
     assert r.returncode == 0, r.stderr
@@ -60,6 +70,13 @@ def test_run_folder_and_checkpoints(synth, tmp_path):
     assert cfg["hidden_dim"] == 32 and cfg["dataset"] == str(synth.resolve()) and cfg["comp_weight"] == 0.2
     assert [r["iter"] for r in records(run)] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in records(run)) and records(run, "val")
+    # val_every 0 validates a 3-iteration run once, at the end; best.pt is chosen by the mean of base and novel mIoU
+    val = records(run, "val")
+    results = strict_json(run / "results.json")
+    assert [v["iter"] for v in val] == [3] and cfg["best_metric"] == results["best_metric"] == "mean_base_novel"
+    assert results["best"] == pytest.approx((val[0]["base_mIoU"] + val[0]["novel_mIoU"]) / 2)
+    assert results["best_iter"] == load_checkpoint(run / "weights" / "best.pt")["iter"] == 3
+    assert r.stdout.count(f"Run folder: {run}") == 1
     ckpt = load_checkpoint(run / "weights" / "last.pt")
     assert ckpt["iter"] == 3 and ckpt["classes"] == load_manifest(synth).classes and ckpt["novel"] == [2, 7, 8]
     last_line = [x for x in (run / "log.txt").read_text().splitlines() if x.startswith("iter 3/3")][0]
@@ -75,7 +92,8 @@ def _model_state(run: Path) -> dict:
 
 
 def _args(synth: Path, tmp_path: Path) -> list:
-    return ["train", synth, *TINY, "--iters", "8", "--set", "save_every=100", "--project", tmp_path / "runs"]
+    """A checkpoint every iteration, so that a SIGKILL always leaves one to resume from."""
+    return ["train", synth, *TINY, "--iters", "8", "--set", "save_every=1", "--project", tmp_path / "runs"]
 
 
 @pytest.fixture(scope="module")
@@ -110,17 +128,20 @@ def _assert_same_run(a: Path, b: Path) -> None:
 def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(synth, straight, tmp_path):
     cut = tmp_path / "runs" / "train" / "cut"
     r = _start_and_interrupt([*_args(synth, tmp_path), "--name", "cut"], cut, signal.SIGTERM, after=1)
-    assert r.returncode == 0, r.stderr
     stopped_at = load_checkpoint(cut / "weights" / "last.pt")["iter"]
-    assert stopped_at < 8 and "stopped by signal" in r.stdout
+    assert stopped_at < 8
+    assert r.returncode == 130 and "Done" not in r.stdout, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.strip() == f"interrupted at iteration {stopped_at}; resume with weakshot train --resume {cut}"
+    results = strict_json(cut / "results.json")
+    assert results["interrupted"] is True and results["iter"] == stopped_at
     r = run_cli("train", "--resume", cut)
     assert r.returncode == 0, r.stderr
     _assert_same_run(straight, cut)
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(synth, straight, tmp_path):
-    """SIGKILL gives no chance to save: resume starts from the last checkpoint written (each validation writes
-    one here), drops the log records after it and any torn last line, and still ends equal."""
+    """SIGKILL gives no chance to save: resume starts from the last checkpoint written (save_every=1 writes one
+    every iteration here), drops the log records after it and any torn last line, and still ends equal."""
     killed = tmp_path / "runs" / "train" / "killed"
     r = _start_and_interrupt([*_args(synth, tmp_path), "--name", "killed"], killed, signal.SIGKILL, after=3)
     assert r.returncode == -signal.SIGKILL
@@ -263,7 +284,8 @@ def test_a_checkpoint_crafted_to_run_code_is_refused_unopened(synth, tmp_path, c
 
 def test_a_non_finite_loss_stops_naming_iteration_and_term_and_keeps_the_last_good_checkpoint(synth, tmp_path):
     """lr 1e12 blows the weights up after the first step; the loss turns non-finite a step or two later."""
-    r = run_cli("train", synth, *TINY, "--iters", "8", "--lr", "1e12", "--project", tmp_path / "runs")
+    r = run_cli("train", synth, *TINY, "--iters", "8", "--lr", "1e12", "--set", "save_every=1",
+                "--project", tmp_path / "runs")
     line = assert_user_error(r, "non-finite loss at iteration", "last good checkpoint is kept")
     bad_iter = int(line.split("non-finite loss at iteration ")[1].split(":")[0])
     assert 2 <= bad_iter <= 8 and any(f"loss_{t}" in line for t in ("ce", "mask", "dice", "comp", "sim", "dist"))
@@ -271,3 +293,83 @@ def test_a_non_finite_loss_stops_naming_iteration_and_term_and_keeps_the_last_go
     assert ckpt["iter"] == bad_iter - 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert [x["iter"] for x in records(tmp_path / "runs" / "train" / "train")] == list(range(1, bad_iter))
+
+
+def test_best_pt_holds_the_latest_of_equal_best_scores(synth, tmp_path):
+    """A barely trained model scores novel mIoU 0 at every validation: best.pt must then be the last of them (the
+    most trained weights), not the first, and results.json must say which."""
+    r = run_cli("train", synth, *TINY, "--iters", "4", "--set", "val_every=1", "--best-metric", "novel_mIoU",
+                "--project", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "train" / "train"
+    scores = [(v["novel_mIoU"], v["iter"]) for v in records(run, "val")]
+    best, best_iter = max(scores)  # the highest score, the latest iteration among equals
+    assert [s for s, _ in scores].count(best) > 1, scores  # the tie this test is about
+    results = strict_json(run / "results.json")
+    assert (results["best_metric"], results["best"], results["best_iter"]) == ("novel_mIoU", best, best_iter)
+    assert load_checkpoint(run / "weights" / "best.pt")["iter"] == best_iter
+
+
+def test_the_best_rule():
+    assert improves(0.0, 0.0) and improves(2.2, 0.1) and improves(0.0, None)
+    assert not improves(0.1, 2.2) and not improves(None, 0.0) and not improves(None, None)
+    metrics = {"mIoU": 30.0, "base_mIoU": 40.0, "novel_mIoU": 10.0, "hIoU": 16.0, "pAcc": 80.0, "mAcc": 35.0}
+    assert best_score(metrics, "mean_base_novel") == 25.0 and best_score(metrics, "hIoU") == 16.0
+    assert best_score({**metrics, "novel_mIoU": math.nan}, "mean_base_novel") == 40.0  # no novel class to score
+    assert best_score({**metrics, "novel_mIoU": math.nan}, "novel_mIoU") is None
+
+
+def test_without_validation_results_json_is_strict_and_best_pt_the_final_weights(synth, tmp_path):
+    ds = tmp_path / "noval"
+    shutil.copytree(synth, ds)
+    manifest = json.loads((ds / "weakshot.json").read_text())
+    manifest["splits"].pop("val")
+    (ds / "weakshot.json").write_text(json.dumps(manifest))
+    r = run_cli("train", ds, *TINY, "--iters", "2", "--project", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "train" / "train"
+    assert strict_json(run / "results.json") == {"iter": 2, "iters": 2, "best_metric": "mean_base_novel",
+                                                 "best": None, "best_iter": 2, "interrupted": False}
+    assert load_checkpoint(run / "weights" / "best.pt")["iter"] == 2
+
+
+def test_resume_with_iters_extends_a_finished_run_on_a_new_poly_schedule(straight, tmp_path):
+    run = Path(shutil.copytree(straight, tmp_path / "extended"))
+    r = run_cli("train", "--resume", run, "--iters", "11", "--device", "cpu", "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    assert f"Resuming {run} from iteration 8 (of 11 iterations)" in r.stdout and "Done: 11/11" in r.stdout
+    assert [x["iter"] for x in records(run)] == list(range(1, 12))
+    assert json.loads((run / "config.json").read_text())["iters"] == 11  # a later --resume knows the new length
+    assert load_checkpoint(run / "weights" / "last.pt")["iter"] == 11
+    lr = json.loads((run / "config.json").read_text())["lr"]
+    assert [x["lr"] for x in records(run)[8:]] == pytest.approx([lr * (1 - it / 11) ** 0.9 for it in (9, 10, 11)])
+
+
+def test_short_runs_log_every_iteration_and_validate_twice(synth, tmp_path):
+    """log_every 20 (the default) would leave a 12-iteration run one point to plot, and val_every 0 used to
+    validate it 12 times."""
+    i = TINY.index("log_every=1")
+    default_logging = TINY[:i - 1] + TINY[i + 1:]  # without "--set log_every=1"
+    r = run_cli("train", synth, *default_logging, "--iters", "12", "--project", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "train" / "train"
+    assert [x["iter"] for x in records(run)] == list(range(1, 13))
+    assert [x["iter"] for x in records(run, "val")] == [10, 12]
+    assert [log_interval(20, n) for n in (12, 20, 100, 300, 60000)] == [1, 1, 5, 15, 20]
+    assert [val_interval(0, n) for n in (12, 20, 300, 60000)] == [10, 10, 30, 6000] and val_interval(7, 20) == 7
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_names_no_run_folder(synth, tmp_path):
+    r = run_cli("train", synth, *TINY, "--iters", "8", "--lr", "1e12", "--project", tmp_path / "runs")
+    assert_user_error(r, "non-finite loss at iteration", "before the first checkpoint, so nothing is kept")
+    assert "Run folder" not in r.stdout and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the r50 preset is refused on CPU-only machines only")
+def test_r50_on_a_cpu_only_machine_runs_when_asked_for_with_device_cpu(synth, tmp_path):
+    r50 = ["--preset", "r50", *TINY[2:], "--backbone", "resnet18", "--backbone-weights", "none"]
+    assert TINY[:2] == ["--preset", "small"] and "--device" in r50
+    r = run_cli("train", synth, *r50, "--iters", "1", "--project", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    config = load_checkpoint(tmp_path / "runs" / "train" / "train" / "weights" / "last.pt")["config"]
+    assert (config["lr"], config["backbone_lr_mult"]) == (1e-4, 0.1)  # r50's, not small's (5e-4, 1.0)

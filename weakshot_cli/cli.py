@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from weakshot_cli import __version__
-from weakshot_cli.errors import UserError
+from weakshot_cli.errors import Interrupted, UserError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -54,14 +54,18 @@ def _csv(value: Optional[str]) -> Optional[list[str]]:
     return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
 
 
+# Largest test-time scale: common choices stay within 0.5..2, and an image's memory grows with the scale squared.
+SCALE_MAX = 4
+
+
 def _scales(value: Optional[str]) -> tuple[float, ...]:
     """--scales 0.75,1,1.25 for test-time augmentation; default one scale."""
     try:
         scales = tuple(float(v) for v in _csv(value) or ["1"])
     except ValueError:
         raise UserError(f"--scales {value}: expected comma-separated numbers such as 0.75,1,1.25") from None
-    if not scales or min(scales) <= 0:
-        raise UserError(f"--scales {value}: scales must be positive")
+    if not scales or not all(0 < s <= SCALE_MAX for s in scales):  # also refuses nan and inf
+        raise UserError(f"--scales {value}: scales must be positive finite numbers up to {SCALE_MAX}")
     return scales
 
 
@@ -85,8 +89,24 @@ def split(
     seed: Annotated[int, typer.Option(help="Seed for --novel-ratio.")] = 0,
     tags: Annotated[
         Optional[Path],
-        typer.Option(help="Real mode: image-level tags (.json, .csv or .npy) for masks that cover base classes only."),
+        typer.Option(help="Real mode: image-level tags (.json, .csv or .npy) for masks that cover base classes only; "
+                          "training images with tags but no label PNG become tag-only images."),
     ] = None,
+    unknown_class: Annotated[
+        Optional[str],
+        typer.Option(help="Class whose mask pixels become unknown (ignore), for masks that call unannotated objects "
+                          "e.g. 'background'."),
+    ] = None,
+    background: Annotated[
+        Optional[str],
+        typer.Option(help="COCO: class of the pixels outside every annotation (a category name, or a new class); "
+                          "default ignore."),
+    ] = None,
+    tag_only_fraction: Annotated[
+        float,
+        typer.Option(help="Benchmark mode: this fraction of training images (drawn with --seed) keep only their "
+                          "tags, to measure what tag-only images add."),
+    ] = 0.0,
     ignore_index: Annotated[int, typer.Option(help="Label value meaning 'unlabelled' (CamVid 11, COCO 255).")] = 255,
     reduce_zero_label: Annotated[
         bool, typer.Option(help="ADE20K convention: value 0 is ignore and k becomes class k-1.")
@@ -97,14 +117,18 @@ def split(
     img_suffix: Annotated[str, typer.Option(help="Suffix stripped from image stems (e.g. _leftImg8bit).")] = "",
     mask_suffix: Annotated[str, typer.Option(help="Suffix stripped from label stems (e.g. _gtFine_labelIds).")] = "",
     strict: Annotated[bool, typer.Option(help="Treat label-convention warnings as errors.")] = False,
-    exist_ok: Annotated[bool, typer.Option(help="Replace a weak-shot dataset already in --out.")] = False,
+    all_values: Annotated[bool, typer.Option(help="Show every label value, not only the 20 commonest.")] = False,
+    exist_ok: Annotated[
+        bool, typer.Option(help="Replace the weak-shot dataset already in --out (its own files only).")
+    ] = False,
 ) -> None:
     """Make a weak-shot dataset: hide novel-class pixels from training labels and keep image-level tags.
 
     Benchmark mode (full masks): pick novel classes with --novel, --novel-ratio or --preset; training
     labels get novel pixels set to ignore and tags come from the full masks; validation keeps full masks.
 
-    Real mode (base-only masks): pass --tags; novel classes are those no training mask contains.
+    Real mode (base-only masks): pass --tags; novel classes are those no training mask contains and some
+    training image is tagged with; training images with tags and no mask are kept as tag-only images.
 
     Example (CamVid, void = 11):
 
@@ -116,20 +140,24 @@ def split(
     opts = SplitOptions(
         out=out, images=images, masks=masks, coco=coco or [], classes=classes, ignore_index=ignore_index,
         reduce_zero_label=reduce_zero_label, label_map=label_map, img_suffix=img_suffix, mask_suffix=mask_suffix,
-        novel=_csv(novel), novel_ratio=novel_ratio, preset=preset, seed=seed, tags=tags, strict=strict,
+        novel=_csv(novel), novel_ratio=novel_ratio, preset=preset, seed=seed, tags=tags, unknown_class=unknown_class,
+        background=background, tag_only_fraction=tag_only_fraction, all_values=all_values, strict=strict,
         exist_ok=exist_ok,
     )
     if not 0 <= ignore_index <= 255:
         raise UserError(f"--ignore-index must be in 0..255, got {ignore_index}")
-    manifest = run_split(opts, console, argv=sys.argv[1:])
+    manifest = run_split(opts, console, argv=sys.argv[1:], err=err_console)
     console.print(summary_table(manifest))
     console.print(f"Wrote [bold]{out / 'weakshot.json'}[/]")
 
 
 # Options shared by train and retrain.
 Preset = Annotated[str, typer.Option(help="Model/schedule preset: r50 (the paper's) or small (CPU-friendly).")]
-Iters = Annotated[Optional[int], typer.Option(help="Training iterations.")]
-Epochs = Annotated[Optional[int], typer.Option(help="Train for this many epochs instead of --iters.")]
+Iters = Annotated[
+    Optional[int], typer.Option(help="Training iterations (with --resume: continue the run to this many).")
+]
+Epochs = Annotated[Optional[int], typer.Option(help="Train for this many epochs instead of --iters (with --resume: "
+                                                    "continue the run to this many).")]
 Batch = Annotated[Optional[int], typer.Option(help="Global batch size (split across processes).")]
 ImgSize = Annotated[Optional[int], typer.Option(help="Training crop size (multiple of 32).")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
@@ -145,17 +173,56 @@ Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any c
 Project = Annotated[Path, typer.Option(help="Parent folder of run folders.")]
 Name = Annotated[Optional[str], typer.Option(help="Run name (default: the stage, then stage2, ...).")]
 ExistOk = Annotated[bool, typer.Option(help="Reuse the run folder --name if it exists.")]
-Resume = Annotated[Optional[Path], typer.Option(help="Continue a run exactly: its folder or weights/last.pt.")]
+Resume = Annotated[
+    Optional[Path],
+    typer.Option(help="Continue a run exactly: its folder or weights/last.pt. Only --iters or --epochs (a new length; "
+                      "the poly lr schedule is then redrawn over the new total), --device and --workers may be given "
+                      "with it."),
+]
+BestMetric = Annotated[
+    Optional[str],
+    typer.Option(help="Validation figure weights/best.pt maximises: mean_base_novel (default: the mean of base and "
+                      "novel mIoU), mIoU, base_mIoU, novel_mIoU, hIoU, pAcc or mAcc; on a tie the later weights win."),
+]
 Weights = Annotated[Optional[Path], typer.Option(help="Start a new run from this checkpoint's weights.")]
 
 
-def _train(stage: str, dataset: Optional[Path], preset: str, overrides: dict, sets: Optional[list[str]],
-           project: Path, name: Optional[str], exist_ok: bool, resume: Optional[Path], weights: Optional[Path]) -> None:
-    from weakshot_cli.engine.config import build_config
-    from weakshot_cli.engine.train import run_train
+def _typed(ctx: typer.Context) -> dict[str, str]:
+    """The command's parameters typed on the command line (not left at their defaults): name -> as typed."""
+    typed = {}
+    for p in ctx.command.params:
+        source = ctx.get_parameter_source(p.name)
+        if source is not None and source.name == "COMMANDLINE":
+            typed[p.name] = p.opts[0] if p.param_type_name == "option" else p.name.upper()
+    return typed
 
-    summary = run_train(dataset, lambda: build_config(preset, overrides, sets or []), project, name, exist_ok,
-                        resume, weights, console, stage)
+
+def _train(ctx: typer.Context, stage: str, dataset: Optional[Path], preset: str, overrides: dict,
+           sets: Optional[list[str]], project: Path, name: Optional[str], exist_ok: bool, resume: Optional[Path],
+           weights: Optional[Path]) -> None:
+    import torch
+
+    from weakshot_cli.engine.config import TrainConfig, build_config
+    from weakshot_cli.engine.train import RESUME_OPTIONS, run_train
+
+    if resume is not None:  # DATASET and --weights are checked against the run by run_train
+        changes = [typed for key, typed in _typed(ctx).items()
+                   if key not in (*RESUME_OPTIONS, "resume", "dataset", "weights")]
+        if changes:
+            raise UserError(f"{changes[0]} would change the run that --resume continues; with --resume give only "
+                            "--iters or --epochs (a new length), --device or --workers")
+
+    def config() -> TrainConfig:
+        cfg = build_config(preset, overrides, sets or [])
+        if preset == "r50" and cfg.device == "auto" and not torch.cuda.is_available():
+            raise UserError(f"the r50 preset is for GPUs ({cfg.iters:,} iterations of a ResNet-50); on this CPU-only "
+                            "machine pass --preset small (or --device cpu to train r50 on the CPU anyway)")
+        return cfg
+
+    summary = run_train(dataset, config, project, name, exist_ok, resume, weights, console, stage,
+                        resume_with={key: overrides[key] for key in RESUME_OPTIONS})
+    if summary["interrupted"]:  # on a process other than the main one, which has said so (run_train)
+        raise typer.Exit(130)
     if summary["main"]:
         console.print(f"Done: {summary['iter']}/{summary['iters']} iterations; weights in "
                       f"[bold]{Path(summary['run_dir']) / 'weights'}[/]")
@@ -163,6 +230,7 @@ def _train(stage: str, dataset: Optional[Path], preset: str, overrides: dict, se
 
 @app.command()
 def train(
+    ctx: typer.Context,
     dataset: Annotated[Optional[Path], typer.Argument(help="Weak-shot dataset folder made by 'weakshot split'.")] = None,
     preset: Preset = "r50", iters: Iters = None, epochs: Epochs = None, batch: Batch = None, imgsz: ImgSize = None,
     device: Device = None, workers: Workers = None, backbone: Backbone = None,
@@ -173,8 +241,8 @@ def train(
     oracle: Annotated[
         bool, typer.Option(help="Upper bound: plain MaskFormer on full masks (benchmark-mode datasets only).")
     ] = False,
-    set_: Sets = None, project: Project = Path("runs"), name: Name = None, exist_ok: ExistOk = False,
-    resume: Resume = None, weights: Weights = None,
+    best_metric: BestMetric = None, set_: Sets = None, project: Project = Path("runs"), name: Name = None,
+    exist_ok: ExistOk = False, resume: Resume = None, weights: Weights = None,
 ) -> None:
     """Train SimFormer on a weak-shot dataset; writes runs/train/NAME with weights, logs and plots.
 
@@ -187,12 +255,14 @@ def train(
       torchrun --nproc-per-node 4 -m weakshot_cli train datasets/coco-ws --batch 16
 
       weakshot train --resume runs/train/train3
+
+      weakshot train --resume runs/train/train3 --iters 4000     # continue a finished run to 4000 iterations
     """
     overrides = dict(iters=iters, epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=workers,
                      backbone=backbone, backbone_weights=backbone_weights, lr=lr, seed=seed, amp=amp,
                      oracle=oracle or None, use_sim=False if no_sim else None, use_dist=False if no_dist else None,
-                     use_comp=False if no_comp else None)
-    _train("train", dataset, preset, overrides, set_, project, name, exist_ok, resume, weights)
+                     use_comp=False if no_comp else None, best_metric=best_metric)
+    _train(ctx, "train", dataset, preset, overrides, set_, project, name, exist_ok, resume, weights)
 
 
 # Options shared by evaluate, predict and pseudolabel.
@@ -232,11 +302,13 @@ def evaluate(
 
     Example: weakshot evaluate runs/train/train/weights/best.pt camvid-ws --split val --flip
     """
-    if batch < 1 or workers < 0 or (imgsz or 0) < 0 or samples < 0:
-        raise UserError("--batch must be >= 1, --workers, --imgsz and --samples >= 0")
-    scale_list = _scales(scales)
     from weakshot_cli.engine.evaluate import run_evaluate
+    from weakshot_cli.engine.inference import check_options
 
+    check_options(batch, workers, imgsz)
+    if samples < 0:
+        raise UserError(f"--samples must be >= 0, got {samples}")
+    scale_list = _scales(scales)
     run_evaluate(checkpoint, dataset, split, project, name, exist_ok, device, imgsz, batch, workers, flip,
                  scale_list, samples, console)
 
@@ -301,33 +373,38 @@ def pseudolabel(
     """Pseudo-label the novel classes on the training images and write a new dataset for 'weakshot retrain'.
 
     Per pixel: a novel class predicted by the model is kept only if the image is tagged with it (and its
-    score reaches --min-score); base ground truth always wins; everything else stays ignore. The input
-    dataset is untouched; an interrupted run resumes where it stopped when rerun with the same options.
-    Benchmark-mode datasets also get the pseudo-labels' novel IoU and coverage against the full masks
-    (printed and saved as pseudolabel.json).
+    score reaches --min-score); base ground truth always wins; everything else stays ignore. A tag-only
+    image (tags, no mask) keeps any predicted class it is tagged with, base or novel. The input dataset is
+    untouched; an interrupted run resumes where it stopped when rerun with the same options.
+    Printed and saved as pseudolabel.json: per novel class, what the tags alone can check (how often it is
+    found in images tagged with it and predicted in images not tagged with it, coverage, mean score); on
+    benchmark-mode datasets also novel IoU and coverage against the full masks.
 
     Example: weakshot pseudolabel runs/train/train/weights/best.pt camvid-ws -o camvid-pl
     """
-    if min_score < 0:
-        raise UserError(f"--min-score must be >= 0, got {min_score}")
-    if batch < 1 or workers < 0 or (imgsz or 0) < 0:
-        raise UserError("--batch must be >= 1, --workers and --imgsz >= 0")
-    from weakshot_cli.engine.pseudolabel import run_pseudolabel
+    if not 0 <= min_score < float("inf"):  # also refuses nan; inf would drop every novel pixel
+        raise UserError(f"--min-score must be >= 0 and finite, got {min_score}")
+    from weakshot_cli.engine.inference import check_options
+    from weakshot_cli.engine.pseudolabel import report_tables, run_pseudolabel
 
-    run_pseudolabel(checkpoint, dataset, out, device, imgsz, batch, workers, min_score, flip, _scales(scales),
-                    exist_ok, console)
+    check_options(batch, workers, imgsz)
+    report = run_pseudolabel(checkpoint, dataset, out, device, imgsz, batch, workers, min_score, flip,
+                             _scales(scales), exist_ok, console)
+    for table in report_tables(report):
+        console.print(table)
 
 
 @app.command()
 def retrain(
+    ctx: typer.Context,
     dataset: Annotated[
         Optional[Path], typer.Argument(help="Pseudo-labelled dataset folder made by 'weakshot pseudolabel'.")
     ] = None,
     preset: Preset = "r50", iters: Iters = None, epochs: Epochs = None, batch: Batch = None, imgsz: ImgSize = None,
     device: Device = None, workers: Workers = None, backbone: Backbone = None,
     backbone_weights: BackboneWeights = None, lr: Lr = None, seed: Seed = None, amp: Amp = None,
-    set_: Sets = None, project: Project = Path("runs"), name: Name = None, exist_ok: ExistOk = False,
-    resume: Resume = None, weights: Weights = None,
+    best_metric: BestMetric = None, set_: Sets = None, project: Project = Path("runs"), name: Name = None,
+    exist_ok: ExistOk = False, resume: Resume = None, weights: Weights = None,
 ) -> None:
     """Train a plain MaskFormer on pseudo-labelled data (novel classes now have masks; no SimNet, distillation
     or complementary loss); writes runs/retrain/NAME. Starts from the same backbone initialisation as
@@ -336,8 +413,9 @@ def retrain(
     Example: weakshot retrain camvid-pl --preset small --iters 2000
     """
     overrides = dict(iters=iters, epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=workers,
-                     backbone=backbone, backbone_weights=backbone_weights, lr=lr, seed=seed, amp=amp)
-    _train("retrain", dataset, preset, overrides, set_, project, name, exist_ok, resume, weights)
+                     backbone=backbone, backbone_weights=backbone_weights, lr=lr, seed=seed, amp=amp,
+                     best_metric=best_metric)
+    _train(ctx, "retrain", dataset, preset, overrides, set_, project, name, exist_ok, resume, weights)
 
 
 @app.command()
@@ -367,6 +445,9 @@ def main() -> None:
             raise
         err_console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
+    except Interrupted as e:
+        err_console.print(escape(str(e)), soft_wrap=True)
+        sys.exit(130)
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)

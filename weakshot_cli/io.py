@@ -4,6 +4,7 @@ write (disk full, no permission) is a one-line error naming the file."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -72,8 +73,21 @@ def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2) + "\n")
+def write_json(path: str | Path, obj: Any, allow_nan: bool = True) -> Path:
+    """``allow_nan=False`` refuses NaN and infinities (a ValueError), which strict JSON readers reject: for files
+    scripts read, after ``finite_or_null``."""
+    return write_text(path, json.dumps(obj, indent=2, allow_nan=allow_nan) + "\n")
+
+
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float, in nested dicts and lists too, replaced by None (JSON null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
 
 
 def write_label_png(path: str | Path, label: np.ndarray, palette: list[int] | None = None) -> Path:

@@ -20,9 +20,9 @@ from weakshot_cli.engine.distributed import resolve_device
 from weakshot_cli.engine.inference import evaluate_loader, inference_size, model_from_checkpoint
 from weakshot_cli.engine.plots import plot_class_iou, plot_confusion, plot_samples
 from weakshot_cli.engine.runs import provisional_run_dir
-from weakshot_cli.engine.visualise import default_palette, overlay
+from weakshot_cli.engine.visualise import default_palette, legend_entries, overlay, untinted
 from weakshot_cli.errors import UserError
-from weakshot_cli.io import write_json
+from weakshot_cli.io import finite_or_null, write_json
 
 
 def check_classes(ckpt: dict, m: Manifest, checkpoint: Path) -> None:
@@ -97,19 +97,20 @@ def run_evaluate(checkpoint: Path, dataset: Path, split: str, project: Path, nam
                   "images": len(loader.dataset), "imgsz": imgsz, "flip": flip, "scales": list(scales),
                   **{k: v for k, v in metrics.items() if k not in ("IoU", "Acc")}, "classes": per_class,
                   "confusion": cm.astype(int).tolist()}
-        write_json(run_dir / "metrics.json", result)
+        write_json(run_dir / "metrics.json", finite_or_null(result), allow_nan=False)  # undefined means: null
         palette = ckpt.get("palette") or default_palette(len(m.classes))
         plot_confusion(cm, m.classes, run_dir / "plots" / "confusion_matrix.png")
         plot_class_iou(metrics["IoU"], m.classes, m.novel, run_dir / "plots" / "per_class_iou.png")
         if kept:
-            rows = []
+            rows, shown, skip = [], [], untinted(m.classes)
             for i, pred in sorted(kept.items()):
                 item = m.splits[split][i]
                 image = load_rgb(m.resolve(item.image)).permute(1, 2, 0).numpy()
                 gt = read_raw_label(m.resolve(item.full or item.label))
-                rows.append((image, overlay(image, gt, palette),
-                             overlay(image, pred.numpy().astype(np.uint8), palette)))
-            plot_samples(rows, run_dir / "plots" / "samples.png")
+                label = pred.numpy().astype(np.uint8)
+                rows.append((image, overlay(image, gt, palette, skip=skip), overlay(image, label, palette, skip=skip)))
+                shown += [gt, label]
+            plot_samples(rows, run_dir / "plots" / "samples.png", legend_entries(shown, m.classes, palette))
     console.print(results_table(metrics, m, f"{split}: {len(loader.dataset)} images (%)"))
     console.print(f"Results: [bold]{run_dir / 'metrics.json'}[/] and plots in {run_dir / 'plots'}")
     return {**result, "run_dir": str(run_dir)}

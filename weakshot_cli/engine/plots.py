@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -26,7 +28,8 @@ def plot_losses(run_dir: Path, out: Path) -> Path | None:
     for key in ("loss", "loss_ce", "loss_mask", "loss_dice", "loss_comp", "loss_sim", "loss_dist"):
         values = [r.get(key, 0.0) for r in train]
         if any(values):
-            ax.plot(iters, values, label=key, lw=2 if key == "loss" else 1)
+            ax.plot(iters, values, label=key, lw=2 if key == "loss" else 1,
+                    marker="o" if len(iters) == 1 else None)  # a line through one point would draw nothing
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_title("training losses")
@@ -34,7 +37,8 @@ def plot_losses(run_dir: Path, out: Path) -> Path | None:
     if val:
         ax = axes[0][1]
         for key in ("mIoU", "base_mIoU", "novel_mIoU"):
-            ax.plot([r["iter"] for r in val], [r[key] for r in val], marker="o", label=key)
+            ax.plot([r["iter"] for r in val], [np.nan if r[key] is None else r[key] for r in val], marker="o",
+                    label=key)  # None: undefined (no class of the kind in ground truth or prediction)
         ax.set_xlabel("iteration")
         ax.set_title("validation")
         ax.legend(fontsize=8)
@@ -84,12 +88,23 @@ def plot_class_iou(iou: list[float | None], classes: list[str], novel: list[int]
     return _save(fig, out)
 
 
-def plot_samples(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], out: Path) -> Path:
-    """One row per image: image, ground truth overlay, prediction overlay (all RGB uint8)."""
-    fig, axes = plt.subplots(len(samples), 3, figsize=(9, 3 * len(samples)), squeeze=False)
-    for row, images in zip(axes, samples):
-        for ax, img, title in zip(row, images, ("image", "ground truth", "prediction")):
+def plot_samples(samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], out: Path,
+                 legend: Sequence[tuple[str, tuple[int, int, int]]] = ()) -> Path:
+    """One row per image: image, ground truth overlay, prediction overlay (all RGB uint8); below them a legend of
+    (class name, RGB colour) swatches, the classes the overlays tint."""
+    ncol = min(len(legend), 5) or 1
+    legend_height = [0.35 * math.ceil(len(legend) / ncol) + 0.2] if legend else []
+    fig = plt.figure(figsize=(9, 3 * len(samples) + sum(legend_height)))
+    grid = fig.add_gridspec(len(samples) + len(legend_height), 3, height_ratios=[3] * len(samples) + legend_height)
+    for r, images in enumerate(samples):
+        for c, (img, title) in enumerate(zip(images, ("image", "ground truth", "prediction"))):
+            ax = fig.add_subplot(grid[r, c])
             ax.imshow(img)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
+    if legend:
+        ax = fig.add_subplot(grid[-1, :])
+        ax.axis("off")
+        ax.legend(handles=[Patch(facecolor=np.asarray(rgb) / 255, edgecolor="black", label=name)
+                           for name, rgb in legend], loc="center", ncol=ncol, fontsize=9, frameon=False)
     return _save(fig, out)

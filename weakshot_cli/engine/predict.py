@@ -22,10 +22,10 @@ from weakshot_cli.data.dataset import check_inference_size, collate_eval, load_r
 from weakshot_cli.data.labels import IMAGE_EXTS
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.distributed import resolve_device
-from weakshot_cli.engine.inference import class_scores, inference_size, model_from_checkpoint
+from weakshot_cli.engine.inference import check_options, class_scores, inference_size, model_from_checkpoint
 from weakshot_cli.engine.runs import provisional_run_dir
-from weakshot_cli.engine.visualise import default_palette, overlay
-from weakshot_cli.errors import UserError
+from weakshot_cli.engine.visualise import default_palette, legend_entries, overlay, untinted, with_legend
+from weakshot_cli.errors import Interrupted, UserError
 from weakshot_cli.io import atomic_write, write_json, write_label_png
 
 
@@ -58,10 +58,13 @@ def _relative(path: Path, base: Path) -> PurePosixPath:
     return PurePosixPath(rel.as_posix()) if ".." not in rel.parts else PurePosixPath(path.name)
 
 
+def is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTS
+
+
 def find_images(source: str, recursive: bool = False) -> list[tuple[Path, PurePosixPath]]:
     """(image, relative output path) pairs for a file, folder, glob pattern or .txt list."""
     path = Path(source)
-    is_image = lambda p: p.is_file() and p.suffix.lower() in IMAGE_EXTS  # noqa: E731
     if not path.exists() and any(c in source for c in "*?["):
         parts = path.parts
         base = Path(*parts[:next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))])
@@ -71,7 +74,7 @@ def find_images(source: str, recursive: bool = False) -> list[tuple[Path, PurePo
         files = [p for p in (path.rglob("*") if recursive else path.iterdir()) if is_image(p)]
     elif path.is_file() and path.suffix.lower() == ".txt":
         base = path.parent
-        lines = (line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines())
+        lines = (line.strip() for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines())
         files = list(dict.fromkeys(Path(os.path.normpath(base / line)) for line in lines
                                    if line and not line.startswith("#")))
     elif path.is_file():
@@ -83,6 +86,14 @@ def find_images(source: str, recursive: bool = False) -> list[tuple[Path, PurePo
         raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) found{hint}", source)
     files = files if path.suffix.lower() == ".txt" else sorted(files)  # a list keeps the user's order
     return [(f, _relative(f, base)) for f in files]
+
+
+def images_in_subfolders(source: str, recursive: bool) -> int:
+    """How many images a folder SOURCE holds in subfolders that are skipped without --recursive (else 0)."""
+    path = Path(source)
+    if recursive or not path.is_dir():
+        return 0
+    return sum(is_image(p) for sub in path.iterdir() if sub.is_dir() for p in sub.rglob("*"))
 
 
 def output_stems(rels: Sequence[PurePosixPath]) -> list[str]:
@@ -145,10 +156,13 @@ def rle_results(scores: torch.Tensor, label: np.ndarray, image_id: str, file_nam
 
 def run_predict(o: PredictOptions, console: Console) -> dict:
     """Validate every input before the run folder exists, then predict image by image."""
-    if o.batch < 1 or o.workers < 0 or (o.imgsz is not None and o.imgsz < 0):
-        raise UserError("--batch must be >= 1, --workers >= 0 and --imgsz >= 0")
+    check_options(o.batch, o.workers, o.imgsz)
     ckpt = load_checkpoint(o.checkpoint)
     images = find_images(o.source, o.recursive)
+    nested = images_in_subfolders(o.source, o.recursive)
+    if nested:
+        console.print(f"[yellow]warning:[/] skipped {nested} images in subfolders of {escape(o.source)}; pass "
+                      "--recursive to include them", soft_wrap=True)
     dev = resolve_device(o.device)
     model = model_from_checkpoint(ckpt, dev, str(o.checkpoint))
     classes = ckpt["classes"]
@@ -158,30 +172,38 @@ def run_predict(o: PredictOptions, console: Console) -> dict:
     loader = DataLoader(PredictDataset([p for p, _ in images], imgsz or None, o.save_overlay, o.scales),
                         batch_size=o.batch, collate_fn=collate_predict, num_workers=o.workers)
     written, errors, results = 0, [], []
-    with provisional_run_dir(o.project, "predict", o.name, o.exist_ok) as run_dir:
-        with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-            task = bar.add_task("predict", total=len(images))
-            for batch in loader:
-                for error in batch["errors"]:
-                    console.print(f"[yellow]warning:[/] skipped {escape(error)}", soft_wrap=True)
-                errors += batch["errors"]
-                if batch["index"]:
-                    scores = class_scores(model, batch["image"].to(dev), batch["sizes"], batch["out_sizes"], o.flip,
-                                          o.scales)
-                    for s, i, rgb in zip(scores, batch["index"], batch["rgb"]):
-                        label = s.argmax(0).to(torch.uint8).cpu().numpy()
-                        write_label_png(run_dir / "labels" / f"{stems[i]}.png", label, palette if o.palette else None)
-                        if o.save_overlay:
-                            blend = Image.fromarray(overlay(rgb.permute(1, 2, 0).numpy(), label, palette))
-                            atomic_write(run_dir / "overlays" / f"{stems[i]}.jpg",
-                                         lambda p, im=blend: im.save(p, format="JPEG", quality=90))
-                        if o.json:
-                            results += rle_results(s.cpu(), label, stems[i], str(images[i][0]), classes)
-                        written += 1
-                bar.advance(task, len(batch["index"]) + len(batch["errors"]))
-        if not written:
-            raise UserError(f"no image could be read ({len(errors)} skipped; first: {errors[0]})", o.source)
-        if o.json:
-            write_json(run_dir / "predictions.json", results)
+    run_dir: Path | None = None
+    try:  # Ctrl-C keeps the predictions written (each file atomically) and says so
+        with provisional_run_dir(o.project, "predict", o.name, o.exist_ok) as run_dir:
+            with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+                task = bar.add_task("predict", total=len(images))
+                for batch in loader:
+                    for error in batch["errors"]:
+                        console.print(f"[yellow]warning:[/] skipped {escape(error)}", soft_wrap=True)
+                    errors += batch["errors"]
+                    if batch["index"]:
+                        scores = class_scores(model, batch["image"].to(dev), batch["sizes"], batch["out_sizes"],
+                                              o.flip, o.scales)
+                        for s, i, rgb in zip(scores, batch["index"], batch["rgb"]):
+                            label = s.argmax(0).to(torch.uint8).cpu().numpy()
+                            write_label_png(run_dir / "labels" / f"{stems[i]}.png", label,
+                                            palette if o.palette else None)
+                            if o.save_overlay:
+                                shown = overlay(rgb.permute(1, 2, 0).numpy(), label, palette, skip=untinted(classes))
+                                blend = Image.fromarray(with_legend(shown, legend_entries([label], classes, palette)))
+                                atomic_write(run_dir / "overlays" / f"{stems[i]}.jpg",
+                                             lambda p, im=blend: im.save(p, format="JPEG", quality=90))
+                            if o.json:
+                                results += rle_results(s.cpu(), label, stems[i], str(images[i][0]), classes)
+                            written += 1
+                    bar.advance(task, len(batch["index"]) + len(batch["errors"]))
+            if not written:
+                raise UserError(f"no image could be read ({len(errors)} skipped; first: {errors[0]})", o.source)
+            if o.json:
+                write_json(run_dir / "predictions.json", results)
+    except KeyboardInterrupt:
+        where = f" to {run_dir / 'labels'}" if written else ""
+        unwritten = "; predictions.json is written only by a finished run" if o.json else ""
+        raise Interrupted(f"interrupted: {written} of {len(images)} predictions written{where}{unwritten}") from None
     console.print(f"{written} images written to [bold]{run_dir}[/], {len(errors)} skipped")
     return {"run_dir": str(run_dir), "written": written, "skipped": len(errors)}

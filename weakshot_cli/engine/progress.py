@@ -67,3 +67,7 @@ class TrainProgress:
         if self.enabled:
             self._write(line)
             self.console.print(line, highlight=False)
+
+    def record(self, line: str) -> None:
+        """Into log.txt only: for what the command reports elsewhere (an interruption, on stderr)."""
+        self._write(line)

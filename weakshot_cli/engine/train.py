@@ -23,15 +23,15 @@ from weakshot_cli.data.manifest import Manifest, load_manifest
 from weakshot_cli.data.pairing import PairBatchSampler
 from weakshot_cli.engine import distributed
 from weakshot_cli.engine.checkpoint import load_checkpoint, save_checkpoint
-from weakshot_cli.engine.config import ARCH_KEYS, TrainConfig
+from weakshot_cli.engine.config import ARCH_KEYS, TrainConfig, validate as validate_config
 from weakshot_cli.engine.inference import evaluate_loader
 from weakshot_cli.engine.plots import plot_losses
 from weakshot_cli.engine.progress import TrainProgress
 from weakshot_cli.engine.runs import provisional_run_dir
 from weakshot_cli.engine.visualise import default_palette
 from weakshot_cli.engine.weights import init_backbone
-from weakshot_cli.errors import UserError
-from weakshot_cli.io import append_line, remove_interrupted_writes, write_json, write_text
+from weakshot_cli.errors import Interrupted, UserError
+from weakshot_cli.io import append_line, finite_or_null, remove_interrupted_writes, write_json, write_text
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> SimFormer:
@@ -128,8 +128,36 @@ def _after_crash(run_dir: Path, last_iter: int) -> None:
 def check_finite(losses: dict[str, torch.Tensor], it: int, run_dir: Path) -> None:
     bad = [k for k in (*LOSS_KEYS, "loss") if not torch.isfinite(losses[k].detach()).all()]
     if bad:
-        raise UserError(f"non-finite loss at iteration {it}: {bad[0]} = {losses[bad[0]].item()}; "
-                        f"stopped, the last good checkpoint is kept", run_dir / "weights" / "last.pt")
+        what = f"non-finite loss at iteration {it}: {bad[0]} = {losses[bad[0]].item()}; stopped"
+        last = run_dir / "weights" / "last.pt"
+        if last.exists():
+            raise UserError(f"{what}, the last good checkpoint is kept", last)
+        raise UserError(f"{what} before the first checkpoint, so nothing is kept (lower --lr?)")
+
+
+def log_interval(log_every: int, iters: int) -> int:
+    """log_every, shortened for short runs so that they still log about 20 points (a 20-iteration run every one)."""
+    return min(log_every, max(1, iters // 20))
+
+
+def val_interval(val_every: int, iters: int) -> int:
+    """val_every; 0 means about 10 validations, at least 10 iterations apart (a 20-iteration run validates twice)."""
+    return val_every or max(10, iters // 10)
+
+
+def best_score(metrics: dict, name: str) -> float | None:
+    """The validation figure ``name`` (config ``best_metric``) or None where it is undefined. mean_base_novel is
+    the mean of base and novel mIoU, or the one defined when the other is not (a class set without novel classes)."""
+    if name == "mean_base_novel":
+        values = [metrics[k] for k in ("base_mIoU", "novel_mIoU") if math.isfinite(metrics[k])]
+        return sum(values) / len(values) if values else None
+    return metrics[name] if math.isfinite(metrics[name]) else None
+
+
+def improves(score: float | None, best: float | None) -> bool:
+    """Tie-safe: a score equal to the best so far wins, so among equal scores best.pt holds the latest weights
+    (more training), never the first validation's."""
+    return score is not None and (best is None or score >= best)
 
 
 def optimise(loss: torch.Tensor, step: TrainStep, optimizer: torch.optim.Optimizer,
@@ -145,14 +173,16 @@ def optimise(loss: torch.Tensor, step: TrainStep, optimizer: torch.optim.Optimiz
 
 
 def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: distributed.Dist,
-          device: torch.device, resume: dict | None = None, init: dict | None = None) -> dict:
+          device: torch.device, resume: dict | None = None, init: dict | None = None,
+          announce: str | None = None) -> dict:
     """Train and return the final summary (best metric, paths). ``resume`` continues a checkpoint's
-    run exactly; ``init`` starts a new run from a checkpoint's weights."""
+    run (exactly, unless cfg asks for another length); ``init`` starts a new run from a checkpoint's weights.
+    ``announce`` is printed once the first checkpoint is saved: from then on the run folder stays."""
     torch.manual_seed(cfg.seed)
     if device.type == "cpu" and ddp.world == 1:  # leave a core per loader worker: oversubscribed OpenMP spins
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.workers))
     dataset = TrainDataset(m, AugConfig(cfg.imgsz, (cfg.scale_min, cfg.scale_max), tag_keep=cfg.tag_keep),
-                           oracle=cfg.oracle)
+                           oracle=cfg.oracle, tag_only=cfg.tag_only)
     iters = math.ceil(cfg.epochs * len(dataset) / cfg.batch) if cfg.epochs > 0 else cfg.iters
     model, criterion = build_model(cfg, len(m.classes)), build_criterion(cfg, m)
     if resume is None and init is None:
@@ -168,23 +198,32 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
     step = TrainStep(model, criterion).to(device)
     module = DistributedDataParallel(step, find_unused_parameters=True) if ddp.world > 1 else step
     optimizer = torch.optim.AdamW(param_groups(step, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: max(0.0, 1 - it / iters) ** cfg.poly_power)
+    poly = lambda it: max(0.0, 1 - it / iters) ** cfg.poly_power  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly)
     dtype = amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    start, best = 0, float("-inf")
+    start, best, best_iter = 0, None, None
     if resume is not None:
         step.criterion.load_state_dict(resume["criterion"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
+        # The poly schedule over this run's total: the saved lr when the length is unchanged, and when the run is
+        # extended, the new schedule's value at the resumed iteration (the lr rises again, then decays to 0).
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base_lr * poly(scheduler.last_epoch)
         scaler.load_state_dict(resume["scaler"])
         torch.set_rng_state(resume["rng"]["torch"])
         if device.type == "cuda" and resume["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(resume["rng"]["cuda"], device)
-        start, best = resume["iter"], resume["best"]
-        if ddp.main:
-            _after_crash(run_dir, start)
+        start, best_iter = resume["iter"], resume.get("best_iter")
+        best = finite_or_null(resume["best"])  # runs of earlier versions saved -inf for "no score yet"
     if start >= iters:
-        raise UserError(f"run already finished ({start} of {iters} iterations)", run_dir)
+        raise UserError(f"run already finished ({start} of {iters} iterations); --iters N with N above {start} "
+                        "continues it", run_dir)
+    if resume is not None and ddp.main:
+        _after_crash(run_dir, start)
+        if (resume["config"]["iters"], resume["config"]["epochs"]) != (cfg.iters, cfg.epochs):
+            save_config(cfg, m.root, run_dir)  # the new length, for a later --resume
     sampler = PairBatchSampler([it.tags for it in dataset.items], m.base, m.novel, cfg.batch, cfg.seed,
                                ddp.rank, ddp.world, start_iter=start)
     # its own generator: creating the iterator would otherwise draw from the global RNG and shift it on resume
@@ -195,24 +234,29 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
     if "val" in m.splits and m.splits["val"]:
         val_loader = DataLoader(EvalDataset(m, "val", cfg.val_imgsz or cfg.imgsz), batch_size=max(1, cfg.batch // 2),
                                 collate_fn=collate_eval, num_workers=cfg.workers)
-    val_every = cfg.val_every or max(1, iters // 10)
+    val_every, log_every = val_interval(cfg.val_every, iters), log_interval(cfg.log_every, iters)
     autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
 
     def checkpoint(it: int, name: str = "last.pt") -> None:
+        nonlocal announce
         state = {"model": step.model.state_dict(), "config": cfg.to_dict(), "classes": m.classes,
-                 "base": m.base, "novel": m.novel, "palette": default_palette(len(m.classes)), "iter": it, "best": best, "stage": run_dir.parent.name}
+                 "base": m.base, "novel": m.novel, "palette": default_palette(len(m.classes)), "iter": it, "best": best,
+                 "best_iter": best_iter, "stage": run_dir.parent.name}
         if name == "last.pt":
             state |= {"criterion": step.criterion.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                       "rng": {"torch": torch.get_rng_state(),
                               "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
         save_checkpoint(run_dir / "weights" / name, state)
+        if announce is not None:
+            console.print(announce)
+            announce = None
 
-    def log(record: dict) -> None:
-        append_line(run_dir / "metrics.jsonl", json.dumps(record))
+    def log(record: dict) -> None:  # strict JSON: an undefined figure (NaN) is null
+        append_line(run_dir / "metrics.jsonl", json.dumps(finite_or_null(record), allow_nan=False))
 
     module.train()
-    progress = TrainProgress(console, run_dir / "log.txt", start, iters, enabled=ddp.main, every=cfg.log_every)
+    progress = TrainProgress(console, run_dir / "log.txt", start, iters, enabled=ddp.main, every=log_every)
     data = iter(loader)
     it = start
     with progress, StopRequest() as stop:
@@ -228,36 +272,39 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
             it += 1
             values = {k: float(losses[k].detach()) for k in ("loss", *LOSS_KEYS)}
             lr = optimizer.param_groups[-1]["lr"]
-            if ddp.main and (it % cfg.log_every == 0 or it == iters):
+            if ddp.main and (it % log_every == 0 or it == iters):
                 log({"type": "train", "iter": it, "lr": lr, **values})
             progress.update(it, values, lr, device)
             validate = val_loader is not None and (it % val_every == 0 or it == iters)
             if validate and ddp.main:
                 metrics, _ = evaluate_loader(step.model, val_loader, len(m.classes), m.base, m.novel, device, autocast)
-                key = metrics["novel_mIoU"] if m.novel else metrics["mIoU"]
-                improved = not math.isnan(key) and key > best
-                best = max(best, key) if not math.isnan(key) else best
+                score = best_score(metrics, cfg.best_metric)
+                improved = improves(score, best)
+                if improved:
+                    best, best_iter = score, it
                 log({"type": "val", "iter": it, **{k: v for k, v in metrics.items() if k not in ("IoU", "Acc")},
                      "IoU": metrics["IoU"]})
                 progress.note(f"val @ {it}: mIoU {metrics['mIoU']:.1f} base {metrics['base_mIoU']:.1f} "
-                              f"novel {metrics['novel_mIoU']:.1f}" + (" (best)" if improved else ""))
+                              f"novel {metrics['novel_mIoU']:.1f}" + (f" (best {cfg.best_metric})" if improved else ""))
                 if improved:
                     checkpoint(it, "best.pt")
             if ddp.main and (it % cfg.save_every == 0 or it == iters or validate or stop.signal):
                 checkpoint(it)
             if stop.signal is not None:
                 ddp.barrier()
-                progress.note(f"stopped by signal {stop.signal} at iteration {it}; resume with --resume {run_dir}")
+                progress.record(f"stopped by signal {stop.signal} at iteration {it}")
                 break
+    interrupted = stop.signal is not None
     if ddp.main:
-        if val_loader is None:
+        if best is None and not interrupted:  # no validation split, or no validation had a score: the final weights
+            best_iter = it
             checkpoint(it, "best.pt")
         plot_losses(run_dir, run_dir / "plots" / "losses.png")
-        write_json(run_dir / "results.json", {"iter": it, "iters": iters, "best": best,
-                                              "interrupted": stop.signal is not None})
+        write_json(run_dir / "results.json", {"iter": it, "iters": iters, "best_metric": cfg.best_metric, "best": best,
+                                              "best_iter": best_iter, "interrupted": interrupted}, allow_nan=False)
     ddp.barrier()
     distributed.cleanup()
-    return {"iter": it, "iters": iters, "best": best, "interrupted": stop.signal is not None, "run_dir": str(run_dir),
+    return {"iter": it, "iters": iters, "best": best, "interrupted": interrupted, "run_dir": str(run_dir),
             "main": ddp.main}
 
 
@@ -277,9 +324,25 @@ def save_config(cfg: TrainConfig, dataset: Path, run_dir: Path) -> None:
     write_json(run_dir / "config.json", {**cfg.to_dict(), "dataset": str(dataset.resolve())})
 
 
+def finished(summary: dict, stage: str) -> dict:
+    """The summary of a run that ran to its end. A stopped one (Ctrl-C, SIGTERM) is no result to go on with (the
+    demo, a script): the main process raises Interrupted, one line saying how to resume, exit 130."""
+    if summary["interrupted"] and summary["main"]:
+        raise Interrupted(f"interrupted at iteration {summary['iter']}; resume with weakshot {stage} --resume "
+                          f"{summary['run_dir']}")
+    return summary
+
+
+# What --resume takes from the command line: a new length (--iters or --epochs), and where the run goes on (--device,
+# --workers: the data order and augmentation depend on the seed and iteration only). Anything else would change it.
+RESUME_OPTIONS = ("iters", "epochs", "device", "workers")
+
+
 def run_train(dataset: Path | None, cfg_builder: Callable[[], TrainConfig], project: Path, name: str | None, exist_ok: bool,
-              resume: Path | None, weights: Path | None, console: Console, stage: str = "train") -> dict:
-    """What ``weakshot train`` does: pick the run folder and checkpoints, then train."""
+              resume: Path | None, weights: Path | None, console: Console, stage: str = "train",
+              resume_with: dict[str, object] | None = None) -> dict:
+    """What ``weakshot train`` does: pick the run folder and checkpoints, then train. ``resume_with`` holds the
+    RESUME_OPTIONS given with --resume; --iters or --epochs continues the run to that new length."""
     if resume is not None and weights is not None:
         raise UserError("--resume continues a run, --weights starts a new one from a checkpoint: use one")
     if resume is not None:
@@ -289,16 +352,27 @@ def run_train(dataset: Path | None, cfg_builder: Callable[[], TrainConfig], proj
         run_dir = resume if resume.is_dir() else resume.parent.parent
         try:
             config = json.loads((run_dir / "config.json").read_text())
-            dataset = Path(config.pop("dataset"))
+            run_dataset = Path(config.pop("dataset"))
             cfg = TrainConfig(**config)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"cannot read the run's config.json ({e.__class__.__name__}: {e})", run_dir) from None
+        if dataset is not None and dataset.resolve() != run_dataset.resolve():
+            raise UserError(f"DATASET differs from the dataset of the run --resume continues ({run_dataset}); "
+                            "leave DATASET out", dataset)
+        dataset = run_dataset
+        given = {k: v for k, v in (resume_with or {}).items() if v is not None}
+        if "iters" in given and "epochs" not in given:
+            given["epochs"] = 0  # --iters replaces a length given in epochs
+        for key, value in given.items():
+            setattr(cfg, key, value)
+        validate_config(cfg)
         m = load_manifest(dataset)
         ddp, device = distributed.setup(cfg.device)
         check_run(cfg, m, dataset, ddp.world, run_dir.parent.name)
         if ddp.main:
-            console.print(f"Resuming {run_dir} from iteration {ckpt['iter']}")
-        return train(cfg, m, run_dir, console, ddp, device, resume=ckpt)
+            length = f"{cfg.epochs} epochs" if cfg.epochs > 0 else f"{cfg.iters} iterations"
+            console.print(f"Resuming {run_dir} from iteration {ckpt['iter']} (of {length})")
+        return finished(train(cfg, m, run_dir, console, ddp, device, resume=ckpt), run_dir.parent.name)
     if dataset is None:
         raise UserError("give a DATASET folder (made by 'weakshot split'), or --resume RUN")
     m = load_manifest(dataset)
@@ -318,6 +392,8 @@ def run_train(dataset: Path | None, cfg_builder: Callable[[], TrainConfig], proj
         run_dir = Path(ddp.broadcast(str(run_dir)))  # rank 0 makes the folder; the others learn its name
         if ddp.main:
             save_config(cfg, dataset, run_dir)
-            console.print(f"Run folder: [bold]{run_dir}[/]  ({len(m.splits['train'])} training images, "
-                          f"{len(m.base)} base + {len(m.novel)} novel classes)")
-        return train(cfg, m, run_dir, console, ddp, device, init=init)
+        # printed at the first checkpoint: a run that fails before it leaves no folder to point to
+        announce = (f"Run folder: [bold]{run_dir}[/]  ({len(m.splits['train'])} training images, "
+                    f"{len(m.base)} base + {len(m.novel)} novel classes)")
+        summary = train(cfg, m, run_dir, console, ddp, device, init=init, announce=announce)
+    return finished(summary, stage)
