@@ -1,6 +1,6 @@
 """Do tag-only images help? SimFormer on CamVid with a share of the training images reduced to their tags.
 
-    python benchmarks/tag_only.py                          # both runs, seeds 0 and 1, quality.py's budget
+    python benchmarks/tag_only.py                          # both runs, seeds 0 and 1, 300 iterations
     python benchmarks/tag_only.py --runs with --seeds 0    # a subset (e.g. one per core, in two shells)
     python benchmarks/tag_only.py --report                 # only gather finished runs
 
