@@ -39,11 +39,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from train_step import make_batch  # noqa: E402
 from weakshot_cli.data.manifest import Item, Manifest  # noqa: E402
-from weakshot_cli.engine.checkpoint import save_checkpoint  # noqa: E402
+from weakshot_cli.engine.build import TrainStep, amp_dtype, build_criterion, build_model  # noqa: E402
+from weakshot_cli.engine.checkpoint import save_checkpoint, weights_state  # noqa: E402
 from weakshot_cli.engine.config import build_config  # noqa: E402
 from weakshot_cli.engine.inference import class_scores  # noqa: E402
-from weakshot_cli.engine.train import TrainStep, amp_dtype, build_criterion, build_model  # noqa: E402
-from weakshot_cli.engine.visualise import default_palette  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
 
 K = 11
@@ -186,10 +185,9 @@ def throughput(device: str, threads: int, data: Path) -> dict:
         cfg = build_config("r50", {"backbone_weights": "none", "val_imgsz": 0}, [])
         torch.manual_seed(0)
         classes = (data / "classes.txt").read_text().split()
-        save_checkpoint(tmp / "r50.pt", {"model": build_model(cfg, len(classes)).state_dict(), "config": cfg.to_dict(),
-                                         "classes": classes, "base": [0, 1, 2, 3, 4, 7, 9, 10], "novel": [5, 6, 8],
-                                         "palette": default_palette(len(classes)), "iter": 0, "best": 0.0,
-                                         "stage": "train"})
+        save_checkpoint(tmp / "r50.pt", weights_state(build_model(cfg, len(classes)), cfg, classes,
+                                                      [0, 1, 2, 3, 4, 7, 9, 10], [5, 6, 8], iteration=0, best=0.0,
+                                                      best_iter=None, stage="train"))
         runs = []
         for args, n in ((["predict", tmp / "r50.pt", data / "images" / "val", "--project", tmp / "runs"], 101),
                         (["pseudolabel", tmp / "r50.pt", tmp / "ws", "-o", tmp / "pl"], 367)):

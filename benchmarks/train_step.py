@@ -47,8 +47,8 @@ def one(preset: str, batch: int, imgsz: int, num_points: int, repeats: int, devi
     import torch
 
     from weakshot_cli.data.manifest import Item, Manifest
+    from weakshot_cli.engine.build import TrainStep, build_criterion, build_model
     from weakshot_cli.engine.config import build_config
-    from weakshot_cli.engine.train import TrainStep, build_criterion, build_model
 
     torch.manual_seed(0)
     k = 11

@@ -1,10 +1,20 @@
-"""SimFormer network and losses: tensors in, tensors and losses out (no files, no datasets)."""
+"""SimFormer network and losses: tensors in, tensors and losses out (no files, no datasets).
 
-from .backbone import build_backbone, load_backbone_state
-from .criterion import SimFormerCriterion
-from .matcher import HungarianMatcher
-from .simformer import SimFormer, semantic_probs
-from .simnet import SimNet
+The network names load on first use, so the data layer reads IGNORE (splitting a dataset) without importing torch.
+"""
 
-__all__ = ["SimFormer", "semantic_probs", "SimFormerCriterion", "HungarianMatcher", "SimNet", "build_backbone",
-           "load_backbone_state"]
+from importlib import import_module
+
+from .constants import IGNORE, LOSS_KEYS, STRIDE
+
+_HOMES = {"SimFormer": "simformer", "semantic_probs": "simformer", "SimFormerCriterion": "criterion",
+          "HungarianMatcher": "matcher", "SimNet": "simnet", "build_backbone": "backbone",
+          "load_backbone_state": "backbone"}
+
+__all__ = ["IGNORE", "LOSS_KEYS", "STRIDE", *_HOMES]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_HOMES[name]}", __name__), name)

@@ -15,12 +15,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import sigmoid_focal_loss
 
+from .constants import IGNORE, LOSS_KEYS
 from .matcher import HungarianMatcher
 from .point_sample import point_sample, uncertain_points
 from .simnet import SimNet
-
-IGNORE = 255
-LOSS_KEYS = ("loss_ce", "loss_mask", "loss_dice", "loss_comp", "loss_sim", "loss_dist")
 
 
 def focal_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -54,7 +52,7 @@ def sample_region(region: Tensor, k: int) -> Tensor:
 class SimFormerCriterion(nn.Module):
     """Holds the matcher and the SimNet (so SimNet parameters reach the optimiser via criterion.parameters())."""
 
-    def __init__(self, num_classes: int, base_ids: list[int], novel_ids: list[int], mask_dim: int = 256,
+    def __init__(self, num_classes: int, base_ids: list[int], novel_ids: list[int], *, mask_dim: int = 256,
                  no_object_weight: float = 0.1, ce_weight: float = 1.0, mask_weight: float = 20.0,
                  dice_weight: float = 1.0, comp_weight: float = 0.2, ignore_prior: float = 0.1,
                  sim_weight: float = 1.0, dist_weight: float = 0.1, dist_func: str = "bce",
@@ -75,7 +73,8 @@ class SimFormerCriterion(nn.Module):
         self.num_dist_points = num_dist_points
         self.use_sim, self.use_dist, self.use_comp = use_sim, use_dist, use_comp
         self.detach_sim_features, self.num_points = detach_sim_features, num_points
-        self.matcher = HungarianMatcher(ce_weight, mask_weight, dice_weight, num_points)
+        self.matcher = HungarianMatcher(cost_class=ce_weight, cost_mask=mask_weight, cost_dice=dice_weight,
+                                        num_points=num_points)
         self.simnet = SimNet(mask_dim) if (use_sim or use_dist) else None
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = no_object_weight

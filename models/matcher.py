@@ -24,7 +24,7 @@ def pairwise_focal_dice(logits: Tensor, labels: Tensor, alpha: float = 0.25,
 class HungarianMatcher:
     """One-to-one query/target assignment per image; returns (query idx, target idx) into that image's targets."""
 
-    def __init__(self, cost_class: float = 1.0, cost_mask: float = 20.0, cost_dice: float = 1.0,
+    def __init__(self, *, cost_class: float = 1.0, cost_mask: float = 20.0, cost_dice: float = 1.0,
                  num_points: int = 0) -> None:
         self.cost_class, self.cost_mask, self.cost_dice, self.num_points = cost_class, cost_mask, cost_dice, num_points
 

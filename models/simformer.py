@@ -28,10 +28,10 @@ class MLP(nn.Module):
 class SimFormer(nn.Module):
     """Backbone -> FPN mask features; res5 -> transformer decoder -> per-query class logits and mask embeddings.
 
-    The FPN width equals mask_dim. Input H and W must be multiples of 32 (the caller pads).
+    The FPN width equals mask_dim. Input H and W must be multiples of STRIDE, 32 (the caller pads).
     """
 
-    def __init__(self, num_classes: int, backbone: str = "resnet50", backbone_norm: str = "frozen_bn",
+    def __init__(self, num_classes: int, *, backbone: str = "resnet50", backbone_norm: str = "frozen_bn",
                  num_queries: int = 100, hidden_dim: int = 256, mask_dim: int = 256, dec_layers: int = 6,
                  nheads: int = 8, dim_feedforward: int = 2048, dropout: float = 0.1,
                  transformer_in: str = "res5") -> None:

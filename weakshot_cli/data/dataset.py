@@ -24,7 +24,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from weakshot_cli.data.labels import IGNORE, open_image, read_raw_label
+from models import IGNORE, STRIDE
+from weakshot_cli.data.labels import open_image, read_raw_label
 from weakshot_cli.data.manifest import Item, Manifest
 from weakshot_cli.errors import UserError
 
@@ -59,27 +60,32 @@ def resize_short(image: torch.Tensor, imgsz: int | None) -> torch.Tensor:
     return TF.resize(image, list(short_side_size(*image.shape[-2:], imgsz)), antialias=True)
 
 
+def padded(n: float) -> int:
+    """n rounded up to a multiple of the network's largest stride: a side length it takes."""
+    return math.ceil(n / STRIDE) * STRIDE
+
+
 def scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
-    """A padded (multiple-of-32) input size at a test-time scale: the size class_scores runs that scale at."""
+    """A padded (multiple-of-STRIDE) input size at a test-time scale: the size class_scores runs that scale at."""
     if scale == 1:
         return h, w
-    return max(32, math.ceil(h * scale / 32) * 32), max(32, math.ceil(w * scale / 32) * 32)
+    return max(STRIDE, padded(h * scale)), max(STRIDE, padded(w * scale))
 
 
 def check_inference_size(path: str | Path, h: int, w: int, imgsz: int | None,
                          scales: Sequence[float] = (1.0,)) -> None:
-    """Refuse an image the network cannot take. Inference pads to a multiple of 32 (collate_eval) and sizes
-    each test-time scale with scaled_size; where that leaves a single stride-32 cell, the pixel decoder's
+    """Refuse an image the network cannot take. Inference pads to a multiple of STRIDE (collate_eval) and sizes
+    each test-time scale with scaled_size; where that leaves a single STRIDE-sized cell, the pixel decoder's
     GroupNorm has one value per channel and fails."""
     rh, rw = short_side_size(h, w, imgsz)
-    H, W = math.ceil(rh / 32) * 32, math.ceil(rw / 32) * 32
+    H, W = padded(rh), padded(rw)
     for s in scales:
         sh, sw = scaled_size(H, W, s)
-        if sh <= 32 and sw <= 32:
+        if sh <= STRIDE and sw <= STRIDE:
             at = f"--imgsz {imgsz}" if imgsz else "its original size (--imgsz 0)"
             at += f" and scale {s}" if s != 1 else ""
-            raise UserError(f"image is {w}x{h} px, too small for the network at {at}: it needs more than 32 px on "
-                            "its long side; pass a larger --imgsz", path)
+            raise UserError(f"image is {w}x{h} px, too small for the network at {at}: it needs more than {STRIDE} "
+                            "px on its long side; pass a larger --imgsz", path)
 
 
 def item_label(m: Manifest, item: Item, size: tuple[int, int]) -> np.ndarray:
@@ -224,10 +230,10 @@ class EvalDataset(Dataset):
 
 
 def collate_eval(batch: list[dict]) -> dict:
-    """Pad images to a shared size that is a multiple of 32 (the network's largest stride)."""
+    """Pad images to a shared size the network takes (see padded)."""
     h = max(b["image"].shape[-2] for b in batch)
     w = max(b["image"].shape[-1] for b in batch)
-    H, W = math.ceil(h / 32) * 32, math.ceil(w / 32) * 32
+    H, W = padded(h), padded(w)
     images = torch.stack([F.pad(b["image"], [0, W - b["image"].shape[-1], 0, H - b["image"].shape[-2]])
                           for b in batch])
     return {"image": images, "sizes": [tuple(b["image"].shape[-2:]) for b in batch],

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
 
+from models import IGNORE
 from weakshot_cli.errors import UserError
 from weakshot_cli.io import atomic_write, write_text
 
@@ -23,7 +24,6 @@ CLASSES: list[str] = STUFF + THINGS
 # Two things and one stuff with unrelated cues: a pointed outline, a hollow round outline, a regular grid.
 DEMO_NOVEL: list[str] = ["star", "ring", "brick"]
 
-IGNORE = 255
 _SUPERSAMPLE = 4  # things are drawn at 4x and averaged: soft edges, and an honest "ambiguous" band
 _N_THINGS_P = [0.05, 0.2, 0.35, 0.25, 0.15]  # 0-4 large things (fewer if they do not fit): shapes get many pixels
 _MIN_REGION = 0.1  # stuff regions smaller than this fraction of the image are merged away: few, large regions

@@ -1,4 +1,8 @@
-"""Checkpoints: one torch.save of plain containers and tensors, loadable with weights_only=True."""
+"""Checkpoints: one torch.save of plain containers and tensors, loadable with weights_only=True.
+
+This module owns the format. Every checkpoint holds the weights state (best.pt holds only that): the network and
+what rebuilds and labels it; last.pt adds the training state that --resume continues from exactly.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,46 @@ import zipfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from weakshot_cli import __version__
-from weakshot_cli.engine.config import ARCH_KEYS
+from weakshot_cli.engine.config import ARCH_KEYS, TrainConfig
+from weakshot_cli.engine.visualise import default_palette
 from weakshot_cli.errors import UserError
 from weakshot_cli.io import atomic_write
+
+
+def weights_state(model: nn.Module, cfg: TrainConfig, classes: list[str], base: list[int], novel: list[int], *,
+                  iteration: int, best: float | None, best_iter: int | None, stage: str) -> dict:
+    """The network with its config and class list (which alone fix its shape: see model_from_checkpoint), the
+    class split and palette its outputs use, and where in its run it was saved."""
+    return {"model": model.state_dict(), "config": cfg.to_dict(), "classes": classes, "base": base, "novel": novel,
+            "palette": default_palette(len(classes)), "iter": iteration, "best": best, "best_iter": best_iter,
+            "stage": stage}
+
+
+def training_state(criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                   device: torch.device) -> dict:
+    """What --resume needs besides the weights to go on as if never stopped: the criterion's buffers (SimNet's
+    pair balance), optimiser, schedule, grad scaler and random state."""
+    return {"criterion": criterion.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
+
+
+def load_training_state(ckpt: dict, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                        scheduler: torch.optim.lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler,
+                        device: torch.device) -> None:
+    """The reverse of training_state, random state included."""
+    criterion.load_state_dict(ckpt["criterion"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
 
 
 def save_checkpoint(path: Path, state: dict) -> Path:

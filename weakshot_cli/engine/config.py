@@ -8,11 +8,11 @@ student); the authors' release choices are options (gamma 0.05, ``dist_func=cce`
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from models import STRIDE
 from weakshot_cli.errors import UserError
 
 
@@ -74,10 +74,15 @@ class TrainConfig:
     val_imgsz: int = 0  # 0: the training imgsz (short side)
     save_every: int = 500
     log_every: int = 20
-    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """A config saved by any version: keys this one lacks (such as the removed ``extra``) are dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 # Validation figures best.pt can be chosen by: the mean of base and novel mIoU (either alone where the other is
@@ -113,11 +118,6 @@ def _coerce(name: str, raw: str, current: object) -> object:
             return float(raw)
     except ValueError:
         raise UserError(f"--set {name}={raw}: expected a {type(current).__name__}") from None
-    if isinstance(current, dict):
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError:
-            raise UserError(f"--set {name}={raw}: expected JSON") from None
     return raw
 
 
@@ -174,8 +174,9 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "tag_keep": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
     "scale_min": ((lambda v: 0 < v <= 10), "in (0, 10]"),
     "scale_max": ((lambda v: 0 < v <= 10), "in (0, 10]"),
-    "imgsz": ((lambda v: 32 <= v <= IMGSZ_MAX and v % 32 == 0), f"a multiple of 32 from 32 to {IMGSZ_MAX}"),
-    "val_imgsz": ((lambda v: v == 0 or 32 <= v <= IMGSZ_MAX), f"0 (the training imgsz) or 32..{IMGSZ_MAX}"),
+    "imgsz": ((lambda v: STRIDE <= v <= IMGSZ_MAX and v % STRIDE == 0),
+              f"a multiple of {STRIDE} from {STRIDE} to {IMGSZ_MAX}"),
+    "val_imgsz": ((lambda v: v == 0 or STRIDE <= v <= IMGSZ_MAX), f"0 (the training imgsz) or {STRIDE}..{IMGSZ_MAX}"),
     "seed": ((lambda v: 0 <= v < 2**63), "in 0..2**63-1"),
 }
 
@@ -196,7 +197,6 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.amp in ("auto", "bf16", "fp16", "off"), "amp must be auto, bf16, fp16 or off"),
         (cfg.best_metric in BEST_METRICS,
          f"best_metric (--best-metric) must be one of {', '.join(BEST_METRICS)}, got {cfg.best_metric!r}"),
-        (isinstance(cfg.extra, dict), "extra must be a JSON object"),
         (cfg.scale_min <= cfg.scale_max, f"need scale_min <= scale_max, got {cfg.scale_min} > {cfg.scale_max}"),
         (cfg.sim_class_points <= cfg.num_sim_points,
          f"sim_class_points must be <= num_sim_points ({cfg.num_sim_points}), got {cfg.sim_class_points}"),

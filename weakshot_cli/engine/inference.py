@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
 
 import numpy as np
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 
 from models import SimFormer, semantic_probs
 from weakshot_cli.data.dataset import scaled_size
+from weakshot_cli.engine.build import build_model
 from weakshot_cli.engine.config import IMGSZ_MAX, TrainConfig
 from weakshot_cli.engine.metrics import compute_metrics, confusion
 from weakshot_cli.errors import UserError
@@ -30,11 +30,7 @@ def check_options(batch: int, workers: int, imgsz: int | None) -> None:
 
 def model_from_checkpoint(ckpt: dict, device: torch.device, source: str = "") -> SimFormer:
     """The checkpoint's network in eval mode; its config and class list alone fix the architecture."""
-    from weakshot_cli.engine.train import build_model
-
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
-    model = build_model(cfg, len(ckpt["classes"]))
+    model = build_model(TrainConfig.from_dict(ckpt["config"]), len(ckpt["classes"]))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

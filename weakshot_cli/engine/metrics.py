@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-IGNORE = 255
+from models import IGNORE
 
 
 def confusion(pred: torch.Tensor, gt: torch.Tensor, k: int) -> torch.Tensor:

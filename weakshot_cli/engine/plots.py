@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from models import LOSS_KEYS  # noqa: E402
 from weakshot_cli.engine.runs import read_metrics  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
 
@@ -25,7 +26,7 @@ def plot_losses(run_dir: Path, out: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2 if val else 1, figsize=(12 if val else 7, 4), squeeze=False)
     ax = axes[0][0]
     iters = [r["iter"] for r in train]
-    for key in ("loss", "loss_ce", "loss_mask", "loss_dice", "loss_comp", "loss_sim", "loss_dist"):
+    for key in ("loss", *LOSS_KEYS):
         values = [r.get(key, 0.0) for r in train]
         if any(values):
             ax.plot(iters, values, label=key, lw=2 if key == "loss" else 1,

@@ -1,23 +1,39 @@
-"""Training progress: a rich bar with ETA, it/s, loss terms, lr and memory on a terminal; plain log
-lines otherwise. Everything also goes to log.txt."""
+"""Progress on the console. Training: a rich bar with ETA, it/s, loss terms, lr and memory on a terminal, plain
+log lines otherwise, everything also in log.txt. Passes over images (evaluate, predict, pseudolabel): a transient
+bar on a terminal only. And the one format of a percentage figure in log lines and tables."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from models import LOSS_KEYS
 from weakshot_cli.io import append_line
 
-SHORT = {"loss": "loss", "loss_ce": "ce", "loss_mask": "mask", "loss_dice": "dice", "loss_comp": "comp",
-         "loss_sim": "sim", "loss_dist": "dist"}
+if TYPE_CHECKING:  # imported where used: the tables print split's results, which need no torch
+    import torch
+
+SHORT = {key: key.removeprefix("loss_") for key in ("loss", *LOSS_KEYS)}  # loss_ce -> ce
+
+
+def figure(value: float | None) -> str:
+    """A percentage for a log line or table: one decimal, "-" where undefined (None)."""
+    return "-" if value is None else f"{value:.1f}"
+
+
+def image_bar(console: Console) -> Progress:
+    """The bar of a pass over images: on a terminal only (logs and pipes stay clean), gone when done."""
+    return Progress(console=console, transient=True, disable=not console.is_terminal)
 
 
 def memory(device: torch.device) -> str:
     if device.type == "cuda":
+        import torch
+
         return f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}G"
     try:
         import resource

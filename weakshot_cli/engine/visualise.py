@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from models import IGNORE
+
 IGNORE_COLOUR = (0, 0, 0)
 
 
@@ -49,7 +51,7 @@ def overlay(image: np.ndarray, label: np.ndarray, palette: list[int], alpha: flo
     """Blend class colours over an RGB image; ignore pixels and the classes in ``skip`` show the image alone."""
     colours = colourise(label, palette).astype(np.float32)
     blend = (1 - alpha) * image.astype(np.float32) + alpha * colours
-    plain = (label == 255) | np.isin(label, list(skip))
+    plain = (label == IGNORE) | np.isin(label, list(skip))
     out = np.where(plain[..., None], image.astype(np.float32), blend)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
