@@ -69,58 +69,66 @@ def _scales(value: Optional[str]) -> tuple[float, ...]:
     return scales
 
 
+# Options of split.
+SplitOut = Annotated[Path, typer.Option("--out", "-o", help="Folder for the new weak-shot dataset.")]
+Images = Annotated[Path, typer.Option(help="Image folder; train/ and val/ subfolders name the splits.")]
+Masks = Annotated[Optional[Path], typer.Option(help="Label PNG folder, same layout and stems as --images.")]
+Classes = Annotated[Optional[Path], typer.Option(help="Class names, one per line (line i = value i).")]
+Coco = Annotated[
+    Optional[list[str]],
+    typer.Option(help="COCO JSON instead of PNG masks, as PATH or SPLIT=PATH; repeat for each split."),
+]
+Novel = Annotated[Optional[str], typer.Option(help="Comma-separated novel class names.")]
+NovelRatio = Annotated[
+    Optional[float], typer.Option(help="Pick this fraction of classes as novel at random (SimFormer: 0.25).")
+]
+SplitPreset = Annotated[
+    Optional[str], typer.Option(help="Published SimFormer split: coco-stuff-10k-s1..s4 or ade20k-s1..s4.")
+]
+NovelSeed = Annotated[int, typer.Option(help="Seed for --novel-ratio.")]
+Tags = Annotated[
+    Optional[Path],
+    typer.Option(help="Real mode: image-level tags (.json, .csv or .npy) for masks that cover base classes only; "
+                      "training images with tags but no label PNG become tag-only images."),
+]
+UnknownClass = Annotated[
+    Optional[str],
+    typer.Option(help="Class whose mask pixels become unknown (ignore), for masks that call unannotated objects "
+                      "e.g. 'background'."),
+]
+Background = Annotated[
+    Optional[str],
+    typer.Option(help="COCO: class of the pixels outside every annotation (a category name, or a new class); "
+                      "default ignore."),
+]
+TagOnlyFraction = Annotated[
+    float,
+    typer.Option(help="Benchmark mode: this fraction of training images (drawn with --seed) keep only their "
+                      "tags, to measure what tag-only images add."),
+]
+IgnoreIndex = Annotated[int, typer.Option(help="Label value meaning 'unlabelled' (CamVid 11, COCO 255).")]
+ReduceZeroLabel = Annotated[bool, typer.Option(help="ADE20K convention: value 0 is ignore and k becomes class k-1.")]
+LabelMap = Annotated[
+    Optional[Path], typer.Option(help="JSON/CSV source value -> class id ('ignore' allowed); unlisted -> ignore.")
+]
+ImgSuffix = Annotated[str, typer.Option(help="Suffix stripped from image stems (e.g. _leftImg8bit).")]
+MaskSuffix = Annotated[str, typer.Option(help="Suffix stripped from label stems (e.g. _gtFine_labelIds).")]
+Strict = Annotated[bool, typer.Option(help="Treat label-convention warnings as errors.")]
+AllValues = Annotated[bool, typer.Option(help="Show every label value, not only the 20 commonest.")]
+SplitExistOk = Annotated[
+    bool, typer.Option(help="Replace the weak-shot dataset already in --out (its own files only).")
+]
+
+
 @app.command()
 def split(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the new weak-shot dataset.")],
-    images: Annotated[Path, typer.Option(help="Image folder; train/ and val/ subfolders name the splits.")],
-    masks: Annotated[Optional[Path], typer.Option(help="Label PNG folder, same layout and stems as --images.")] = None,
-    classes: Annotated[Optional[Path], typer.Option(help="Class names, one per line (line i = value i).")] = None,
-    coco: Annotated[
-        Optional[list[str]],
-        typer.Option(help="COCO JSON instead of PNG masks, as PATH or SPLIT=PATH; repeat for each split."),
-    ] = None,
-    novel: Annotated[Optional[str], typer.Option(help="Comma-separated novel class names.")] = None,
-    novel_ratio: Annotated[
-        Optional[float], typer.Option(help="Pick this fraction of classes as novel at random (SimFormer: 0.25).")
-    ] = None,
-    preset: Annotated[
-        Optional[str], typer.Option(help="Published SimFormer split: coco-stuff-10k-s1..s4 or ade20k-s1..s4.")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for --novel-ratio.")] = 0,
-    tags: Annotated[
-        Optional[Path],
-        typer.Option(help="Real mode: image-level tags (.json, .csv or .npy) for masks that cover base classes only; "
-                          "training images with tags but no label PNG become tag-only images."),
-    ] = None,
-    unknown_class: Annotated[
-        Optional[str],
-        typer.Option(help="Class whose mask pixels become unknown (ignore), for masks that call unannotated objects "
-                          "e.g. 'background'."),
-    ] = None,
-    background: Annotated[
-        Optional[str],
-        typer.Option(help="COCO: class of the pixels outside every annotation (a category name, or a new class); "
-                          "default ignore."),
-    ] = None,
-    tag_only_fraction: Annotated[
-        float,
-        typer.Option(help="Benchmark mode: this fraction of training images (drawn with --seed) keep only their "
-                          "tags, to measure what tag-only images add."),
-    ] = 0.0,
-    ignore_index: Annotated[int, typer.Option(help="Label value meaning 'unlabelled' (CamVid 11, COCO 255).")] = 255,
-    reduce_zero_label: Annotated[
-        bool, typer.Option(help="ADE20K convention: value 0 is ignore and k becomes class k-1.")
-    ] = False,
-    label_map: Annotated[
-        Optional[Path], typer.Option(help="JSON/CSV source value -> class id ('ignore' allowed); unlisted -> ignore.")
-    ] = None,
-    img_suffix: Annotated[str, typer.Option(help="Suffix stripped from image stems (e.g. _leftImg8bit).")] = "",
-    mask_suffix: Annotated[str, typer.Option(help="Suffix stripped from label stems (e.g. _gtFine_labelIds).")] = "",
-    strict: Annotated[bool, typer.Option(help="Treat label-convention warnings as errors.")] = False,
-    all_values: Annotated[bool, typer.Option(help="Show every label value, not only the 20 commonest.")] = False,
-    exist_ok: Annotated[
-        bool, typer.Option(help="Replace the weak-shot dataset already in --out (its own files only).")
-    ] = False,
+    out: SplitOut, images: Images, masks: Masks = None, classes: Classes = None, coco: Coco = None,
+    novel: Novel = None, novel_ratio: NovelRatio = None, preset: SplitPreset = None, seed: NovelSeed = 0,
+    tags: Tags = None, unknown_class: UnknownClass = None, background: Background = None,
+    tag_only_fraction: TagOnlyFraction = 0.0, ignore_index: IgnoreIndex = 255,
+    reduce_zero_label: ReduceZeroLabel = False, label_map: LabelMap = None, img_suffix: ImgSuffix = "",
+    mask_suffix: MaskSuffix = "", strict: Strict = False, all_values: AllValues = False,
+    exist_ok: SplitExistOk = False,
 ) -> None:
     """Make a weak-shot dataset: hide novel-class pixels from training labels and keep image-level tags.
 
@@ -135,7 +143,8 @@ def split(
       weakshot split --images data/camvid/images --masks data/camvid/labels
         --classes data/camvid/classes.txt --ignore-index 11 --novel tree,car,sign_symbol -o camvid-ws
     """
-    from weakshot_cli.data.split import SplitOptions, run_split, summary_table
+    from weakshot_cli.data.split import SplitOptions, run_split
+    from weakshot_cli.tables import dataset_table, value_table
 
     opts = SplitOptions(
         out=out, images=images, masks=masks, coco=coco or [], classes=classes, ignore_index=ignore_index,
@@ -144,10 +153,9 @@ def split(
         background=background, tag_only_fraction=tag_only_fraction, all_values=all_values, strict=strict,
         exist_ok=exist_ok,
     )
-    if not 0 <= ignore_index <= 255:
-        raise UserError(f"--ignore-index must be in 0..255, got {ignore_index}")
-    manifest = run_split(opts, console, argv=sys.argv[1:], err=err_console)
-    console.print(summary_table(manifest))
+    manifest = run_split(opts, console, argv=sys.argv[1:], err=err_console,
+                         show_values=lambda values: console.print(value_table(values)))
+    console.print(dataset_table(manifest))
     console.print(f"Wrote [bold]{out / 'weakshot.json'}[/]")
 
 
@@ -197,14 +205,22 @@ def _typed(ctx: typer.Context) -> dict[str, str]:
     return typed
 
 
-def _train(ctx: typer.Context, stage: str, dataset: Optional[Path], preset: str, overrides: dict,
-           sets: Optional[list[str]], project: Path, name: Optional[str], exist_ok: bool, resume: Optional[Path],
-           weights: Optional[Path]) -> None:
+# Options of train and retrain that set the TrainConfig field of the same name (left out: the preset's value).
+CONFIG_OPTIONS = ("iters", "epochs", "batch", "imgsz", "device", "workers", "backbone", "backbone_weights", "lr",
+                  "seed", "amp", "best_metric")
+
+
+def _train(ctx: typer.Context, stage: str, **train_only: Optional[bool]) -> None:
+    """Run train or retrain with the command's own parameters (``ctx.params``): those in CONFIG_OPTIONS and
+    ``train_only`` (the fields only train sets: --oracle and the ablations) override the preset."""
     import torch
 
     from weakshot_cli.engine.config import TrainConfig, build_config
     from weakshot_cli.engine.train import RESUME_OPTIONS, run_train
 
+    p = ctx.params
+    dataset, preset, resume = p["dataset"], p["preset"], p["resume"]
+    overrides = {**{key: p[key] for key in CONFIG_OPTIONS}, **train_only}
     if resume is not None:  # DATASET and --weights are checked against the run by run_train
         changes = [typed for key, typed in _typed(ctx).items()
                    if key not in (*RESUME_OPTIONS, "resume", "dataset", "weights")]
@@ -213,14 +229,14 @@ def _train(ctx: typer.Context, stage: str, dataset: Optional[Path], preset: str,
                             "--iters or --epochs (a new length), --device or --workers")
 
     def config() -> TrainConfig:
-        cfg = build_config(preset, overrides, sets or [])
+        cfg = build_config(preset, overrides, p["set_"] or [])
         if preset == "r50" and cfg.device == "auto" and not torch.cuda.is_available():
             raise UserError(f"the r50 preset is for GPUs ({cfg.iters:,} iterations of a ResNet-50); on this CPU-only "
                             "machine pass --preset small (or --device cpu to train r50 on the CPU anyway)")
         return cfg
 
-    summary = run_train(dataset, config, project, name, exist_ok, resume, weights, console, stage,
-                        resume_with={key: overrides[key] for key in RESUME_OPTIONS})
+    summary = run_train(dataset, config, p["project"], p["name"], p["exist_ok"], resume, p["weights"], console,
+                        stage, resume_with={key: overrides[key] for key in RESUME_OPTIONS})
     if summary["interrupted"]:  # on a process other than the main one, which has said so (run_train)
         raise typer.Exit(130)
     if summary["main"]:
@@ -258,11 +274,8 @@ def train(
 
       weakshot train --resume runs/train/train3 --iters 4000     # continue a finished run to 4000 iterations
     """
-    overrides = dict(iters=iters, epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=workers,
-                     backbone=backbone, backbone_weights=backbone_weights, lr=lr, seed=seed, amp=amp,
-                     oracle=oracle or None, use_sim=False if no_sim else None, use_dist=False if no_dist else None,
-                     use_comp=False if no_comp else None, best_metric=best_metric)
-    _train(ctx, "train", dataset, preset, overrides, set_, project, name, exist_ok, resume, weights)
+    _train(ctx, "train", oracle=oracle or None, use_sim=False if no_sim else None,
+           use_dist=False if no_dist else None, use_comp=False if no_comp else None)
 
 
 # Options shared by evaluate, predict and pseudolabel.
@@ -302,15 +315,13 @@ def evaluate(
 
     Example: weakshot evaluate runs/train/train/weights/best.pt camvid-ws --split val --flip
     """
-    from weakshot_cli.engine.evaluate import run_evaluate
-    from weakshot_cli.engine.inference import check_options
+    from weakshot_cli.engine.evaluate import EvaluateOptions, run_evaluate
+    from weakshot_cli.tables import print_evaluation
 
-    check_options(batch, workers, imgsz)
-    if samples < 0:
-        raise UserError(f"--samples must be >= 0, got {samples}")
-    scale_list = _scales(scales)
-    run_evaluate(checkpoint, dataset, split, project, name, exist_ok, device, imgsz, batch, workers, flip,
-                 scale_list, samples, console)
+    result = run_evaluate(EvaluateOptions(checkpoint=checkpoint, dataset=dataset, split=split, project=project,
+                                          name=name, exist_ok=exist_ok, device=device, imgsz=imgsz, batch=batch,
+                                          workers=workers, flip=flip, scales=_scales(scales), samples=samples), console)
+    print_evaluation(console, result)
 
 
 @app.command()
@@ -382,15 +393,13 @@ def pseudolabel(
 
     Example: weakshot pseudolabel runs/train/train/weights/best.pt camvid-ws -o camvid-pl
     """
-    if not 0 <= min_score < float("inf"):  # also refuses nan; inf would drop every novel pixel
-        raise UserError(f"--min-score must be >= 0 and finite, got {min_score}")
-    from weakshot_cli.engine.inference import check_options
-    from weakshot_cli.engine.pseudolabel import report_tables, run_pseudolabel
+    from weakshot_cli.engine.pseudolabel import PseudolabelOptions, run_pseudolabel
+    from weakshot_cli.tables import pseudolabel_tables
 
-    check_options(batch, workers, imgsz)
-    report = run_pseudolabel(checkpoint, dataset, out, device, imgsz, batch, workers, min_score, flip,
-                             _scales(scales), exist_ok, console)
-    for table in report_tables(report):
+    report = run_pseudolabel(PseudolabelOptions(checkpoint=checkpoint, dataset=dataset, out=out, min_score=min_score,
+                                                device=device, imgsz=imgsz, batch=batch, workers=workers, flip=flip,
+                                                scales=_scales(scales), exist_ok=exist_ok), console)
+    for table in pseudolabel_tables(report):
         console.print(table)
 
 
@@ -412,10 +421,7 @@ def retrain(
 
     Example: weakshot retrain camvid-pl --preset small --iters 2000
     """
-    overrides = dict(iters=iters, epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=workers,
-                     backbone=backbone, backbone_weights=backbone_weights, lr=lr, seed=seed, amp=amp,
-                     best_metric=best_metric)
-    _train(ctx, "retrain", dataset, preset, overrides, set_, project, name, exist_ok, resume, weights)
+    _train(ctx, "retrain")
 
 
 @app.command()

@@ -1,5 +1,6 @@
-"""Atomic file writes: a crash never leaves a half-written file where a good one is expected, and a failed
-write (disk full, no permission) is a one-line error naming the file."""
+"""Reading users' text and JSON files, and atomic file writes: a file that cannot be read or parsed, or a failed
+write (disk full, no permission), is a one-line error naming the file, and a crash never leaves a half-written
+file where a good one is expected."""
 
 from __future__ import annotations
 
@@ -19,6 +20,26 @@ from weakshot_cli.errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def read_text(path: Path, what: str, missing: str = "file not found") -> str:
+    """The file's text (UTF-8; a leading BOM, as Notepad writes, is dropped); ``what`` names the file in errors,
+    ``missing`` is the error for a file that is not there."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(missing, path) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {what} ({e.__class__.__name__})", path) from None
+
+
+def read_json(path: Path, what: str, missing: str = "file not found") -> Any:
+    """The file's JSON value (see read_text); what the value must hold is the caller's to check."""
+    text = read_text(path, what, missing)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, an integer too long to convert, or deep nesting
+        raise UserError(f"invalid JSON in {what} ({str(e).splitlines()[0][:80]})", path) from None
 
 
 class WriteError(UserError):

@@ -6,17 +6,16 @@ rule); crowd regions are painted as ignore (255) in the same order.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from models import IGNORE
 from weakshot_cli.data.labels import MAX_PIXELS, image_size
 from weakshot_cli.errors import UserError
-
-IGNORE = 255
+from weakshot_cli.io import read_json
 
 
 @dataclass
@@ -30,16 +29,7 @@ class CocoImage:
 def load_coco(path: str | Path) -> tuple[dict, list[str], dict[int, int]]:
     """Parse and check the JSON; return it, class names, and category id -> contiguous id."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM is not part of the JSON
-    except FileNotFoundError:
-        raise UserError("file not found", path) from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"cannot read COCO JSON ({e.__class__.__name__})", path) from None
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, or an integer too long to convert
-        raise UserError(f"invalid JSON ({str(e).splitlines()[0][:80]})", path) from None
-    except OSError as e:
-        raise UserError(f"cannot read COCO JSON ({e.__class__.__name__})", path) from None
+    data = read_json(path, "COCO file")
     if not isinstance(data, dict):
         raise UserError("COCO JSON must be an object with images, annotations, categories", path)
     for key in ("images", "annotations", "categories"):

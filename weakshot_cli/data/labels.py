@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,9 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from models import IGNORE
 from weakshot_cli.errors import UserError
+from weakshot_cli.io import read_json, read_text
 
-IGNORE = 255
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_EXTS = (".png",)
 MAX_PIXELS = 100_000_000  # beyond this an image is treated as a decompression bomb
@@ -61,11 +61,7 @@ class LabelConvention:
 def read_class_names(path: str | Path) -> list[str]:
     """One class name per line; line i is class id i. Blank lines at the end are dropped."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not part of the first name
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read class names ({e.__class__.__name__})", path) from None
-    names = [line.strip() for line in lines]
+    names = [line.strip() for line in read_text(path, "class names").splitlines()]
     while names and not names[-1]:
         names.pop()
     if not names:
@@ -110,19 +106,13 @@ def _map_value(raw: object, path: Path, key: object) -> int:
 def read_label_map(path: str | Path) -> dict[int, int]:
     """A JSON object ``{"7": 0, "0": "ignore"}`` or a CSV of ``source,target`` rows."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read label map ({e.__class__.__name__})", path) from None
     if path.suffix.lower() == ".json":
-        try:
-            obj = json.loads(text)
-        except (ValueError, RecursionError) as e:  # ValueError: also integers too long to convert
-            raise UserError(f"invalid JSON in label map ({str(e).splitlines()[0][:80]})", path) from None
+        obj = read_json(path, "label map")
         if not isinstance(obj, dict):
             raise UserError("label map must be a JSON object of source id -> class id", path)
         pairs = list(obj.items())
     else:
+        text = read_text(path, "label map")
         try:
             rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
         except csv.Error as e:

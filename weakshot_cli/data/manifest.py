@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models import IGNORE
 from weakshot_cli.errors import UserError
-from weakshot_cli.io import write_json
+from weakshot_cli.io import read_json, write_json
 
 MANIFEST = "weakshot.json"
 VERSION = 1
-IGNORE = 255
 
 
 @dataclass
@@ -77,48 +76,40 @@ class Manifest:
         return write_json(self.root / MANIFEST, self.to_dict())
 
 
+def image_counts(items: list[Item]) -> dict[str, int]:
+    """Masked and tag-only images of a split."""
+    tag_only = sum(it.label is None for it in items)
+    return {"masked": len(items) - tag_only, "tag_only": tag_only}
+
+
 def _fail(path: Path, msg: str) -> UserError:
     return UserError(f"inconsistent manifest: {msg}", path)
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Read and check a manifest (a dataset folder or the JSON file itself)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"no {MANIFEST} here; make a dataset with 'weakshot split' first", path) from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"cannot read manifest ({e.__class__.__name__})", path) from None
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, or an integer too long to convert
-        raise UserError(f"invalid JSON ({str(e).splitlines()[0][:80]})", path) from None
-    except OSError as e:
-        raise UserError(f"cannot read manifest ({e.__class__.__name__})", path) from None
-    if not isinstance(obj, dict):
-        raise _fail(path, "top level must be an object")
-    if obj.get("version") != VERSION:
-        raise _fail(path, f"unsupported version {obj.get('version')!r} (this weakshot reads {VERSION})")
+def _is_id(v: object, k: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < k
+
+
+def _class_roles(obj: dict, path: Path) -> tuple[list[str], list[int], list[int]]:
+    """Class names, base ids and novel ids: unique names, and every class either base or novel."""
     classes, base, novel = obj.get("classes"), obj.get("base"), obj.get("novel")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
         raise _fail(path, "'classes' must be a non-empty list of names")
     if len(set(classes)) != len(classes):
         raise _fail(path, "'classes' has duplicate names")
     k = len(classes)
-    is_id = lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < k  # noqa: E731
     for name, ids in (("base", base), ("novel", novel)):
-        if not isinstance(ids, list) or not all(is_id(i) for i in ids):
+        if not isinstance(ids, list) or not all(_is_id(i, k) for i in ids):
             raise _fail(path, f"'{name}' must be a list of class ids in 0..{k - 1}")
     if set(base) & set(novel):
         raise _fail(path, f"classes {sorted(set(base) & set(novel))} are both base and novel")
     if set(base) | set(novel) != set(range(k)) or len(base) + len(novel) != k:
         raise _fail(path, "'base' and 'novel' must together list every class exactly once")
-    if obj.get("ignore_index", IGNORE) != IGNORE:
-        raise _fail(path, "'ignore_index' must be 255 inside a weak-shot dataset")
-    if not isinstance(obj.get("novel_masks", False), bool) or not isinstance(obj.get("source") or {}, dict):
-        raise _fail(path, "'novel_masks' must be true or false and 'source' an object")
-    splits_obj = obj.get("splits")
+    return classes, sorted(base), sorted(novel)
+
+
+def _splits(splits_obj: object, k: int, path: Path) -> dict[str, list[Item]]:
+    """The items of every split, each with an image path, optional label and full-mask paths and class-id tags."""
     if not isinstance(splits_obj, dict) or not splits_obj:
         raise _fail(path, "'splits' must be an object of split name -> items")
     splits: dict[str, list[Item]] = {}
@@ -132,20 +123,31 @@ def load_manifest(path: str | Path) -> Manifest:
             label, tags, full = it.get("label"), it.get("tags", []), it.get("full")
             if label is not None and not isinstance(label, str) or full is not None and not isinstance(full, str):
                 raise _fail(path, f"item {n} of split {name!r}: 'label' and 'full' must be paths or null")
-            if not isinstance(tags, list) or not all(is_id(t) for t in tags):
+            if not isinstance(tags, list) or not all(_is_id(t, k) for t in tags):
                 raise _fail(path, f"item {n} of split {name!r}: 'tags' must be class ids in 0..{k - 1}")
             parsed.append(Item(it["image"], label, sorted(set(tags)), full))
         splits[name] = parsed
-    m = Manifest(
-        classes=classes,
-        base=sorted(base),
-        novel=sorted(novel),
-        splits=splits,
-        root=path.parent,
-        novel_masks=obj.get("novel_masks", False),
-        source=obj.get("source") or {},
-    )
-    for name, items in splits.items():  # every file is there now, not only when a run reaches it
+    return splits
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and check a manifest (a dataset folder or the JSON file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST
+    obj = read_json(path, "manifest", missing=f"no {MANIFEST} here; make a dataset with 'weakshot split' first")
+    if not isinstance(obj, dict):
+        raise _fail(path, "top level must be an object")
+    if obj.get("version") != VERSION:
+        raise _fail(path, f"unsupported version {obj.get('version')!r} (this weakshot reads {VERSION})")
+    classes, base, novel = _class_roles(obj, path)
+    if obj.get("ignore_index", IGNORE) != IGNORE:
+        raise _fail(path, "'ignore_index' must be 255 inside a weak-shot dataset")
+    if not isinstance(obj.get("novel_masks", False), bool) or not isinstance(obj.get("source") or {}, dict):
+        raise _fail(path, "'novel_masks' must be true or false and 'source' an object")
+    m = Manifest(classes=classes, base=base, novel=novel, splits=_splits(obj.get("splits"), len(classes), path),
+                 root=path.parent, novel_masks=obj.get("novel_masks", False), source=obj.get("source") or {})
+    for name, items in m.splits.items():  # every file is there now, not only when a run reaches it
         for n, it in enumerate(items):
             for kind, rel in (("image", it.image), ("label", it.label), ("full", it.full)):
                 if rel is not None and not m.resolve(rel).is_file():

@@ -15,7 +15,7 @@ import signal
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,12 +23,11 @@ import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import track
-from rich.table import Table
 
 from weakshot_cli.data import coco
 from weakshot_cli.data.labels import IGNORE, LabelConvention, open_image, read_class_names, read_label_map, \
     read_raw_label
-from weakshot_cli.data.manifest import MANIFEST, Item, Manifest
+from weakshot_cli.data.manifest import MANIFEST, Item, Manifest, image_counts
 from weakshot_cli.data.presets import PRESETS, preset_num_classes
 from weakshot_cli.data.sources import SPLIT_NAMES, Discovery, Pair, discover_folders, safe_join
 from weakshot_cli.data.tags import Tags, load_tags
@@ -59,6 +58,22 @@ class SplitOptions:
     all_values: bool = False
     strict: bool = False
     exist_ok: bool = False
+
+    def check(self) -> None:
+        """Refuse out-of-range or contradictory options before anything is read."""
+        if not 0 <= self.ignore_index <= 255:
+            raise UserError(f"--ignore-index must be in 0..255, got {self.ignore_index}")
+        if self.coco and (self.masks is not None or self.classes is not None):
+            raise UserError("with --coco, class names and masks come from the COCO JSON; drop --masks/--classes")
+        if not self.coco and (self.masks is None or self.classes is None):
+            raise UserError("give --masks and --classes (or --coco for COCO JSON)")
+        if self.background is not None and not self.coco:
+            raise UserError("--background names the class of pixels outside every COCO annotation; it needs --coco")
+        if not 0 <= self.tag_only_fraction < 1:
+            raise UserError(f"--tag-only-fraction must be in [0, 1), got {self.tag_only_fraction}")
+        if self.tag_only_fraction and self.tags is not None:
+            raise UserError("--tag-only-fraction simulates tag-only images in benchmark mode; with --tags, images "
+                            "without a label PNG are tag-only already")
 
 
 @dataclass
@@ -244,25 +259,41 @@ def _scan(pairs: list[Pair], k: int, convention: LabelConvention, warn: Warnings
 VALUE_ROWS = 20  # the value table shows this many of the commonest values unless --all-values
 
 
-def _value_table(hist: np.ndarray, scanned: list[Scanned], classes: list[str], convention: LabelConvention,
-                 coco_mode: bool, all_values: bool) -> Table:
+@dataclass
+class ValueRow:
+    """One label value as stored, and what split makes of it."""
+
+    value: int  # as stored in the label files
+    class_id: int | None  # None: ignore
+    name: str
+    pixels: int
+    images: int | None  # images (any split) holding the class; None for ignore
+
+
+@dataclass
+class LabelValues:
+    """What the scan found per label value, shown before novel classes are chosen: the rows (the commonest
+    VALUE_ROWS unless --all-values), all label pixels, and how many rarer values were left out."""
+
+    rows: list[ValueRow]
+    pixels: int
+    hidden: int
+    coco: bool
+
+
+def _label_values(hist: np.ndarray, scanned: list[Scanned], classes: list[str], convention: LabelConvention,
+                  coco_mode: bool, all_values: bool) -> LabelValues:
     lut = convention.lut()
     images_with = Counter(c for s in scanned for c in s.present)
-    total = max(int(hist.sum()), 1)
-    table = Table(title="Label values" + (" (rasterised from COCO)" if coco_mode else ""))
-    for col in ("value", "class id", "class", "pixels", "%", "images"):
-        table.add_column(col, justify="right" if col not in ("class",) else "left")
     values = np.flatnonzero(hist)
     shown = values if all_values or len(values) <= VALUE_ROWS else values[np.sort(np.argsort(-hist[values])[:VALUE_ROWS])]
+    rows = []
     for v in shown:
         cid = int(lut[v])
-        name = "ignore" if cid == IGNORE else classes[cid]
-        table.add_row(str(v), "-" if cid == IGNORE else str(cid), name, f"{int(hist[v]):,}",
-                      f"{100 * hist[v] / total:.2f}", "-" if cid == IGNORE else str(images_with[cid]))
-    if len(shown) < len(values):
-        table.add_section()
-        table.add_row("", "", f"{len(values) - len(shown)} rarer values not shown (--all-values)", "", "", "")
-    return table
+        known = cid != IGNORE
+        rows.append(ValueRow(int(v), cid if known else None, classes[cid] if known else "ignore", int(hist[v]),
+                             images_with[cid] if known else None))
+    return LabelValues(rows, int(hist.sum()), len(values) - len(shown), coco_mode)
 
 
 def _choose_novel(opts: SplitOptions, classes: list[str], warn: Warnings) -> list[int]:
@@ -376,23 +407,14 @@ def _uninterruptible() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
 
 
-def run_split(opts: SplitOptions, console: Console, argv: list[str] | None = None,
-              err: Console | None = None) -> Manifest:
-    """``console`` gets the tables; ``err`` (default stderr) the warnings."""
+def run_split(opts: SplitOptions, console: Console, argv: list[str] | None = None, err: Console | None = None,
+              show_values: Callable[[LabelValues], None] | None = None) -> Manifest:
+    """``console`` gets the progress bars, ``err`` (default stderr) the warnings; ``show_values`` gets the label
+    values as soon as they are scanned, before novel classes are chosen (whose errors they help to read)."""
+    opts.check()
     warn = Warnings(err or Console(stderr=True, highlight=False), opts.strict)
     replaced = _check_out(opts)
     coco_mode = bool(opts.coco)
-    if coco_mode and (opts.masks is not None or opts.classes is not None):
-        raise UserError("with --coco, class names and masks come from the COCO JSON; drop --masks/--classes")
-    if not coco_mode and (opts.masks is None or opts.classes is None):
-        raise UserError("give --masks and --classes (or --coco for COCO JSON)")
-    if opts.background is not None and not coco_mode:
-        raise UserError("--background names the class of pixels outside every COCO annotation; it needs --coco")
-    if not 0 <= opts.tag_only_fraction < 1:
-        raise UserError(f"--tag-only-fraction must be in [0, 1), got {opts.tag_only_fraction}")
-    if opts.tag_only_fraction and opts.tags is not None:
-        raise UserError("--tag-only-fraction simulates tag-only images in benchmark mode; with --tags, images "
-                        "without a label PNG are tag-only already")
     if not opts.images.is_dir():
         raise UserError("image folder not found", opts.images)
     parent = opts.out.resolve().parent
@@ -415,7 +437,8 @@ def run_split(opts: SplitOptions, console: Console, argv: list[str] | None = Non
         tags = load_tags(opts.tags, classes) if opts.tags is not None else None
         pairs = _usable(found, tags, opts.images, warn)
         scanned, hist = _scan(pairs, len(classes), convention, warn, console, coco_mode)
-        console.print(_value_table(hist, scanned, classes, convention, coco_mode, opts.all_values))
+        if show_values is not None:
+            show_values(_label_values(hist, scanned, classes, convention, coco_mode, opts.all_values))
         if tags is not None:
             novel, unused = _real_mode(opts, scanned, classes, tags, warn)
         else:
@@ -499,31 +522,3 @@ def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: l
     )
     manifest.save(staging)
     return manifest
-
-
-def image_counts(items: list[Item]) -> dict[str, int]:
-    """Masked and tag-only images of a split."""
-    tag_only = sum(it.label is None for it in items)
-    return {"masked": len(items) - tag_only, "tag_only": tag_only}
-
-
-def summary_table(m: Manifest) -> Table:
-    unused = set(m.source.get("unused", []))
-    table = Table(title=f"Weak-shot dataset: {len(m.base) - len(unused)} base + {len(m.novel)} novel classes"
-                        + (f" ({len(unused)} unused)" if unused else ""))
-    table.add_column("id", justify="right")
-    table.add_column("class")
-    table.add_column("role")
-    for name in m.splits:
-        table.add_column(f"{name} images", justify="right")
-    counts = {name: Counter(t for it in items for t in it.tags) for name, items in m.splits.items()}
-    for c, cname in enumerate(m.classes):
-        role = "[magenta]novel[/]" if c in m.novel else "[dim]unused[/]" if c in unused else "base"
-        table.add_row(str(c), cname, role, *(str(counts[n][c]) for n in m.splits))
-    table.add_section()
-    per_split = [image_counts(items) for items in m.splits.values()]
-    table.add_row("", "masked images", "", *(str(c["masked"]) for c in per_split))
-    if any(c["tag_only"] for c in per_split):
-        table.add_row("", "tag-only images", "", *(str(c["tag_only"]) for c in per_split))
-    table.add_row("", "all images", "", *(str(len(items)) for items in m.splits.values()))
-    return table

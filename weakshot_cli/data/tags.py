@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import pickle
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 
 from weakshot_cli.data.labels import IMAGE_EXTS
 from weakshot_cli.errors import UserError
+from weakshot_cli.io import read_json, read_text
 
 Tags = dict[str, set[int]]
 
@@ -80,26 +80,13 @@ def _stem(key: object, path: Path) -> str:
     return Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTS else name
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")  # -sig: a BOM is not part of the first key
-    except FileNotFoundError:
-        raise UserError("file not found", path) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read tags ({e.__class__.__name__})", path) from None
-
-
 def load_tags(path: str | Path, classes: list[str]) -> Tags:
     """Tags keyed by image stem. Formats by suffix: .json, .csv, .npy."""
     path = Path(path)
     suffix = path.suffix.lower()
     tags: Tags = {}
     if suffix == ".json":
-        text = _read_text(path)
-        try:
-            obj = json.loads(text)
-        except (ValueError, RecursionError) as e:  # ValueError: also integers too long to convert
-            raise UserError(f"invalid JSON ({str(e).splitlines()[0][:80]})", path) from None
+        obj = read_json(path, "tags")
         if not isinstance(obj, dict):
             raise UserError('tags JSON must be an object {"image_stem": ["class", ...]}', path)
         for key, names in obj.items():
@@ -109,7 +96,7 @@ def load_tags(path: str | Path, classes: list[str]) -> Tags:
             tags[stem] = _names_to_ids(names, classes, path, stem)
     elif suffix == ".csv":
         try:
-            rows = list(csv.DictReader(io.StringIO(_read_text(path))))
+            rows = list(csv.DictReader(io.StringIO(read_text(path, "tags"))))
         except csv.Error as e:
             raise UserError(f"malformed CSV ({e})", path) from None
         if not rows or not {"image", "labels"} <= set(rows[0].keys()):

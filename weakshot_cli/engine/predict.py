@@ -15,7 +15,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset
 
 from weakshot_cli.data.dataset import check_inference_size, collate_eval, load_rgb, normalise, resize_short
@@ -23,6 +22,7 @@ from weakshot_cli.data.labels import IMAGE_EXTS
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.distributed import resolve_device
 from weakshot_cli.engine.inference import check_options, class_scores, inference_size, model_from_checkpoint
+from weakshot_cli.engine.progress import image_bar
 from weakshot_cli.engine.runs import provisional_run_dir
 from weakshot_cli.engine.visualise import default_palette, legend_entries, overlay, untinted, with_legend
 from weakshot_cli.errors import Interrupted, UserError
@@ -46,6 +46,10 @@ class PredictOptions:
     palette: bool = False
     save_overlay: bool = False
     json: bool = False
+
+    def check(self) -> None:
+        """Refuse out-of-range options before a model loads or a folder exists."""
+        check_options(self.batch, self.workers, self.imgsz)
 
 
 def _relative(path: Path, base: Path) -> PurePosixPath:
@@ -156,7 +160,7 @@ def rle_results(scores: torch.Tensor, label: np.ndarray, image_id: str, file_nam
 
 def run_predict(o: PredictOptions, console: Console) -> dict:
     """Validate every input before the run folder exists, then predict image by image."""
-    check_options(o.batch, o.workers, o.imgsz)
+    o.check()
     ckpt = load_checkpoint(o.checkpoint)
     images = find_images(o.source, o.recursive)
     nested = images_in_subfolders(o.source, o.recursive)
@@ -175,7 +179,7 @@ def run_predict(o: PredictOptions, console: Console) -> dict:
     run_dir: Path | None = None
     try:  # Ctrl-C keeps the predictions written (each file atomically) and says so
         with provisional_run_dir(o.project, "predict", o.name, o.exist_ok) as run_dir:
-            with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+            with image_bar(console) as bar:
                 task = bar.add_task("predict", total=len(images))
                 for batch in loader:
                     for error in batch["errors"]:
@@ -188,6 +192,7 @@ def run_predict(o: PredictOptions, console: Console) -> dict:
                             label = s.argmax(0).to(torch.uint8).cpu().numpy()
                             write_label_png(run_dir / "labels" / f"{stems[i]}.png", label,
                                             palette if o.palette else None)
+                            written += 1  # counted as soon as its label is on disk: what Ctrl-C reports
                             if o.save_overlay:
                                 shown = overlay(rgb.permute(1, 2, 0).numpy(), label, palette, skip=untinted(classes))
                                 blend = Image.fromarray(with_legend(shown, legend_entries([label], classes, palette)))
@@ -195,7 +200,6 @@ def run_predict(o: PredictOptions, console: Console) -> dict:
                                              lambda p, im=blend: im.save(p, format="JPEG", quality=90))
                             if o.json:
                                 results += rle_results(s.cpu(), label, stems[i], str(images[i][0]), classes)
-                            written += 1
                     bar.advance(task, len(batch["index"]) + len(batch["errors"]))
             if not written:
                 raise UserError(f"no image could be read ({len(errors)} skipped; first: {errors[0]})", o.source)

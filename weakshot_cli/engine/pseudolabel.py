@@ -9,14 +9,14 @@ import json
 import os
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
+from torch import nn
 from torch.utils.data import DataLoader
 
 from weakshot_cli.data.dataset import EvalDataset, collate_eval
@@ -24,14 +24,36 @@ from weakshot_cli.data.labels import IGNORE, read_raw_label
 from weakshot_cli.data.manifest import MANIFEST, Item, Manifest, load_manifest
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.distributed import resolve_device
-from weakshot_cli.engine.evaluate import check_classes, check_image_sizes
-from weakshot_cli.engine.inference import class_scores, inference_size, model_from_checkpoint
+from weakshot_cli.engine.checks import check_classes, check_image_sizes
+from weakshot_cli.engine.inference import check_options, class_scores, inference_size, model_from_checkpoint
 from weakshot_cli.engine.metrics import confusion
+from weakshot_cli.engine.progress import image_bar
 from weakshot_cli.errors import Interrupted, UserError
 from weakshot_cli.io import remove_interrupted_writes, write_json, write_label_png
 
 STATE = ".pseudolabel-state.json"
 REPORT = "pseudolabel.json"
+
+
+@dataclass
+class PseudolabelOptions:
+    checkpoint: Path
+    dataset: Path
+    out: Path
+    min_score: float = 0.0
+    device: str = "auto"
+    imgsz: int | None = None
+    batch: int = 4
+    workers: int = 0
+    flip: bool = False
+    scales: Sequence[float] = (1.0,)
+    exist_ok: bool = False
+
+    def check(self) -> None:
+        """Refuse out-of-range options before a model loads or the output folder is touched."""
+        if not 0 <= self.min_score < float("inf"):  # also refuses nan; inf would drop every novel pixel
+            raise UserError(f"--min-score must be >= 0 and finite, got {self.min_score}")
+        check_options(self.batch, self.workers, self.imgsz)
 
 
 def pseudo_label(scores: torch.Tensor, base_label: np.ndarray, tags: Sequence[int],
@@ -175,101 +197,96 @@ def quality(cm: np.ndarray, m: Manifest) -> dict:
                                                     "correct": int(tp[c])} for c in m.novel}}}
 
 
-def run_pseudolabel(checkpoint: Path, dataset: Path, out: Path, device: str, imgsz: int | None, batch: int,
-                    workers: int, min_score: float, flip: bool, scales: Sequence[float], exist_ok: bool,
-                    console: Console) -> dict:
-    ckpt = load_checkpoint(checkpoint)
-    m = load_manifest(dataset)
-    check_classes(ckpt, m, checkpoint)
-    if not m.splits.get("train"):
-        raise UserError("the dataset has no training images to pseudo-label", dataset)
-    imgsz = inference_size(ckpt, imgsz)
-    stat = os.stat(checkpoint if Path(checkpoint).is_file() else Path(checkpoint) / "weights" / "last.pt")
-    state = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_bytes": stat.st_size,
-             "checkpoint_mtime_ns": stat.st_mtime_ns, "dataset": str(dataset.resolve()), "imgsz": imgsz,
-             "min_score": min_score, "flip": flip, "scales": list(scales)}
-    check_image_sizes(m, "train", imgsz, scales)
-    dev = resolve_device(device)
-    model = model_from_checkpoint(ckpt, dev, str(checkpoint))
-    _prepare(out, m.root, state, exist_ok)
-    items = m.splits["train"]
-    names = _label_names(items)
-    todo = _unfinished(out, names)
-    # Batches are cut from all images, then only those with work left run: a resumed run scores every image with
-    # the same batch neighbours as an uninterrupted one (scores differ in the last bits with batch composition).
-    batches = [b for b in _batches(m, list(range(len(items))), batch) if todo.intersection(b)]
-    loader = DataLoader(EvalDataset(m, "train", imgsz or None), batch_sampler=batches, collate_fn=collate_eval,
-                        num_workers=workers)
-    try:
-        with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-            task = bar.add_task("pseudo-label", total=len(items), completed=len(items) - len(todo))
-            for b in loader:
-                scores = class_scores(model, b["image"].to(dev), b["sizes"], [x.shape for x in b["labels"]], flip,
-                                      scales)
-                for s, base_label, i in zip(scores, b["labels"], b["index"]):
-                    if i not in todo:
-                        continue
-                    s, base = s.cpu(), base_label.numpy().astype(np.uint8)
-                    pseudo = pseudo_label(s, base, keep_classes(items[i], m.novel), min_score)
-                    # statistics first: a label on disk always has its statistics beside it
-                    write_json(out / _stats_name(names[i]), image_stats(s, base, pseudo, m.classes, m.novel,
-                                                                       min_score))
-                    write_label_png(out / names[i], pseudo)
-                    bar.advance(task)
+def _run_state(o: PseudolabelOptions, imgsz: int) -> dict:
+    """What a run resumes only with: the same checkpoint file (path, size, time), dataset and label options."""
+    checkpoint = Path(o.checkpoint)
+    stat = os.stat(checkpoint if checkpoint.is_file() else checkpoint / "weights" / "last.pt")
+    return {"checkpoint": str(checkpoint.resolve()), "checkpoint_bytes": stat.st_size,
+            "checkpoint_mtime_ns": stat.st_mtime_ns, "dataset": str(o.dataset.resolve()), "imgsz": imgsz,
+            "min_score": o.min_score, "flip": o.flip, "scales": list(o.scales)}
 
-        stats = [json.loads((out / _stats_name(name)).read_text()) for name in names]
-        report: dict = {"images": len(items), "tag_only_images": sum(it.label is None for it in items),
-                        "tag_check": tag_check(stats, [it.tags for it in items], m.classes, m.novel)}
-        if all(it.full for it in items):  # benchmark mode: score against the kept full masks
-            k = len(m.classes)
-            cm = torch.zeros(k + 1, k + 1, dtype=torch.long)
-            for it, name in zip(items, names):
-                pseudo = torch.from_numpy(read_raw_label(out / name).astype(np.int64))
-                gt = torch.from_numpy(read_raw_label(m.resolve(it.full)).astype(np.int64))
-                cm += confusion(torch.where(pseudo == IGNORE, k, pseudo), gt, k + 1)  # ignore -> extra column k
-            report |= quality(cm.numpy(), m)
-        absolute = lambda rel: str(m.resolve(rel)) if rel is not None else None  # noqa: E731
-        splits = {name: [Item(absolute(it.image), absolute(it.label), it.tags, absolute(it.full))
-                         for it in split_items] for name, split_items in m.splits.items()}
-        splits["train"] = [Item(absolute(it.image), name, it.tags, absolute(it.full))
-                           for it, name in zip(items, names)]
-        new = Manifest(m.classes, m.base, m.novel, splits, novel_masks=True,
-                       source={"command": "pseudolabel", **state})
-        write_json(out / REPORT, report)
-        new.save(out)  # last: its presence marks a finished dataset
-    except KeyboardInterrupt:
-        kept = len(items) - len(_unfinished(out, names))
-        raise Interrupted(f"interrupted: {kept} of {len(items)} pseudo-labels kept in {out}; rerun the same "
-                          "command to resume") from None
-    console.print(f"Pseudo-labelled {len(items)} training images ({len(items) - len(todo)} from an earlier run); "
-                  f"dataset: [bold]{out / MANIFEST}[/]")
+
+def _label_images(model: nn.Module, dev: torch.device, loader: DataLoader, m: Manifest, names: list[str],
+                  todo: set[int], o: PseudolabelOptions, console: Console) -> None:
+    """Pseudo-label the images in ``todo``; each image's statistics are written before its label, so a label on
+    disk always has its statistics beside it."""
+    items = m.splits["train"]
+    with image_bar(console) as bar:
+        task = bar.add_task("pseudo-label", total=len(items), completed=len(items) - len(todo))
+        for b in loader:
+            scores = class_scores(model, b["image"].to(dev), b["sizes"], [x.shape for x in b["labels"]], o.flip,
+                                  o.scales)
+            for s, base_label, i in zip(scores, b["labels"], b["index"]):
+                if i not in todo:
+                    continue
+                s, base = s.cpu(), base_label.numpy().astype(np.uint8)
+                pseudo = pseudo_label(s, base, keep_classes(items[i], m.novel), o.min_score)
+                write_json(o.out / _stats_name(names[i]), image_stats(s, base, pseudo, m.classes, m.novel,
+                                                                     o.min_score))
+                write_label_png(o.out / names[i], pseudo)
+                bar.advance(task)
+
+
+def _report(out: Path, m: Manifest, names: list[str]) -> dict:
+    """The tag check over every image's statistics and, in benchmark mode, the scores against the full masks."""
+    items = m.splits["train"]
+    stats = [json.loads((out / _stats_name(name)).read_text()) for name in names]
+    report: dict = {"images": len(items), "tag_only_images": sum(it.label is None for it in items),
+                    "tag_check": tag_check(stats, [it.tags for it in items], m.classes, m.novel)}
+    if all(it.full for it in items):  # benchmark mode: score against the kept full masks
+        k = len(m.classes)
+        cm = torch.zeros(k + 1, k + 1, dtype=torch.long)
+        for it, name in zip(items, names):
+            pseudo = torch.from_numpy(read_raw_label(out / name).astype(np.int64))
+            gt = torch.from_numpy(read_raw_label(m.resolve(it.full)).astype(np.int64))
+            cm += confusion(torch.where(pseudo == IGNORE, k, pseudo), gt, k + 1)  # ignore -> extra column k
+        report |= quality(cm.numpy(), m)
     return report
 
 
-def report_tables(report: dict) -> list[Table]:
-    """The report as tables for the CLI to print: the tag check, then (benchmark mode) the full-mask scores."""
-    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-    check = report["tag_check"]
-    table = Table(title=f"pseudo-labels vs image tags, {report['images']} training images (%)",
-                  caption="found: % of its tagged images with pixels of it; predicted: % of its untagged images "
-                          "where the tag filter dropped it; coverage: % of its tagged images' unknown pixels")
-    for col in ("novel class", "tagged", "found", "untagged", "predicted", "coverage", "mean score"):
-        table.add_column(col, justify="left" if col == "novel class" else "right")
-    for name, r in check["per_class"].items():
-        table.add_row(name, str(r["tagged_images"]), fmt(r["found_pct"]), str(r["untagged_images"]),
-                      fmt(r["untagged_predicted_pct"]), fmt(r["coverage_pct"]),
-                      "-" if r["mean_score"] is None else f"{r['mean_score']:.3f}")
-    table.add_section()
-    table.add_row("all unknown pixels", "", "", "", "", fmt(check["labelled_pct"]), "")
-    tables = [table]
-    if report.get("novel_mIoU") is not None:
-        table = Table(title="pseudo-labels vs full masks, training images (%)")
-        for col in ("novel class", "IoU", "precision"):
-            table.add_column(col, justify="left" if col == "novel class" else "right")
-        for name, iou in report["novel_IoU"].items():
-            table.add_row(name, fmt(iou), fmt(report["precision"][name]))
-        table.add_section()
-        table.add_row("novel mIoU", fmt(report["novel_mIoU"]), "")
-        table.add_row("coverage of novel pixels", fmt(report["coverage"]), "")
-        tables.append(table)
-    return tables
+def _pseudo_manifest(m: Manifest, names: list[str], state: dict) -> Manifest:
+    """The input dataset with absolute paths, its training labels replaced by the pseudo-labels in ``names``."""
+    absolute = lambda rel: str(m.resolve(rel)) if rel is not None else None  # noqa: E731
+    splits = {name: [Item(absolute(it.image), absolute(it.label), it.tags, absolute(it.full))
+                     for it in split_items] for name, split_items in m.splits.items()}
+    splits["train"] = [Item(absolute(it.image), name, it.tags, absolute(it.full))
+                       for it, name in zip(m.splits["train"], names)]
+    return Manifest(m.classes, m.base, m.novel, splits, novel_masks=True, source={"command": "pseudolabel", **state})
+
+
+def run_pseudolabel(o: PseudolabelOptions, console: Console) -> dict:
+    """Check everything before the output folder is touched, label the images an earlier run left, then write the
+    report and the new dataset; returns the report (the CLI prints it as tables)."""
+    o.check()
+    ckpt = load_checkpoint(o.checkpoint)
+    m = load_manifest(o.dataset)
+    check_classes(ckpt, m, o.checkpoint)
+    if not m.splits.get("train"):
+        raise UserError("the dataset has no training images to pseudo-label", o.dataset)
+    imgsz = inference_size(ckpt, o.imgsz)
+    state = _run_state(o, imgsz)
+    check_image_sizes(m, "train", imgsz, o.scales)
+    dev = resolve_device(o.device)
+    model = model_from_checkpoint(ckpt, dev, str(o.checkpoint))
+    _prepare(o.out, m.root, state, o.exist_ok)
+    items = m.splits["train"]
+    names = _label_names(items)
+    todo = _unfinished(o.out, names)
+    # Batches are cut from all images, then only those with work left run: a resumed run scores every image with
+    # the same batch neighbours as an uninterrupted one (scores differ in the last bits with batch composition).
+    batches = [b for b in _batches(m, list(range(len(items))), o.batch) if todo.intersection(b)]
+    loader = DataLoader(EvalDataset(m, "train", imgsz or None), batch_sampler=batches, collate_fn=collate_eval,
+                        num_workers=o.workers)
+    try:
+        _label_images(model, dev, loader, m, names, todo, o, console)
+        report = _report(o.out, m, names)
+        new = _pseudo_manifest(m, names, state)
+        write_json(o.out / REPORT, report)
+        new.save(o.out)  # last: its presence marks a finished dataset
+    except KeyboardInterrupt:
+        kept = len(items) - len(_unfinished(o.out, names))
+        raise Interrupted(f"interrupted: {kept} of {len(items)} pseudo-labels kept in {o.out}; rerun the same "
+                          "command to resume") from None
+    console.print(f"Pseudo-labelled {len(items)} training images ({len(items) - len(todo)} from an earlier run); "
+                  f"dataset: [bold]{o.out / MANIFEST}[/]")
+    return report

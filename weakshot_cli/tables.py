@@ -1,0 +1,116 @@
+"""The tables the commands print, built from what the stages return, so no stage decides how its results look:
+split's label values and dataset summary, evaluate's metrics, pseudolabel's reports, the demo's figures."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+from weakshot_cli.data.manifest import Manifest, image_counts
+from weakshot_cli.engine.progress import figure
+
+if TYPE_CHECKING:
+    from weakshot_cli.data.split import LabelValues
+
+
+def value_table(values: LabelValues) -> Table:
+    """Per label value as stored: the class it becomes, its pixels and the images holding that class."""
+    table = Table(title="Label values" + (" (rasterised from COCO)" if values.coco else ""))
+    for col in ("value", "class id", "class", "pixels", "%", "images"):
+        table.add_column(col, justify="right" if col not in ("class",) else "left")
+    total = max(values.pixels, 1)
+    for row in values.rows:
+        table.add_row(str(row.value), "-" if row.class_id is None else str(row.class_id), row.name, f"{row.pixels:,}",
+                      f"{100 * row.pixels / total:.2f}", "-" if row.images is None else str(row.images))
+    if values.hidden:
+        table.add_section()
+        table.add_row("", "", f"{values.hidden} rarer values not shown (--all-values)", "", "", "")
+    return table
+
+
+def dataset_table(m: Manifest) -> Table:
+    """Each class's role and how many images of each split are tagged with it, then the image counts."""
+    unused = set(m.source.get("unused", []))
+    table = Table(title=f"Weak-shot dataset: {len(m.base) - len(unused)} base + {len(m.novel)} novel classes"
+                        + (f" ({len(unused)} unused)" if unused else ""))
+    table.add_column("id", justify="right")
+    table.add_column("class")
+    table.add_column("role")
+    for name in m.splits:
+        table.add_column(f"{name} images", justify="right")
+    counts = {name: Counter(t for it in items for t in it.tags) for name, items in m.splits.items()}
+    for c, cname in enumerate(m.classes):
+        role = "[magenta]novel[/]" if c in m.novel else "[dim]unused[/]" if c in unused else "base"
+        table.add_row(str(c), cname, role, *(str(counts[n][c]) for n in m.splits))
+    table.add_section()
+    per_split = [image_counts(items) for items in m.splits.values()]
+    table.add_row("", "masked images", "", *(str(c["masked"]) for c in per_split))
+    if any(c["tag_only"] for c in per_split):
+        table.add_row("", "tag-only images", "", *(str(c["tag_only"]) for c in per_split))
+    table.add_row("", "all images", "", *(str(len(items)) for items in m.splits.values()))
+    return table
+
+
+def metrics_table(result: dict) -> Table:
+    """Per-class IoU and accuracy of an evaluation (what run_evaluate returns), then its means."""
+    table = Table(title=f"{result['split']}: {result['images']} images (%)")
+    for col, justify in (("class", "left"), ("type", "left"), ("IoU", "right"), ("Acc", "right")):
+        table.add_column(col, justify=justify)
+    for name, r in result["classes"].items():
+        kind = "[orange3]novel[/]" if r["type"] == "novel" else "base"
+        table.add_row(name, kind, figure(r["IoU"]), figure(r["Acc"]))
+    table.add_section()
+    for key, label in (("mIoU", "mIoU (all)"), ("base_mIoU", "base mIoU"), ("novel_mIoU", "[bold]novel mIoU[/]"),
+                       ("hIoU", "harmonic mean"), ("pAcc", "pixel accuracy"), ("mAcc", "mean accuracy")):
+        table.add_row(label, "", figure(result[key]), "")
+    return table
+
+
+def print_evaluation(console: Console, result: dict) -> None:
+    """The metrics table, then where the files are: as evaluate and the demo show an evaluation."""
+    run_dir = Path(result["run_dir"])
+    console.print(metrics_table(result))
+    console.print(f"Results: [bold]{run_dir / 'metrics.json'}[/] and plots in {run_dir / 'plots'}")
+
+
+def pseudolabel_tables(report: dict) -> list[Table]:
+    """What run_pseudolabel reports: the tag check, then (benchmark mode) the scores against the full masks."""
+    check = report["tag_check"]
+    table = Table(title=f"pseudo-labels vs image tags, {report['images']} training images (%)",
+                  caption="found: % of its tagged images with pixels of it; predicted: % of its untagged images "
+                          "where the tag filter dropped it; coverage: % of its tagged images' unknown pixels")
+    for col in ("novel class", "tagged", "found", "untagged", "predicted", "coverage", "mean score"):
+        table.add_column(col, justify="left" if col == "novel class" else "right")
+    for name, r in check["per_class"].items():
+        table.add_row(name, str(r["tagged_images"]), figure(r["found_pct"]), str(r["untagged_images"]),
+                      figure(r["untagged_predicted_pct"]), figure(r["coverage_pct"]),
+                      "-" if r["mean_score"] is None else f"{r['mean_score']:.3f}")
+    table.add_section()
+    table.add_row("all unknown pixels", "", "", "", "", figure(check["labelled_pct"]), "")
+    tables = [table]
+    if report.get("novel_mIoU") is not None:
+        table = Table(title="pseudo-labels vs full masks, training images (%)")
+        for col in ("novel class", "IoU", "precision"):
+            table.add_column(col, justify="left" if col == "novel class" else "right")
+        for name, iou in report["novel_IoU"].items():
+            table.add_row(name, figure(iou), figure(report["precision"][name]))
+        table.add_section()
+        table.add_row("novel mIoU", figure(report["novel_mIoU"]), "")
+        table.add_row("coverage of novel pixels", figure(report["coverage"]), "")
+        tables.append(table)
+    return tables
+
+
+def demo_table(novel: list[str], first: dict, second: dict, report: dict) -> Table:
+    """The demo's figures: both evaluations and the pseudo-labels' novel mIoU."""
+    table = Table(title=f"weakshot demo: novel classes {', '.join(novel)} learnt from tags (%, val)")
+    for col in ("stage", "mIoU", "base mIoU", "novel mIoU", "hIoU"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for name, r in (("SimFormer (train)", first), ("after pseudolabel + retrain", second)):
+        table.add_row(name, *(f"{r[k]:.1f}" for k in ("mIoU", "base_mIoU", "novel_mIoU", "hIoU")))
+    table.add_row("pseudo-labels (training images)", "", "", f"{report['novel_mIoU']:.1f}", "")
+    return table
