@@ -8,7 +8,6 @@ command line and the fragments the error line must contain.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -27,13 +26,11 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from conftest import assert_user_error, blocks, run_cli, write_dataset
-from test_train import TINY
+from conftest import TINY, assert_user_error, blocks, run_cli, run_process, snapshot, write_dataset
 from weakshot_cli.data.split import SplitOptions, run_split
-from weakshot_cli.engine.checkpoint import save_checkpoint
+from weakshot_cli.engine.build import build_model
+from weakshot_cli.engine.checkpoint import save_checkpoint, weights_state
 from weakshot_cli.engine.config import build_config
-from weakshot_cli.engine.train import build_model
-from weakshot_cli.engine.visualise import default_palette
 
 CLASSES = ["a", "b", "c", "d"]
 ROOT_USER = os.geteuid() == 0  # root ignores file permissions
@@ -56,19 +53,6 @@ def case(name: str, *marks: pytest.MarkDecorator) -> Callable:
     return register
 
 
-def snapshot(*roots: Path) -> dict[str, str]:
-    """Every folder, link and file (by content) under the roots: equal snapshots mean nothing was created,
-    changed or removed."""
-    state = {}
-    for root in roots:
-        for folder, dirs, files in os.walk(root):
-            for name in dirs + files:
-                p = Path(folder, name)
-                state[str(p)] = ("-> " + os.readlink(p) if p.is_symlink() else "dir" if p.is_dir()
-                                 else hashlib.sha256(p.read_bytes()).hexdigest())
-    return state
-
-
 def png_header(path: Path, width: int, height: int) -> None:
     """A PNG that claims width x height pixels but holds almost nothing: a decompression bomb, cheaply."""
     def chunk(tag: bytes, data: bytes) -> bytes:
@@ -88,10 +72,8 @@ def make_checkpoint(path: Path, classes: list[str]) -> Path:
     """An untrained tiny model saved as train.py saves one: building it is quicker than a training run."""
     sets = [v for flag, v in zip(TINY, TINY[1:]) if flag == "--set"]
     cfg = build_config("small", {"imgsz": 64}, sets)
-    model = build_model(cfg, len(classes))
-    return save_checkpoint(path, {"model": model.state_dict(), "config": cfg.to_dict(), "classes": classes,
-                                  "base": [0, 1, 3], "novel": [2], "palette": default_palette(len(classes)),
-                                  "iter": 0, "best": 0.0, "stage": "train"})
+    return save_checkpoint(path, weights_state(build_model(cfg, len(classes)), cfg, classes, [0, 1, 3], [2],
+                                               iteration=0, best=0.0, best_iter=None, stage="train"))
 
 
 def make_source(root: Path) -> None:
@@ -114,10 +96,12 @@ def shared(tmp_path_factory) -> Path:
 
 
 class Ctx:
-    """Fresh copies per test of what a case breaks; the shared checkpoints are only read."""
+    """Fresh copies per test of what a case breaks; the shared checkpoints (and the session's tiny run) are only
+    read, and are in the before/after snapshot with the test's own folder."""
 
-    def __init__(self, shared: Path, tmp: Path):
-        self.shared, self.tmp = shared, tmp
+    def __init__(self, shared: Path, tmp: Path, request: pytest.FixtureRequest):
+        self.shared, self.tmp, self.request = shared, tmp, request
+        self.read_only = [shared]
         self.ckpt, self.other_ckpt = shared / "ckpt.pt", shared / "other.pt"
         self.out, self.runs = tmp / "out", tmp / "runs"
         self._src: Path | None = None
@@ -800,15 +784,10 @@ def _(t: Ctx) -> Case:
 # ---- run outcomes (issue 11.7) ----
 
 def finished_run(t: Ctx) -> Path:
-    """A finished 2-iteration training run, made once in the shared folder and from then on only read: a refused
-    --resume must leave it byte-identical."""
-    run = t.shared / "runs" / "train" / "train"
-    if not (run / "results.json").exists():
-        ws = t.shared / "ws"
-        run_split(SplitOptions(out=ws, images=t.shared / "src" / "images", masks=t.shared / "src" / "labels",
-                               classes=t.shared / "src" / "classes.txt", novel=["c"]), Console(file=io.StringIO()))
-        r = run_cli("train", ws, *TINY, "--iters", "2", "--project", t.shared / "runs")
-        assert r.returncode == 0, r.stderr
+    """A finished 2-iteration training run (the session's tiny run, on another dataset than ``t.ws``), only read: a
+    refused --resume must leave it byte-identical."""
+    run = t.request.getfixturevalue("tiny_run")
+    t.read_only.append(run)
     return run
 
 
@@ -858,9 +837,12 @@ def _(t: Ctx) -> Case:
 
 @pytest.mark.parametrize("make", CASES)
 def test_bad_input(make, shared, tmp_path, request):
+    """In this process through the CLI's entry point (conftest.run_cli), but in a child process where the case
+    needs one (resource limits: the disk-full cases)."""
     request.addfinalizer(lambda: [p.chmod(0o700) for p in tmp_path.rglob("locked")])
-    t = Ctx(shared, tmp_path)
+    t = Ctx(shared, tmp_path, request)
     c = make(t)
-    before = snapshot(tmp_path, shared)
-    assert_user_error(run_cli(*c.args, preexec_fn=c.preexec), *c.fragments)
-    assert snapshot(tmp_path, shared) == before
+    before = snapshot(tmp_path, *t.read_only)
+    r = run_cli(*c.args) if c.preexec is None else run_process(*c.args, preexec_fn=c.preexec)
+    assert_user_error(r, *c.fragments)
+    assert snapshot(tmp_path, *t.read_only) == before

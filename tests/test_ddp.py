@@ -10,8 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
-from test_train import TINY, synth  # noqa: F401  (fixture)
+from conftest import ROOT, TINY, run_cli
 from weakshot_cli.engine.checkpoint import load_checkpoint
 
 # Batch statistics and per-process random sampling differ between one and two processes by design, so the
@@ -33,7 +32,7 @@ def torchrun(*args, port: int) -> subprocess.CompletedProcess:
 
 
 @needs_torchrun
-def test_two_processes_match_one(synth, tmp_path):  # noqa: F811
+def test_two_processes_match_one(synth, tmp_path):
     assert run_cli("train", synth, *EXACT, "--name", "one", "--project", tmp_path / "runs").returncode == 0
     r = torchrun(synth, *EXACT, "--name", "two", "--project", tmp_path / "runs", port=29517)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -44,7 +43,7 @@ def test_two_processes_match_one(synth, tmp_path):  # noqa: F811
 
 
 @needs_torchrun
-def test_batch_must_split_evenly_across_processes(synth, tmp_path):  # noqa: F811
+def test_batch_must_split_evenly_across_processes(synth, tmp_path):
     r = torchrun(synth, *EXACT, "--batch", "3", "--project", tmp_path / "runs", port=29518)
     assert r.returncode != 0
     assert "error: --batch 3 is not divisible by the 2 torchrun processes" in r.stderr

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from test_train import TINY, synth  # noqa: F401  (fixture)
 from weakshot_cli.data.dataset import EvalDataset, collate_eval
 from weakshot_cli.data.manifest import load_manifest
 from weakshot_cli.engine.checkpoint import load_checkpoint
@@ -20,14 +19,13 @@ from weakshot_cli.engine.metrics import compute_metrics, confusion
 from weakshot_cli.engine.visualise import legend_entries
 
 
-@pytest.fixture(scope="module")
-def ckpt(synth, tmp_path_factory) -> Path:  # noqa: F811
-    runs = tmp_path_factory.mktemp("runs")
-    assert run_cli("train", synth, *TINY, "--iters", "2", "--project", runs).returncode == 0
-    return runs / "train" / "train" / "weights" / "last.pt"
+@pytest.fixture
+def ckpt(tiny_ckpt) -> Path:
+    """The session's 2-iteration checkpoint (conftest.tiny_ckpt)."""
+    return tiny_ckpt
 
 
-def test_metrics_are_those_of_the_real_predictions(ckpt, synth, tmp_path):  # noqa: F811
+def test_metrics_are_those_of_the_real_predictions(ckpt, synth, tmp_path):
     r = run_cli("evaluate", ckpt, synth, "--device", "cpu", "--imgsz", "64", "--batch", "3", "--samples", "2",
                 "--project", tmp_path / "runs")
     assert r.returncode == 0, r.stderr
@@ -68,7 +66,7 @@ def test_metrics_are_those_of_the_real_predictions(ckpt, synth, tmp_path):  # no
     assert all((samples == colour).all(axis=-1).sum() < 10 for colour in absent)
 
 
-def test_test_time_augmentation(ckpt, synth, tmp_path):  # noqa: F811
+def test_test_time_augmentation(ckpt, synth, tmp_path):
     model = model_from_checkpoint(load_checkpoint(ckpt), torch.device("cpu"))
     b = collate_eval([EvalDataset(load_manifest(synth), "val", 64)[0]])
     x, size = b["image"], [b["labels"][0].shape]
@@ -84,7 +82,7 @@ def test_test_time_augmentation(ckpt, synth, tmp_path):  # noqa: F811
     assert result["flip"] is True and result["scales"] == [1.0, 1.5]
 
 
-def test_training_split_is_scored_on_its_full_masks(ckpt, synth, tmp_path):  # noqa: F811
+def test_training_split_is_scored_on_its_full_masks(ckpt, synth, tmp_path):
     r = run_cli("evaluate", ckpt, synth, "--split", "train", "--device", "cpu", "--imgsz", "64", "--samples", "0",
                 "--project", tmp_path / "runs")
     assert r.returncode == 0, r.stderr

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from conftest import run_cli
+from conftest import coco_box, run_cli, write_coco
 from weakshot_cli.data.labels import read_class_names, read_label_map
 from weakshot_cli.data.manifest import load_manifest
 from weakshot_cli.data.tags import load_tags
@@ -91,24 +90,6 @@ def test_label_map_and_class_name_errors(tmp_path):
 
 # ---- COCO JSON ------------------------------------------------------------------------------------------------------
 
-def _coco(tmp_path: Path, annotations: list[dict], h: int = 20, w: int = 30) -> tuple[Path, Path]:
-    images = tmp_path / "images"
-    images.mkdir(exist_ok=True)
-    Image.new("RGB", (w, h)).save(images / "a.jpg")
-    data = {
-        "images": [{"id": 1, "file_name": "a.jpg", "height": h, "width": w}],
-        "annotations": annotations,
-        "categories": [{"id": 5, "name": "grass"}, {"id": 2, "name": "dog"}, {"id": 9, "name": "ball"}],
-    }
-    path = tmp_path / "inst.json"
-    path.write_text(json.dumps(data))
-    return images, path
-
-
-def _box(x0, y0, x1, y1):
-    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
-
-
 def test_coco_polygons_rle_crowd_and_paint_order(tmp_path):
     h, w = 20, 30
     grass = np.zeros((h, w), np.uint8, order="F")
@@ -119,12 +100,12 @@ def test_coco_polygons_rle_crowd_and_paint_order(tmp_path):
     crowd[15:, 22:] = 1
     uncompressed = {"size": [h, w], "counts": [int(c) for c in _runs(crowd)]}
     anns = [
-        {"id": 1, "image_id": 1, "category_id": 9, "segmentation": _box(2, 2, 6, 6), "iscrowd": 0},  # small ball
+        {"id": 1, "image_id": 1, "category_id": 9, "segmentation": coco_box(2, 2, 6, 6), "iscrowd": 0},  # small ball
         {"id": 2, "image_id": 1, "category_id": 5, "segmentation": compressed, "iscrowd": 0},  # big grass
-        {"id": 3, "image_id": 1, "category_id": 2, "segmentation": _box(21, 1, 28, 10), "iscrowd": 0},
+        {"id": 3, "image_id": 1, "category_id": 2, "segmentation": coco_box(21, 1, 28, 10), "iscrowd": 0},
         {"id": 4, "image_id": 1, "category_id": 2, "segmentation": uncompressed, "iscrowd": 1},
     ]
-    images, path = _coco(tmp_path, anns)
+    images, path = write_coco(tmp_path, anns)
     out = tmp_path / "ws"
     r = run_cli("split", "--images", images, "--coco", f"train={path}", "--novel", "ball", "-o", out)
     assert r.returncode == 0, r.stderr

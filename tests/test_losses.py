@@ -367,14 +367,65 @@ def test_point_sampling_mode_runs_end_to_end():
     assert out["pred_masks"].grad.abs().sum() > 0
 
 
-def test_num_masks_all_reduced_under_distributed(tmp_path):
+def _ddp_batch():
+    """Two images whose normalisers differ: image 0 has 2 base masks, a novel tag (a complementary term) and 3
+    targets; image 1 has 1 base mask, no novel tag and 1 target. With aux layers, as in training."""
+    out = model_like_outputs(aux=1)
+    sem0, sem1 = batch_targets()[0]["sem"], batch_targets()[1]["sem"]
+    return out, [weak_target(sem0, novel=[2]), weak_target(sem1, pad=batch_targets()[1]["pad"])]
+
+
+def _image(out: dict, i: int) -> dict:
+    """Image ``i`` of a batch of outputs, as new leaf tensors (the share of one process)."""
+    layer = lambda o: {k: o[k][i:i + 1].detach().clone().requires_grad_() for k in ("pred_logits", "pred_masks")}
+    return {**layer(out), "aux_outputs": [layer(a) for a in out["aux_outputs"]]}
+
+
+def _leaves(out: dict) -> list[torch.Tensor]:
+    return [out["pred_logits"], out["pred_masks"]] + [a[k] for a in out["aux_outputs"]
+                                                      for k in ("pred_logits", "pred_masks")]
+
+
+def _one_ddp_process(rank: int, world: int, rendezvous: str, results: str) -> None:
+    """One of two gloo processes: the criterion on its image, its normalisers all-reduced by the criterion."""
     import torch.distributed as dist
 
-    out, targets = model_like_outputs(), batch_targets()
-    local = crit()(out, targets)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
-        reduced = crit()(out, targets)
+        out, targets = _ddp_batch()
+        mine = _image(out, rank)
+        losses = crit(use_comp=True)(mine, [targets[rank]])
+        losses["loss"].backward()
+        torch.save({"losses": {k: v.detach() for k, v in losses.items()}, "grads": [t.grad for t in _leaves(mine)]},
+                   f"{results}/{rank}.pt")
     finally:
         dist.destroy_process_group()
-    assert torch.equal(reduced["loss_mask"], local["loss_mask"])
+
+
+def test_two_gloo_processes_give_the_loss_and_gradients_of_one_process_on_the_whole_batch(tmp_path):
+    """DDP averages gradients over processes: with the class-weight, mask and complementary-image counts all-reduced
+    (each process normalising by the global count over the number of processes), the mean of the processes'
+    losses and their averaged gradients equal one process's on the whole batch. The images' counts differ, so a
+    process normalising by its own counts fails this (test_ddp checks whole training runs; this names the term)."""
+    import multiprocessing
+
+    out, targets = _ddp_batch()
+    whole = {**{k: out[k] for k in ("pred_logits", "pred_masks")}, "aux_outputs": out["aux_outputs"]}
+    single = crit(use_comp=True)(whole, targets)
+    single["loss"].backward()
+    ctx = multiprocessing.get_context("fork")  # no re-import of torch, as spawn would need
+    procs = [ctx.Process(target=_one_ddp_process, args=(rank, 2, str(tmp_path / "rendezvous"), str(tmp_path)))
+             for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    ranks = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    for key in ("loss_ce", "loss_mask", "loss_dice", "loss_comp", "loss"):
+        mean = sum(r["losses"][key] for r in ranks) / 2
+        assert mean.item() == pytest.approx(single[key].item(), rel=1e-5), key
+        assert single[key].item() > 0, key
+    for i, grad in enumerate(_leaves(whole)):  # each process's gradient of its image, averaged over the 2 processes
+        torch.testing.assert_close(torch.cat([r["grads"][i] for r in ranks]) / 2, grad.grad, rtol=1e-5, atol=1e-7)

@@ -17,8 +17,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision.transforms.v2 import functional as TF
 
-from conftest import ROOT, assert_user_error, run_cli
-from test_train import TINY, synth  # noqa: F401  (fixture)
+from conftest import ROOT, assert_user_error, interruptible, run_cli
 from weakshot_cli.data.dataset import collate_eval, normalise
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
@@ -28,12 +27,10 @@ from weakshot_cli.engine.visualise import default_palette, legend_entries, overl
 FAST = ["--device", "cpu", "--imgsz", "64"]
 
 
-@pytest.fixture(scope="module")
-def ckpt(synth, tmp_path_factory) -> Path:  # noqa: F811
-    runs = tmp_path_factory.mktemp("runs")
-    r = run_cli("train", synth, *TINY, "--iters", "2", "--set", "val_every=100", "--project", runs)
-    assert r.returncode == 0, r.stderr
-    return runs / "train" / "train" / "weights" / "last.pt"
+@pytest.fixture
+def ckpt(tiny_ckpt) -> Path:
+    """The session's 2-iteration checkpoint (conftest.tiny_ckpt)."""
+    return tiny_ckpt
 
 
 def rgb(h: int, w: int, seed: int = 0) -> Image.Image:
@@ -200,7 +197,8 @@ def test_ctrl_c_says_how_many_predictions_were_kept_and_where(ckpt, tmp_path):
     run = tmp_path / "runs" / "predict" / "predict"
     proc = subprocess.Popen([sys.executable, "-m", "weakshot_cli", "predict", str(ckpt), str(src), *FAST,
                              "--json", "--project", str(tmp_path / "runs")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=interruptible)
     deadline = time.time() + 300
     while time.time() < deadline and not list((run / "labels").glob("*.png")) and proc.poll() is None:
         time.sleep(0.02)

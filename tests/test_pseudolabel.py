@@ -19,8 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, assert_user_error, run_cli
-from test_train import TINY, synth  # noqa: F401  (fixture)
+from conftest import ROOT, TINY, assert_user_error, interruptible, run_cli
 from weakshot_cli.data.dataset import EvalDataset, collate_eval
 from weakshot_cli.data.manifest import Item, Manifest, load_manifest
 from weakshot_cli.data.synthetic import make_synthetic
@@ -37,19 +36,18 @@ def digest(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def ckpt(synth, tmp_path_factory) -> Path:  # noqa: F811
-    """A 2-iteration checkpoint whose novel class logits are raised so that novel classes win on the
+def ckpt(tiny_ckpt, tmp_path_factory) -> Path:
+    """The session's 2-iteration checkpoint with its novel class logits raised so that novel classes win on the
     unlabelled pixels of tagged and untagged images alike: the tag rule then has pixels to keep and to drop."""
-    runs = tmp_path_factory.mktemp("runs")
-    assert run_cli("train", synth, *TINY, "--iters", "2", "--project", runs).returncode == 0
-    trained = load_checkpoint(runs / "train" / "train" / "weights" / "last.pt")
+    trained = load_checkpoint(tiny_ckpt)
     trained["model"]["class_embed.bias"][trained["novel"]] += 1.0
-    torch.save(trained, runs / "novel-biased.pt")
-    return runs / "novel-biased.pt"
+    path = tmp_path_factory.mktemp("novel-biased") / "novel-biased.pt"
+    torch.save(trained, path)
+    return path
 
 
 @pytest.fixture(scope="module")
-def labelled(ckpt, synth, tmp_path_factory) -> Path:  # noqa: F811
+def labelled(ckpt, synth, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pl") / "pl"
     before = digest(synth)
     r = run_cli("pseudolabel", ckpt, synth, "-o", out, *IMGSZ)
@@ -59,7 +57,7 @@ def labelled(ckpt, synth, tmp_path_factory) -> Path:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def tag_only(synth, tmp_path_factory) -> Path:  # noqa: F811
+def tag_only(synth, tmp_path_factory) -> Path:
     """Real mode (no full masks) with every third training image tag-only: its tags (base and novel), no mask."""
     src = load_manifest(synth)
     train = [Item(it.image, None if i % 3 == 0 else str(src.resolve(it.label)), it.tags)
@@ -174,7 +172,7 @@ def test_batches_never_mix_image_sizes(tmp_path):
     assert all(len(b) <= 2 and len({sizes[i] for i in b}) == 1 for b in batches)
 
 
-def test_rules_hold_on_every_written_label(labelled, ckpt, synth):  # noqa: F811
+def test_rules_hold_on_every_written_label(labelled, ckpt, synth):
     src, new = load_manifest(synth), load_manifest(labelled)
     assert new.novel_masks and new.classes == src.classes and new.novel == src.novel
     assert [it.tags for it in new.splits["train"]] == [it.tags for it in src.splits["train"]]
@@ -250,7 +248,7 @@ def test_tag_only_images_keep_their_tagged_classes(base_biased, tag_only, tmp_pa
     assert kept > 0 and dropped > 0, (kept, dropped)
 
 
-def test_tag_check_matches_the_model(labelled, ckpt, synth):  # noqa: F811
+def test_tag_check_matches_the_model(labelled, ckpt, synth):
     """What the files cannot show: in how many untagged images each novel class was predicted (then dropped), and
     the mean winning score of its pseudo-labels, recomputed from the model's scores image by image."""
     per_class = json.loads((labelled / "pseudolabel.json").read_text())["tag_check"]["per_class"]
@@ -277,7 +275,7 @@ def test_tag_check_matches_the_model(labelled, ckpt, synth):  # noqa: F811
     assert any(r["untagged_predicted_pct"] > 0 for r in per_class.values())
 
 
-def test_min_score_leaves_only_base(ckpt, synth, tmp_path):  # noqa: F811
+def test_min_score_leaves_only_base(ckpt, synth, tmp_path):
     assert run_cli("pseudolabel", ckpt, synth, "-o", tmp_path / "pl", "--min-score", "1e9", *IMGSZ).returncode == 0
     src, new = load_manifest(synth), load_manifest(tmp_path / "pl")
     for old, it in zip(src.splits["train"], new.splits["train"]):
@@ -285,7 +283,7 @@ def test_min_score_leaves_only_base(ckpt, synth, tmp_path):  # noqa: F811
                                       np.asarray(Image.open(src.resolve(old.label))))
 
 
-def test_interrupted_run_resumes_to_the_same_output(labelled, ckpt, synth, tmp_path):  # noqa: F811
+def test_interrupted_run_resumes_to_the_same_output(labelled, ckpt, synth, tmp_path):
     partial = tmp_path / "pl"
     shutil.copytree(labelled, partial)
     (partial / "weakshot.json").unlink()
@@ -306,11 +304,14 @@ def test_interrupted_run_resumes_to_the_same_output(labelled, ckpt, synth, tmp_p
     assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", labelled, *IMGSZ), "--exist-ok")
 
 
+STOP_IMAGES = 60  # enough that a stop after 10 labels lands mid-way: the 50 left take over a second
+
+
 @pytest.fixture(scope="module")
 def straight(ckpt, tmp_path_factory) -> tuple[list, Path]:
-    """A 120-image dataset pseudo-labelled one image per batch without interruption: the command, and its output."""
+    """A 60-image dataset pseudo-labelled one image per batch without interruption: the command, and its output."""
     root = tmp_path_factory.mktemp("straight")
-    make_synthetic(root / "src", n_train=120, n_val=2, size=64, seed=1)
+    make_synthetic(root / "src", n_train=STOP_IMAGES, n_val=2, size=64, seed=1)
     assert run_cli("split", "--images", root / "src" / "images", "--masks", root / "src" / "labels",
                    "--classes", root / "src" / "classes.txt", "--novel", "star,ring,brick", "-o",
                    root / "ws").returncode == 0
@@ -327,7 +328,8 @@ def test_stop_then_rerun_equals_an_uninterrupted_run(straight, tmp_path, sig):
     args, uninterrupted = straight
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "weakshot_cli", *map(str, args), "-o", str(killed)],
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=interruptible)
     labels = killed / "labels" / "train"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and len(list(labels.glob("*.png"))) < 10:
@@ -335,19 +337,19 @@ def test_stop_then_rerun_equals_an_uninterrupted_run(straight, tmp_path, sig):
     proc.send_signal(sig)
     _, err = proc.communicate()
     written = len(list(labels.glob("*.png")))
-    assert 10 <= written < 120 and not (killed / "weakshot.json").exists()
+    assert 10 <= written < STOP_IMAGES and not (killed / "weakshot.json").exists()
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
     else:
         assert proc.returncode == 130 and err.decode().splitlines() == [
-            f"interrupted: {written} of 120 pseudo-labels kept in {killed}; rerun the same command to resume"]
+            f"interrupted: {written} of {STOP_IMAGES} pseudo-labels kept in {killed}; rerun the same command to resume"]
     r = run_cli(*args, "-o", killed)
     assert r.returncode == 0, r.stderr
     assert "from an earlier run" in r.stdout
     assert digest(killed) == digest(uninterrupted)
 
 
-def test_benchmark_report_matches_the_files(labelled, synth):  # noqa: F811
+def test_benchmark_report_matches_the_files(labelled, synth):
     report = json.loads((labelled / "pseudolabel.json").read_text())
     src, new = load_manifest(synth), load_manifest(labelled)
     assert report["tag_only_images"] == 0

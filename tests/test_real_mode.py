@@ -16,12 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import ROOT, assert_user_error, blocks, run_cli, write_dataset
-from test_bad_input import snapshot
-from test_formats import _box, _coco
-from test_train import TINY, _model_state
+from conftest import (ROOT, TINY, assert_user_error, blocks, coco_box, interruptible, model_state, run_cli, snapshot,
+                      write_coco, write_dataset)
 from weakshot_cli.data.manifest import load_manifest
-from weakshot_cli.data.synthetic import make_synthetic
 
 CLASSES = ["road", "sky", "lamp", "clock"]
 
@@ -201,8 +198,8 @@ def test_no_training_split_is_an_error_naming_the_likely_cause(tmp_path):
 
 
 def test_coco_with_objects_only_warns_and_background_makes_a_class(tmp_path):
-    anns = [{"id": 1, "image_id": 1, "category_id": 9, "segmentation": _box(2, 2, 6, 6), "iscrowd": 0}]
-    images, path = _coco(tmp_path, anns)
+    anns = [{"id": 1, "image_id": 1, "category_id": 9, "segmentation": coco_box(2, 2, 6, 6), "iscrowd": 0}]
+    images, path = write_coco(tmp_path, anns)
     out = tmp_path / "ws"
     r = run_cli("split", "--images", images, "--coco", f"train={path}", "--novel", "ball", "-o", out)
     assert r.returncode == 0 and "outside every COCO annotation" in r.stderr and "--background" in r.stderr
@@ -215,12 +212,11 @@ def test_coco_with_objects_only_warns_and_background_makes_a_class(tmp_path):
     assert full[4, 4] == 2 and full[0, 29] == 3
 
 
-def test_tag_only_images_are_trained_on_and_their_hidden_pixels_never_reach_training(tmp_path):
+def test_tag_only_images_are_trained_on_and_their_hidden_pixels_never_reach_training(synth, tmp_path):
     """Benchmark-mode tag-only images keep their full masks for the oracle: poisoning every pixel of those (and
     every novel pixel of the others) leaves training bit-identical, while leaving the tag-only images out
     (--set tag_only=false) changes it, so they are used."""
-    make_synthetic(tmp_path / "src", n_train=12, n_val=4, size=64, seed=1)
-    src = tmp_path / "src"
+    src = synth.parent / "src"  # the session's synthetic images, only read
     clean, poisoned = tmp_path / "clean", tmp_path / "poisoned"
     r = run_cli("split", "--images", src / "images", "--masks", src / "labels", "--classes", src / "classes.txt",
                 "--novel", "star,ring,brick", "--tag-only-fraction", "0.5", "-o", clean)
@@ -237,16 +233,16 @@ def test_tag_only_images_are_trained_on_and_their_hidden_pixels_never_reach_trai
     runs = tmp_path / "runs"
     for name, ds, extra in (("clean", clean, []), ("poisoned", poisoned, []),
                             ("masked_only", clean, ["--set", "tag_only=false"])):
-        r = run_cli("train", ds, *TINY, "--iters", "3", "--name", name, "--project", runs, *extra)
+        r = run_cli("train", ds, *TINY, "--iters", "2", "--name", name, "--project", runs, *extra)
         assert r.returncode == 0, r.stderr
-    a, b, c = (_model_state(runs / "train" / name) for name in ("clean", "poisoned", "masked_only"))
+    a, b, c = (model_state(runs / "train" / name) for name in ("clean", "poisoned", "masked_only"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_coco_json_with_a_byte_order_mark_reads_as_without(tmp_path):
-    anns = [{"id": 1, "image_id": 1, "category_id": 9, "segmentation": _box(2, 2, 6, 6), "iscrowd": 0}]
-    images, path = _coco(tmp_path, anns)
+    anns = [{"id": 1, "image_id": 1, "category_id": 9, "segmentation": coco_box(2, 2, 6, 6), "iscrowd": 0}]
+    images, path = write_coco(tmp_path, anns)
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
     r = run_cli("split", "--images", images, "--coco", f"train={path}", "--novel", "ball", "-o", tmp_path / "ws")
     assert r.returncode == 0, r.stderr
@@ -262,8 +258,8 @@ def test_ctrl_c_in_split_says_nothing_was_written(tmp_path):
     out = tmp_path / "ws"
     proc = subprocess.Popen([sys.executable, "-m", "weakshot_cli", *map(str, args), "-o", str(out)], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.monotonic() + 60
+                            text=True, preexec_fn=interruptible)
+    deadline = time.monotonic() + 300
     while not list(tmp_path.glob(".ws.staging-*")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list(tmp_path.glob(".ws.staging-*")), "split never reached the tags file"

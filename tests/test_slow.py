@@ -49,11 +49,11 @@ def test_eval_mode_predicts_as_well_as_batch_statistics(synth_ws, tmp_path):
     """The from-scratch BatchNorm trap: running statistics must be usable at inference."""
     from weakshot_cli.data.dataset import EvalDataset, collate_eval
     from weakshot_cli.data.manifest import load_manifest
+    from weakshot_cli.engine.build import build_model
     from weakshot_cli.engine.checkpoint import load_checkpoint
     from weakshot_cli.engine.config import TrainConfig
     from weakshot_cli.engine.inference import class_scores
     from weakshot_cli.engine.metrics import compute_metrics, confusion
-    from weakshot_cli.engine.train import build_model
 
     sets = [x for kv in DEMO_TRAIN for x in ("--set", kv)]
     r = run_cli("train", synth_ws, "--preset", "small", "--iters", "300", "--device", "cpu", *sets, "--no-sim",

@@ -181,6 +181,7 @@ def test_refuses_to_overwrite_a_dataset_unless_exist_ok(toy):
     assert r.returncode == 0 and load_manifest(out).novel == [3]
 
 
+@pytest.mark.slow  # splits all of CamVid (468 images)
 @pytest.mark.skipif(not CAMVID.exists(), reason="needs ../shared/data/camvid")
 def test_camvid_split_hides_novel_pixels(tmp_path):
     out = tmp_path / "camvid-ws"

@@ -19,33 +19,16 @@ import torch
 import torchvision
 from PIL import Image
 
-from conftest import ROOT, assert_user_error, run_cli
+from conftest import ROOT, TINY, assert_user_error, model_state, run_cli, snapshot
 from weakshot_cli.data.manifest import load_manifest
-from weakshot_cli.data.synthetic import make_synthetic
 from weakshot_cli.engine.checkpoint import load_checkpoint
+from weakshot_cli.engine.loop import best_score, improves, log_interval, val_interval
 from weakshot_cli.engine.runs import read_metrics
-from weakshot_cli.engine.train import best_score, improves, log_interval, val_interval
 from weakshot_cli.engine.weights import imagenet_file, init_backbone
 from weakshot_cli.errors import UserError
 from models import build_backbone
 
 torch.set_num_threads(2)
-
-TINY = ["--preset", "small", "--imgsz", "64", "--batch", "4", "--workers", "0", "--device", "cpu",
-        "--set", "hidden_dim=32", "--set", "mask_dim=32", "--set", "dim_feedforward=64", "--set", "num_queries=8",
-        "--set", "dec_layers=2", "--set", "num_points=256", "--set", "num_sim_points=16",
-        "--set", "sim_class_points=12", "--set", "num_dist_points=16", "--set", "log_every=1", "--set", "val_imgsz=64"]
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    make_synthetic(root / "src", n_train=12, n_val=4, size=64, seed=1)
-    r = run_cli("split", "--images", root / "src" / "images", "--masks", root / "src" / "labels", "--classes",
-                root / "src" / "classes.txt", "--novel", "star,ring,brick", "-o", root / "ws")
-    assert r.returncode == 0, r.stderr
-    return root / "ws"
-
 
 def records(run: Path, kind: str = "train") -> list[dict]:
     return read_metrics(run, kind)
@@ -59,36 +42,31 @@ def strict_json(path: Path) -> dict:
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
-def test_run_folder_and_checkpoints(synth, tmp_path):
-    r = run_cli("train", synth, *TINY, "--iters", "3", "--project", tmp_path / "runs")
-    assert r.returncode == 0, r.stderr
-    run = tmp_path / "runs" / "train" / "train"
+def test_run_folder_and_checkpoints(synth, tiny_run, tmp_path):
+    run = tiny_run  # the session's 2-iteration run
     for f in ("config.json", "log.txt", "metrics.jsonl", "results.json", "weights/last.pt", "weights/best.pt",
               "plots/losses.png"):
         assert (run / f).exists(), f
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["hidden_dim"] == 32 and cfg["dataset"] == str(synth.resolve()) and cfg["comp_weight"] == 0.2
-    assert [r["iter"] for r in records(run)] == [1, 2, 3]
+    assert [r["iter"] for r in records(run)] == [1, 2]
     assert all(np.isfinite(r["loss"]) for r in records(run)) and records(run, "val")
-    # val_every 0 validates a 3-iteration run once, at the end; best.pt is chosen by the mean of base and novel mIoU
+    # val_every 0 validates a 2-iteration run once, at the end; best.pt is chosen by the mean of base and novel mIoU
     val = records(run, "val")
     results = strict_json(run / "results.json")
-    assert [v["iter"] for v in val] == [3] and cfg["best_metric"] == results["best_metric"] == "mean_base_novel"
+    assert [v["iter"] for v in val] == [2] and cfg["best_metric"] == results["best_metric"] == "mean_base_novel"
     assert results["best"] == pytest.approx((val[0]["base_mIoU"] + val[0]["novel_mIoU"]) / 2)
-    assert results["best_iter"] == load_checkpoint(run / "weights" / "best.pt")["iter"] == 3
-    assert r.stdout.count(f"Run folder: {run}") == 1
+    assert results["best_iter"] == load_checkpoint(run / "weights" / "best.pt")["iter"] == 2
+    assert (run.parents[1] / "stdout.txt").read_text().count(f"Run folder: {run}") == 1
     ckpt = load_checkpoint(run / "weights" / "last.pt")
-    assert ckpt["iter"] == 3 and ckpt["classes"] == load_manifest(synth).classes and ckpt["novel"] == [2, 7, 8]
-    last_line = [x for x in (run / "log.txt").read_text().splitlines() if x.startswith("iter 3/3")][0]
+    assert ckpt["iter"] == 2 and ckpt["classes"] == load_manifest(synth).classes and ckpt["novel"] == [2, 7, 8]
+    last_line = [x for x in (run / "log.txt").read_text().splitlines() if x.startswith("iter 2/2")][0]
     for term in ("it/s", "eta", "loss", "ce", "mask", "dice", "comp", "sim", "dist", "lr", "mem"):
         assert f" {term} " in f" {last_line} ", (term, last_line)
     # a second run auto-increments its folder
+    shutil.copytree(run, tmp_path / "runs" / "train" / "train")
     assert run_cli("train", synth, *TINY, "--iters", "1", "--project", tmp_path / "runs").returncode == 0
     assert (tmp_path / "runs" / "train" / "train2" / "weights" / "last.pt").exists()
-
-
-def _model_state(run: Path) -> dict:
-    return load_checkpoint(run / "weights" / "last.pt")["model"]
 
 
 def _args(synth: Path, tmp_path: Path) -> list:
@@ -120,7 +98,7 @@ def _start_and_interrupt(args: list, run: Path, sig: signal.Signals, after: int)
 def _assert_same_run(a: Path, b: Path) -> None:
     assert [x["iter"] for x in records(b)] == list(range(1, 9))
     assert [x["loss"] for x in records(b)] == pytest.approx([x["loss"] for x in records(a)], rel=1e-5)
-    wa, wb = _model_state(a), _model_state(b)
+    wa, wb = model_state(a), model_state(b)
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
@@ -172,14 +150,15 @@ def test_same_seed_same_losses_and_predictions(synth, straight, tmp_path):
         np.testing.assert_array_equal(labels[0][name], labels[1][name])
 
 
-def test_weights_starts_a_new_run_and_resume_or_weights_not_both(synth, tmp_path):
-    assert run_cli("train", synth, *TINY, "--iters", "2", "--project", tmp_path / "runs").returncode == 0
-    last = tmp_path / "runs" / "train" / "train" / "weights" / "last.pt"
+def test_weights_starts_a_new_run_and_resume_or_weights_not_both(synth, tiny_run, tmp_path):
+    last = tiny_run / "weights" / "last.pt"  # a finished 2-iteration run
+    before = snapshot(tiny_run)
     r = run_cli("train", synth, *TINY, "--iters", "1", "--weights", last, "--project", tmp_path / "runs")
     assert r.returncode == 0, r.stderr
-    assert load_checkpoint(tmp_path / "runs" / "train" / "train2" / "weights" / "last.pt")["iter"] == 1
+    assert load_checkpoint(tmp_path / "runs" / "train" / "train" / "weights" / "last.pt")["iter"] == 1
     assert_user_error(run_cli("train", synth, "--resume", last, "--weights", last), "use one")
     assert_user_error(run_cli("train", "--resume", last), "run already finished")
+    assert snapshot(tiny_run) == before
 
 
 def test_oracle_needs_full_masks(synth, tmp_path):
@@ -213,17 +192,17 @@ def test_novel_pixels_never_reach_training(synth, tmp_path):
         noisy = np.where(np.isin(full, m.novel), rng.integers(0, 10, full.shape), full).astype(np.uint8)
         Image.fromarray(noisy).save(m.resolve(it.full))
     for name, ds in (("clean", clean), ("poisoned", poisoned)):
-        r = run_cli("train", ds, *TINY, "--iters", "3", "--name", name, "--project", tmp_path / "runs")
+        r = run_cli("train", ds, *TINY, "--iters", "2", "--name", name, "--project", tmp_path / "runs")
         assert r.returncode == 0, r.stderr
-    a = _model_state(tmp_path / "runs" / "train" / "clean")
-    b = _model_state(tmp_path / "runs" / "train" / "poisoned")
+    a = model_state(tmp_path / "runs" / "train" / "clean")
+    b = model_state(tmp_path / "runs" / "train" / "poisoned")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # ... whereas the oracle, which does read them, notices
     for name, ds in (("oclean", clean), ("opoisoned", poisoned)):
         assert run_cli("train", ds, *TINY, "--iters", "2", "--oracle", "--name", name,
                        "--project", tmp_path / "runs").returncode == 0
-    a = _model_state(tmp_path / "runs" / "train" / "oclean")
-    b = _model_state(tmp_path / "runs" / "train" / "opoisoned")
+    a = model_state(tmp_path / "runs" / "train" / "oclean")
+    b = model_state(tmp_path / "runs" / "train" / "opoisoned")
     assert not all(torch.equal(a[k], b[k]) for k in a)
 
 
