@@ -57,11 +57,11 @@ def run_demo(out: Path, seed: int, exist_ok: bool, console: Console, iters: int 
     step(3, f"train: SimFormer, small preset, {iters} iterations")
     trained = Path(run_train(dataset, lambda: train_cfg, runs, "train", True, None, None, console)["run_dir"])
     step(4, "evaluate the SimFormer checkpoint on val")
-    first = run_evaluate(EvaluateOptions(trained / "weights" / "best.pt", dataset, project=runs, name="train",
+    first = run_evaluate(EvaluateOptions(checkpoint=trained / "weights" / "best.pt", dataset=dataset, project=runs, name="train",
                                          exist_ok=True, batch=8), console)
     print_evaluation(console, first)
     step(5, "pseudolabel: novel masks for the training images, where their tags allow")
-    report = run_pseudolabel(PseudolabelOptions(trained / "weights" / "best.pt", dataset, pseudo, batch=8,
+    report = run_pseudolabel(PseudolabelOptions(checkpoint=trained / "weights" / "best.pt", dataset=dataset, out=pseudo, batch=8,
                                                 exist_ok=True), console)
     console.print(*pseudolabel_tables(report))
     step(6, f"retrain: plain MaskFormer on the pseudo-labelled data, {retrain_iters} iterations from the "
@@ -69,12 +69,13 @@ def run_demo(out: Path, seed: int, exist_ok: bool, console: Console, iters: int 
     retrained = Path(run_train(pseudo, lambda: retrain_cfg, runs, "retrain", True, None,
                                trained / "weights" / "best.pt", console, stage="retrain")["run_dir"])
     step(7, "evaluate the retrained checkpoint on val")
-    second = run_evaluate(EvaluateOptions(retrained / "weights" / "best.pt", pseudo, project=runs, name="retrain",
+    second = run_evaluate(EvaluateOptions(checkpoint=retrained / "weights" / "best.pt", dataset=pseudo, project=runs, name="retrain",
                                           exist_ok=True, batch=8), console)
     print_evaluation(console, second)
     step(8, "predict: segment the val images with the retrained checkpoint")
-    predicted = run_predict(PredictOptions(retrained / "weights" / "best.pt", str(source / "images" / "val"),
-                                           runs, "predict", True, save_overlay=True), console)
+    predicted = run_predict(PredictOptions(checkpoint=retrained / "weights" / "best.pt",
+                                           source=str(source / "images" / "val"), project=runs, name="predict",
+                                           exist_ok=True, save_overlay=True), console)
 
     console.print()
     console.print(demo_table(DEMO_NOVEL, first, second, report))

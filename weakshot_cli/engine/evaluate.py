@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from weakshot_cli.data.manifest import Manifest, load_manifest
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.checks import check_classes, check_image_sizes
 from weakshot_cli.engine.distributed import resolve_device
-from weakshot_cli.engine.inference import check_options, evaluate_loader, inference_size, model_from_checkpoint
+from weakshot_cli.engine.inference import InferenceOptions, evaluate_loader, inference_size, model_from_checkpoint
 from weakshot_cli.engine.plots import plot_class_iou, plot_confusion, plot_samples
 from weakshot_cli.engine.progress import image_bar
 from weakshot_cli.engine.runs import provisional_run_dir
@@ -26,25 +25,17 @@ from weakshot_cli.errors import UserError
 from weakshot_cli.io import finite_or_null, write_json
 
 
-@dataclass
-class EvaluateOptions:
-    checkpoint: Path
+@dataclass(kw_only=True)
+class EvaluateOptions(InferenceOptions):
     dataset: Path
     split: str = "val"
     project: Path = Path("runs")
     name: str | None = None
     exist_ok: bool = False
-    device: str = "auto"
-    imgsz: int | None = None
-    batch: int = 4
-    workers: int = 0
-    flip: bool = False
-    scales: Sequence[float] = (1.0,)
     samples: int = 6
 
     def check(self) -> None:
-        """Refuse out-of-range options before a model loads or a folder exists."""
-        check_options(self.batch, self.workers, self.imgsz)
+        super().check()
         if self.samples < 0:
             raise UserError(f"--samples must be >= 0, got {self.samples}")
 

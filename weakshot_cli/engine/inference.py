@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +17,23 @@ from weakshot_cli.engine.build import build_model
 from weakshot_cli.engine.config import IMGSZ_MAX, TrainConfig
 from weakshot_cli.engine.metrics import compute_metrics, confusion
 from weakshot_cli.errors import UserError
+
+
+@dataclass(kw_only=True)
+class InferenceOptions:
+    """What evaluate, predict and pseudolabel share: the checkpoint and how it runs."""
+
+    checkpoint: Path
+    device: str = "auto"
+    imgsz: int | None = None
+    batch: int = 4
+    workers: int = 0
+    flip: bool = False
+    scales: Sequence[float] = (1.0,)
+
+    def check(self) -> None:
+        """Refuse out-of-range options before a model loads or a folder exists."""
+        check_options(self.batch, self.workers, self.imgsz)
 
 
 def check_options(batch: int, workers: int, imgsz: int | None) -> None:

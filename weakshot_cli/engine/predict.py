@@ -21,7 +21,7 @@ from weakshot_cli.data.dataset import check_inference_size, collate_eval, load_r
 from weakshot_cli.data.labels import IMAGE_EXTS
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.distributed import resolve_device
-from weakshot_cli.engine.inference import check_options, class_scores, inference_size, model_from_checkpoint
+from weakshot_cli.engine.inference import InferenceOptions, class_scores, inference_size, model_from_checkpoint
 from weakshot_cli.engine.progress import image_bar
 from weakshot_cli.engine.runs import provisional_run_dir
 from weakshot_cli.engine.visualise import default_palette, legend_entries, overlay, untinted, with_legend
@@ -29,27 +29,17 @@ from weakshot_cli.errors import Interrupted, UserError
 from weakshot_cli.io import atomic_write, write_json, write_label_png
 
 
-@dataclass
-class PredictOptions:
-    checkpoint: Path
+@dataclass(kw_only=True)
+class PredictOptions(InferenceOptions):
     source: str
+    batch: int = 1
     project: Path = Path("runs")
     name: str | None = None
     exist_ok: bool = False
-    device: str = "auto"
-    imgsz: int | None = None
-    batch: int = 1
-    workers: int = 0
-    flip: bool = False
-    scales: Sequence[float] = (1.0,)
     recursive: bool = False
     palette: bool = False
     save_overlay: bool = False
     json: bool = False
-
-    def check(self) -> None:
-        """Refuse out-of-range options before a model loads or a folder exists."""
-        check_options(self.batch, self.workers, self.imgsz)
 
 
 def _relative(path: Path, base: Path) -> PurePosixPath:

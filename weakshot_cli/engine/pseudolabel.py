@@ -25,7 +25,7 @@ from weakshot_cli.data.manifest import MANIFEST, Item, Manifest, load_manifest
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.distributed import resolve_device
 from weakshot_cli.engine.checks import check_classes, check_image_sizes
-from weakshot_cli.engine.inference import check_options, class_scores, inference_size, model_from_checkpoint
+from weakshot_cli.engine.inference import InferenceOptions, class_scores, inference_size, model_from_checkpoint
 from weakshot_cli.engine.metrics import confusion
 from weakshot_cli.engine.progress import image_bar
 from weakshot_cli.errors import Interrupted, UserError
@@ -35,25 +35,17 @@ STATE = ".pseudolabel-state.json"
 REPORT = "pseudolabel.json"
 
 
-@dataclass
-class PseudolabelOptions:
-    checkpoint: Path
+@dataclass(kw_only=True)
+class PseudolabelOptions(InferenceOptions):
     dataset: Path
     out: Path
     min_score: float = 0.0
-    device: str = "auto"
-    imgsz: int | None = None
-    batch: int = 4
-    workers: int = 0
-    flip: bool = False
-    scales: Sequence[float] = (1.0,)
     exist_ok: bool = False
 
     def check(self) -> None:
-        """Refuse out-of-range options before a model loads or the output folder is touched."""
         if not 0 <= self.min_score < float("inf"):  # also refuses nan; inf would drop every novel pixel
             raise UserError(f"--min-score must be >= 0 and finite, got {self.min_score}")
-        check_options(self.batch, self.workers, self.imgsz)
+        super().check()
 
 
 def pseudo_label(scores: torch.Tensor, base_label: np.ndarray, tags: Sequence[int],
