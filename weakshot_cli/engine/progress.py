@@ -77,12 +77,12 @@ class TrainProgress:
             line = f"iter {it}/{self.total}  {rate:.2f} it/s  eta {int(eta) // 60}m{int(eta) % 60:02d}s  {info}"
             self._write(line)
             if not self.rich:
-                self.console.print(line, highlight=False)
+                self.console.print(line, highlight=False, soft_wrap=True)
 
     def note(self, line: str) -> None:
         if self.enabled:
             self._write(line)
-            self.console.print(line, highlight=False)
+            self.console.print(line, highlight=False, soft_wrap=True)
 
     def record(self, line: str) -> None:
         """Into log.txt only: for what the command reports elsewhere (an interruption, on stderr)."""
