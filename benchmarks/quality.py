@@ -86,7 +86,9 @@ def simnet_f1(last: Path, dataset: Path, pixels_per_class: int = 20, seed: int =
     model = model_from_checkpoint(ckpt, torch.device("cpu"))
     simnet = SimNet(ckpt["config"]["mask_dim"])
     simnet.load_state_dict({k[len("simnet."):]: v for k, v in ckpt["criterion"].items() if k.startswith("simnet.")})
-    simnet.eval()
+    # The teacher that distillation uses runs in training mode, normalising each pair grid by its own statistics;
+    # the running statistics are never used in training (and the teacher pass keeps moving them): measure that net.
+    simnet.train()
     m = load_manifest(dataset)
     from weakshot_cli.data.dataset import EvalDataset
 
