@@ -21,6 +21,7 @@ from weakshot_cli.data.manifest import Manifest, load_manifest
 from weakshot_cli.data.pairing import PairBatchSampler
 from weakshot_cli.engine import distributed
 from weakshot_cli.engine.build import TrainStep, amp_dtype, build_criterion, build_model, param_groups
+from weakshot_cli.engine.checks import check_classes
 from weakshot_cli.engine.checkpoint import load_checkpoint, load_training_state
 from weakshot_cli.engine.config import ARCH_KEYS, TrainConfig, validate as validate_config
 from weakshot_cli.engine.loop import Training, save, train_loop
@@ -28,7 +29,7 @@ from weakshot_cli.engine.plots import plot_losses
 from weakshot_cli.engine.runs import provisional_run_dir
 from weakshot_cli.engine.weights import init_backbone
 from weakshot_cli.errors import Interrupted, UserError
-from weakshot_cli.io import finite_or_null, remove_interrupted_writes, write_json, write_text
+from weakshot_cli.io import finite_or_null, read_json, remove_interrupted_writes, write_json, write_text
 
 
 def poly_schedule(iters: int, power: float) -> Callable[[int], float]:
@@ -196,8 +197,7 @@ def run_train(dataset: Path | None, cfg_builder: Callable[[], TrainConfig], proj
     init = None
     if weights is not None:
         init = load_checkpoint(weights)
-        if init["classes"] != m.classes:
-            raise UserError("checkpoint was trained on a different class set than this dataset", weights)
+        check_classes(init, m, weights)
         for key in ARCH_KEYS:  # the network must have the checkpoint's shape
             setattr(cfg, key, init["config"][key])
     ddp, device = distributed.setup(cfg.device)
@@ -217,12 +217,13 @@ def run_train(dataset: Path | None, cfg_builder: Callable[[], TrainConfig], proj
 
 def read_run_config(run_dir: Path) -> tuple[TrainConfig, Path]:
     """The config and dataset a run was started with (its config.json, the current length after a resume)."""
+    path = run_dir / "config.json"
+    config = read_json(path, "the run's config.json")
     try:
-        config = json.loads((run_dir / "config.json").read_text())
         dataset = Path(config.pop("dataset"))
         return TrainConfig.from_dict(config), dataset
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"cannot read the run's config.json ({e.__class__.__name__}: {e})", run_dir) from None
+    except (AttributeError, KeyError, TypeError) as e:
+        raise UserError(f"not a run's config.json ({e.__class__.__name__}: {e})", path) from None
 
 
 def resume_run(resume: Path, dataset: Path | None, resume_with: dict[str, object], console: Console) -> dict:
