@@ -172,11 +172,20 @@ class SimFormerCriterion(nn.Module):
         return points_i, points_j
 
     def _balance_weights(self, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
-        """w_pos = negative share, w_neg = positive share of pairs over the last balance_window iterations."""
+        """w_pos = negative share, w_neg = positive share of pairs over the last balance_window iterations.
+
+        The counts are summed over processes (a collective: every process calls this each iteration), so every
+        process's buffers equal one process's on the whole batch, and DDP's buffer broadcast changes nothing; an
+        iteration without a known pair anywhere is not recorded.
+        """
         with torch.no_grad():
-            slot = int(self.balance_step) % len(self.balance_counts)
-            self.balance_counts[slot] = torch.stack((pos, neg)).float()
-            self.balance_step += 1
+            counts = torch.stack((pos, neg)).float()
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(counts)
+            if counts.sum() > 0:
+                slot = int(self.balance_step) % len(self.balance_counts)
+                self.balance_counts[slot] = counts
+                self.balance_step += 1
             pos_total, neg_total = self.balance_counts.sum(0)
             total = pos_total + neg_total
         return neg_total / total, pos_total / total
@@ -198,15 +207,15 @@ class SimFormerCriterion(nn.Module):
             grids.append((feats[i][:, pi].T, feats[j][:, pj].T))
             same.append((li[:, None] == lj[None, :]).flatten())
             valid.append(((li != IGNORE)[:, None] | (lj != IGNORE)[None, :]).flatten())  # base vs anything is known
-        if not grids or not torch.cat(valid).any():
+        valid = torch.cat(valid) if grids else torch.zeros(0, dtype=torch.bool, device=feats.device)
+        same = torch.cat(same)[valid] if grids else valid
+        pos = same.sum()
+        w_pos, w_neg = self._balance_weights(pos, same.numel() - pos)
+        if not valid.any():
             return sum((p.sum() * 0.0 for p in self.simnet.parameters()), outputs["pixel_features"].sum() * 0.0)
         # every grid pair goes through SimNet (its BatchNorm sees the whole grid, as in the release); the loss
         # keeps the valid ones
-        valid = torch.cat(valid)
         log_p = self.simnet.grid_logits(grids).log_softmax(-1)[valid]
-        same = torch.cat(same)[valid]
-        pos = same.sum()
-        w_pos, w_neg = self._balance_weights(pos, same.numel() - pos)
         return -torch.where(same, w_pos * log_p[:, 1], w_neg * log_p[:, 0]).mean()
 
     def loss_dist(self, outputs: dict, targets: list[dict]) -> Tensor:

@@ -27,7 +27,7 @@ def test_crop_keeps_novel_tags_only_with_enough_unknown_pixels(tmp_path):
     ds = TrainDataset(m, AugConfig(imgsz=64, scale=(1.0, 1.0), flip=0.0, color=0.0, tag_keep=0.5))
     kept = dropped = 0
     for seed in range(60):
-        s = ds[(0, seed)]
+        s = ds[(0, seed, 0)]
         frac = ((s["sem"] == 255) & ~s["pad"]).sum().item() / (64 * 64)  # share of the image's unknown pixels
         has_novel = 1 in s["tags"].tolist()
         assert has_novel == (frac >= 0.5), (seed, frac)
@@ -40,12 +40,12 @@ def test_crop_keeps_novel_tags_only_with_enough_unknown_pixels(tmp_path):
 def test_sample_shapes_padding_and_determinism(tmp_path):
     m = make_ws(tmp_path, {"x": blocks(20, 30, [0, 1, 2])}, ["a", "b", "c"], "c")
     ds = TrainDataset(m, AugConfig(imgsz=64, scale=(0.5, 0.5)))
-    s = ds[(0, 7)]
+    s = ds[(0, 7, 0)]
     assert s["image"].shape == (3, 64, 64) and s["sem"].shape == (64, 64) and s["pad"].shape == (64, 64)
     assert s["pad"].any() and (s["sem"][s["pad"]] == 255).all()  # short side 10 px -> padded, pad is ignore
-    again = ds[(0, 7)]
+    again = ds[(0, 7, 0)]
     assert torch.equal(s["image"], again["image"]) and torch.equal(s["sem"], again["sem"])
-    assert not torch.equal(ds[(0, 8)]["image"], s["image"]) or not torch.equal(ds[(0, 9)]["image"], s["image"])
+    assert not torch.equal(ds[(0, 8, 0)]["image"], s["image"]) or not torch.equal(ds[(0, 9, 0)]["image"], s["image"])
 
 
 def test_pairing_shares_novel_classes_and_is_a_function_of_seed_and_iteration():
@@ -74,10 +74,29 @@ def test_ranks_split_the_global_batch_into_whole_pairs():
         assert next(one) == next(r0) + next(r1)
 
 
+def test_odd_per_process_batches_pair_only_within_a_process():
+    """6 images over 2 processes: the pair cut by the process boundary leaves both its images unpaired (reference
+    = itself) instead of pairing them with strangers; the processes still share the one-process global batch."""
+    tags = [[0, 5], [1, 5], [0, 6], [1, 6], [0], [1]]
+    one = PairBatchSampler(tags, [0, 1], [5, 6], global_batch=6, seed=0, start_iter=2)
+    ranks = [next(iter(PairBatchSampler(tags, [0, 1], [5, 6], global_batch=6, seed=0, rank=r, world=2, start_iter=2)))
+             for r in range(2)]
+    assert [k[:2] for k in ranks[0] + ranks[1]] == one.global_batch(2)
+    assert [[k[2] for k in keys] for keys in ranks] == [[1, -1, 0], [0, 1, -1]]
+    image = {"image": torch.zeros(3, 2, 4), "sem": torch.zeros(2, 4, dtype=torch.long),
+             "pad": torch.zeros(2, 4, dtype=torch.bool), "tags": torch.tensor([0]), "tag_only": False}
+    refs = [[t["ref"] for t in build_targets(collate_train([{**image, "index": i, "pair_offset": o} for i, _, o in keys]),
+                                             base=[0, 1], novel=[5, 6], novel_masks=False)] for keys in ranks]
+    assert refs == [[1, 0, 2], [0, 2, 1]]
+    # one process with an odd batch: the last anchor's partner is cut off, so it is unpaired too
+    assert [k[2] for k in next(iter(PairBatchSampler(tags, [0, 1], [5, 6], global_batch=5, seed=0)))] == [1, -1, 1, -1, 0]
+
+
 def test_targets_hide_novel_masks_and_pass_a_base_only_map():
     sem = torch.tensor([[0, 0, 255, 255], [3, 3, 255, 255]])
-    batch = collate_train([{"image": torch.zeros(3, 2, 4), "sem": sem, "pad": torch.zeros(2, 4, dtype=torch.bool),
-                            "tags": torch.tensor([0, 3, 5]), "index": 0, "tag_only": False}] * 2)
+    image = {"image": torch.zeros(3, 2, 4), "sem": sem, "pad": torch.zeros(2, 4, dtype=torch.bool),
+             "tags": torch.tensor([0, 3, 5]), "index": 0, "tag_only": False}
+    batch = collate_train([{**image, "pair_offset": 1}, {**image, "pair_offset": -1}])
     t = build_targets(batch, base=[0, 3], novel=[5], novel_masks=False)
     assert t[0]["labels"].tolist() == [0, 3, 5] and t[0]["has_mask"].tolist() == [True, True, False]
     assert torch.equal(t[0]["masks"][0], sem == 0) and not t[0]["masks"][2].any()
@@ -97,8 +116,9 @@ def test_tag_only_images_give_every_tag_as_a_maskless_target():
     marked so that the SimNet and the complementary loss, whose premise needs a mask, skip it."""
     unknown = torch.full((2, 4), 255)
     masked = {"image": torch.zeros(3, 2, 4), "sem": torch.tensor([[0, 0, 255, 255]] * 2),
-              "pad": torch.zeros(2, 4, dtype=torch.bool), "tags": torch.tensor([0, 5]), "index": 0, "tag_only": False}
-    tag_only = {**masked, "sem": unknown, "tags": torch.tensor([3, 5]), "index": 1, "tag_only": True}
+              "pad": torch.zeros(2, 4, dtype=torch.bool), "tags": torch.tensor([0, 5]), "index": 0, "tag_only": False,
+              "pair_offset": 1}
+    tag_only = {**masked, "sem": unknown, "tags": torch.tensor([3, 5]), "index": 1, "tag_only": True, "pair_offset": -1}
     t = build_targets(collate_train([masked, tag_only]), base=[0, 3], novel=[5], novel_masks=False)
     assert t[0]["labels"].tolist() == [0, 5] and t[0]["has_mask"].tolist() == [True, False] and not t[0]["tag_only"]
     assert t[1]["labels"].tolist() == [3, 5] and not t[1]["has_mask"].any() and t[1]["tag_only"]

@@ -163,6 +163,11 @@ def expected_sim(feats, l0, l1, pad1, history):
     return loss / len(terms), (pos, neg)
 
 
+SIM_CASES = [([[0, 0, 1], [1, IGN, IGN], [0, 1, 1]], [[1, 1, 1], [0, IGN, IGN], [IGN, IGN, 0]]),
+             ([[0, 0, 0], [0, 0, IGN], [IGN, IGN, IGN]], [[0, 1, 1], [1, 1, 1], [0, 0, 0]]),
+             ([[1, 1, 1], [IGN, 0, 0], [0, 0, 1]], [[IGN, IGN, 0], [0, 1, 1], [1, 1, 1]])]
+
+
 def test_sim_loss_balanced_bce_over_known_pairs():
     # enough points for every pixel, so the sampled set is all non-pad pixels whatever the random draw
     c = crit(use_sim=True, num_sim_points=30, sim_class_points=10, balance_window=2)
@@ -170,11 +175,8 @@ def test_sim_loss_balanced_bce_over_known_pairs():
     torch.manual_seed(0)
     feats = torch.randn(2, 4, 3, 3) * 0.7
     outputs = {"pixel_features": feats}
-    cases = [([[0, 0, 1], [1, IGN, IGN], [0, 1, 1]], [[1, 1, 1], [0, IGN, IGN], [IGN, IGN, 0]]),
-             ([[0, 0, 0], [0, 0, IGN], [IGN, IGN, IGN]], [[0, 1, 1], [1, 1, 1], [0, 0, 0]]),
-             ([[1, 1, 1], [IGN, 0, 0], [0, 0, 1]], [[IGN, IGN, 0], [0, 1, 1], [1, 1, 1]])]
     history = []
-    for labels0, labels1 in cases:
+    for labels0, labels1 in SIM_CASES:
         targets, l0, l1, pad1 = sim_case(labels0, labels1)
         expected, counts = expected_sim(feats.flatten(2), l0.tolist(), l1.tolist(), pad1.tolist(), history[-1:])
         assert c.loss_sim(outputs, targets).item() == pytest.approx(expected, rel=1e-5)
@@ -429,3 +431,52 @@ def test_two_gloo_processes_give_the_loss_and_gradients_of_one_process_on_the_wh
         assert single[key].item() > 0, key
     for i, grad in enumerate(_leaves(whole)):  # each process's gradient of its image, averaged over the 2 processes
         torch.testing.assert_close(torch.cat([r["grads"][i] for r in ranks]) / 2, grad.grad, rtol=1e-5, atol=1e-7)
+
+
+def _balance_history(rank: int | None) -> list[torch.Tensor]:
+    """balance_counts after each of two loss_sim calls on the SIM_CASES pairs as one batch of 6, for images
+    3 * rank .. 3 * rank + 2 (a process's odd share of it) or, with rank None, all of them. Images 2 and 3 are
+    unpaired (their pair was cut by the process boundary); in the second call process 1 has no pair at all."""
+    c = crit(use_sim=True, num_sim_points=30, sim_class_points=10, balance_window=2)  # every pixel: exact counts
+    c.simnet = DotSimNet()
+    feats = torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    targets = [t for labels in SIM_CASES for t in sim_case(*labels)[0]]
+    lo, hi = (0, 6) if rank is None else (3 * rank, 3 * rank + 3)
+    history = []
+    for refs in ([1, 0, 2, 3, 5, 4], [1, 0, 2, 3, 4, 5]):
+        mine = [{**t, "ref": ref - lo} for t, ref in zip(targets[lo:hi], refs[lo:hi])]
+        c.loss_sim({"pixel_features": feats[lo:hi]}, mine)
+        history.append(c.balance_counts.clone())
+    return history
+
+
+def _one_balance_process(rank: int, world: int, rendezvous: str, results: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        torch.save(_balance_history(rank), f"{results}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_with_odd_shares_hold_the_balance_counts_of_one_process(tmp_path):
+    """The SimNet balance buffers count pairs over the whole batch: each process records the all-reduced counts
+    (DDP would otherwise overwrite them with process 0's at the next forward), also in an iteration where a
+    process has no pair of its own, which must still join the all-reduce."""
+    import multiprocessing
+
+    single = _balance_history(None)
+    assert single[0][0].sum() > 0 and single[1][1].sum() > 0
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_one_balance_process, args=(rank, 2, str(tmp_path / "rendezvous"), str(tmp_path)))
+             for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    for rank in range(2):
+        for got, want in zip(torch.load(tmp_path / f"{rank}.pt"), single):
+            torch.testing.assert_close(got, want)

@@ -128,8 +128,9 @@ def color_jitter(image: torch.Tensor, g: torch.Generator, p: float) -> torch.Ten
 
 
 class TrainDataset(Dataset):
-    """Training crops. Items are fetched as ``(index, seed)`` so every augmentation is reproducible
-    from the sampler alone (exact resume, any number of workers)."""
+    """Training crops. Items are fetched as ``(index, seed, pair offset)`` so every augmentation is reproducible
+    from the sampler alone (exact resume, any number of workers); the offset to the image's reference in its
+    batch (see PairBatchSampler) is passed through to build_targets."""
 
     def __init__(self, manifest: Manifest, aug: AugConfig, split: str = "train", oracle: bool = False,
                  tag_only: bool = True):
@@ -142,8 +143,8 @@ class TrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        index, seed = key
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        index, seed, pair_offset = key
         item = self.items[index]
         g = torch.Generator().manual_seed(seed)
         image = tv_tensors.Image(load_rgb(self.m.resolve(item.image)))
@@ -172,7 +173,7 @@ class TrainDataset(Dataset):
         if not keep_novel:
             tags = tags[~torch.isin(tags, self.novel)]
         return {"image": image, "sem": sem, "pad": pad_mask, "tags": tags, "index": index,
-                "tag_only": item.label is None and not self.oracle}
+                "tag_only": item.label is None and not self.oracle, "pair_offset": pair_offset}
 
     def _crop(self, label: torch.Tensor, ch: int, cw: int, g: torch.Generator) -> tuple[int, int, bool]:
         """Pick a ch x cw crop that keeps novel tags true (see module docstring)."""
@@ -202,6 +203,7 @@ def collate_train(batch: list[dict]) -> dict:
         "tags": [b["tags"] for b in batch],
         "index": [b["index"] for b in batch],
         "tag_only": [b["tag_only"] for b in batch],
+        "pair_offset": [b["pair_offset"] for b in batch],
     }
 
 
@@ -246,7 +248,8 @@ def build_targets(batch: dict, base: list[int], novel: list[int], novel_masks: b
     Base classes present in the crop get masks; tagged novel classes get a target without a mask, and so
     do a tag-only image's base tags: its unknown pixels may belong to them too. With ``novel_masks``
     (oracle or pseudo-labelled data) every class in the map gets a mask and the criterion's ``sem`` still
-    shows only base pixels.
+    shows only base pixels. An image's reference is the one its sampler paired it with (``pair_offset``), itself
+    (no cross-image loss) when unpaired.
     """
     n = len(batch["tags"])
     novel_t = torch.tensor(novel, dtype=torch.long)
@@ -267,7 +270,9 @@ def build_targets(batch: dict, base: list[int], novel: list[int], novel_masks: b
             has_mask = torch.cat([torch.ones(len(present), dtype=torch.bool),
                                   torch.zeros(len(maskless), dtype=torch.bool)])
         masks = (sem[None] == labels[:, None, None]) & has_mask[:, None, None]
-        ref = i ^ 1 if (i ^ 1) < n else (0 if n > 1 else i)
+        ref = i + batch["pair_offset"][i]
+        if not 0 <= ref < n:
+            raise ValueError(f"image {i}'s reference {ref} is outside its batch of {n}")
         targets.append({"labels": labels, "masks": masks, "has_mask": has_mask, "sem": base_lut[sem],
                         "pad": batch["pad"][i], "ref": ref, "novel_tags": tags_novel,
                         "tag_only": bool(batch["tag_only"][i]) and not novel_masks})

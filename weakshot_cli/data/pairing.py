@@ -2,8 +2,10 @@
 
 Each global batch is a list of pairs ``[a0, r0, a1, r1, ...]``: the reference of an image with novel
 tags shares one of its novel classes (and, where possible, a base class); otherwise it shares a
-base class. The cross-image SimNet and distillation losses pair positions 2k and 2k+1.
-Every batch is a pure function of (seed, iteration), which makes resuming exact.
+base class. The cross-image SimNet and distillation losses pair positions 2k and 2k+1 of the global batch,
+and only within one process: a pair that a process boundary (an odd per-process batch) or the end of an odd
+batch cuts leaves its images unpaired, so no image is paired with a stranger. The global batch does not depend
+on the number of processes. Every batch is a pure function of (seed, iteration), which makes resuming exact.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import numpy as np
 
 
 class PairBatchSampler:
-    """Yields, for this rank, lists of ``(dataset index, augmentation seed)``."""
+    """Yields, for this rank, lists of ``(dataset index, augmentation seed, partner offset)``; the offset (+1, -1,
+    or 0 for an unpaired image) locates the image's reference within the rank's list."""
 
     def __init__(self, tags: list[list[int]], base: list[int], novel: list[int], global_batch: int,
                  seed: int = 0, rank: int = 0, world: int = 1, start_iter: int = 0):
@@ -67,8 +70,16 @@ class PairBatchSampler:
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         per_rank = self.batch // self.world
+        first = self.rank * per_rank
         it = self.start_iter
         while True:
-            batch = self.global_batch(it)
-            yield batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+            mine = self.global_batch(it)[first:first + per_rank]
+            yield [(i, s, pair_offset(first + k, first, len(mine))) for k, (i, s) in enumerate(mine)]
             it += 1
+
+
+def pair_offset(position: int, first: int, n: int) -> int:
+    """Offset from global ``position`` to its pair partner (position ^ 1) when that lies in ``[first, first + n)``,
+    the process's slice, else 0 (unpaired)."""
+    partner = position ^ 1
+    return partner - position if first <= partner < first + n else 0
