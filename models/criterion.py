@@ -32,6 +32,12 @@ def dice_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return 1 - (2 * (prob * labels).sum(1) + 1) / (prob.sum(1) + labels.sum(1) + 1)
 
 
+def float32(outputs: dict) -> dict:
+    """Network outputs (of a mixed-precision forward) as float32: the losses, their reductions, the SimNet teacher
+    and the matcher's costs (scipy takes float32 or float64 only) need its range and precision."""
+    return {k: [float32(a) for a in v] if k == "aux_outputs" else v.float() for k, v in outputs.items()}
+
+
 def global_mean_count(count: Tensor) -> Tensor:
     """A normaliser that makes DDP (which averages gradients over processes) equal one process on the
     whole batch: the count summed over processes, divided by their number; at least 1."""
@@ -265,6 +271,10 @@ class SimFormerCriterion(nn.Module):
         num_masks overrides the batch count of has-mask targets (the normaliser of mask and dice losses);
         left None it is all-reduced when torch.distributed is initialised.
         """
+        with torch.autocast(outputs["pred_logits"].device.type, enabled=False):
+            return self._losses(float32(outputs), targets, num_masks)
+
+    def _losses(self, outputs: dict, targets: list[dict], num_masks: float | None) -> dict[str, Tensor]:
         num_masks = self._num_masks(targets, outputs["pred_logits"].device, num_masks)
         zero = outputs["pred_logits"].sum() * 0.0
         losses = dict.fromkeys(LOSS_KEYS, zero)

@@ -31,7 +31,7 @@ class HungarianMatcher:
     @torch.no_grad()
     def cost_matrix(self, logits: Tensor, masks: Tensor, target: dict) -> Tensor:
         """[Q, T] cost for one image: logits [Q, K+1], mask logits [Q, h, w]."""
-        cost = -self.cost_class * logits.softmax(-1)[:, target["labels"]]
+        cost = -self.cost_class * logits.float().softmax(-1)[:, target["labels"]]  # float32: scipy takes no bf16
         has_mask = target["has_mask"]
         if has_mask.any():
             tgt = target["masks"][has_mask].float()

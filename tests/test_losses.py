@@ -369,6 +369,26 @@ def test_point_sampling_mode_runs_end_to_end():
     assert out["pred_masks"].grad.abs().sum() > 0
 
 
+def test_bfloat16_outputs_give_the_float32_losses_and_gradients_reach_them():
+    """Under bf16 autocast the network's outputs are bf16: the matcher (scipy takes no bf16) and every loss must
+    take them, computing in float32, so the losses equal those of the same values in float32."""
+    out = model_like_outputs(aux=1)
+    bf16 = {k: [{n: t.detach().bfloat16().requires_grad_() for n, t in a.items()} for a in v] if k == "aux_outputs"
+            else v.detach().bfloat16().requires_grad_() for k, v in out.items()}
+    same_values = {k: [{n: t.detach().float() for n, t in a.items()} for a in v] if k == "aux_outputs"
+                   else v.detach().float() for k, v in bf16.items()}
+    c = SimFormerCriterion(4, [0, 1], [2, 3], mask_dim=8, num_sim_points=20, sim_class_points=15, num_dist_points=10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(0)
+        got = c(bf16, batch_targets())
+    torch.manual_seed(0)
+    expected = c(same_values, batch_targets())
+    for key, value in expected.items():
+        assert got[key].dtype == torch.float32 and got[key].item() == pytest.approx(value.item(), rel=1e-5), key
+    got["loss"].backward()
+    assert bf16["pred_masks"].grad.dtype == torch.bfloat16 and bf16["pred_masks"].grad.abs().sum() > 0
+
+
 def _ddp_batch():
     """Two images whose normalisers differ: image 0 has 2 base masks, a novel tag (a complementary term) and 3
     targets; image 1 has 1 base mask, no novel tag and 1 target. With aux layers, as in training."""

@@ -352,3 +352,14 @@ def test_r50_on_a_cpu_only_machine_runs_when_asked_for_with_device_cpu(synth, tm
     assert r.returncode == 0, r.stderr
     config = load_checkpoint(tmp_path / "runs" / "train" / "train" / "weights" / "last.pt")["config"]
     assert (config["lr"], config["backbone_lr_mult"]) == (1e-4, 0.1)  # r50's, not small's (5e-4, 1.0)
+
+
+def test_bf16_on_the_cpu_trains_and_fp16_is_refused(synth, tmp_path):
+    r = run_cli("train", synth, *TINY, "--amp", "bf16", "--iters", "2", "--project", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    losses = [rec["loss"] for rec in records(tmp_path / "runs" / "train" / "train")]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert load_checkpoint(tmp_path / "runs" / "train" / "train" / "weights" / "last.pt")["config"]["amp"] == "bf16"
+    r = run_cli("train", synth, *TINY, "--amp", "fp16", "--iters", "1", "--project", tmp_path / "runs2")
+    assert_user_error(r, "--amp fp16 needs CUDA")
+    assert not (tmp_path / "runs2").exists()

@@ -431,6 +431,7 @@ def demo(
     iters: Annotated[int, typer.Option(help="SimFormer training iterations.")] = 300,
     retrain_iters: Annotated[int, typer.Option(help="Retraining iterations on the pseudo-labels.")] = 150,
     exist_ok: Annotated[bool, typer.Option(help="Reuse a demo folder that already exists.")] = False,
+    amp: Annotated[str, typer.Option(help="Mixed precision for training: auto, bf16, fp16 (CUDA) or off.")] = "auto",
 ) -> None:
     """The whole path on a synthetic dataset made from a seed, in about 5 minutes on a 2-core CPU:
     split, train, evaluate, pseudolabel, retrain, evaluate, predict.
@@ -439,7 +440,7 @@ def demo(
     """
     from weakshot_cli.demo import run_demo
 
-    run_demo(out, seed, exist_ok, console, iters, retrain_iters)
+    run_demo(out, seed, exist_ok, console, iters, retrain_iters, amp)
 
 
 def main() -> None:
