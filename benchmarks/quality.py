@@ -228,6 +228,22 @@ def bar_chart(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def selected_runs(spec: str, runs: dict) -> list[str]:
+    """The comma-separated run names of ``--runs``; an unknown one ends the benchmark with the choices."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if unknown := set(names) - set(runs):
+        sys.exit(f"unknown run(s): {', '.join(sorted(unknown))}; choose from {', '.join(runs)}")
+    return names
+
+
+def camvid_split(data: Path, dataset: Path, threads: int, *extra: object) -> Path:
+    """The benchmark's weak-shot CamVid (novel = NOVEL), split once into ``dataset``; ``extra`` split options."""
+    if not (dataset / "weakshot.json").exists():
+        weakshot("split", "--images", data / "images", "--masks", data / "labels", "--classes", data / "classes.txt",
+                 "--ignore-index", 11, "--novel", NOVEL, *extra, "-o", dataset, threads=threads)
+    return dataset
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=CAMVID)
@@ -240,15 +256,9 @@ def main() -> None:
     args = ap.parse_args()
     budget_name = "quick" if args.quick else "full"
     work = args.work / budget_name
-    names = [n.strip() for n in args.runs.split(",") if n.strip()]
-    if unknown := set(names) - set(RUNS):
-        sys.exit(f"unknown run(s): {', '.join(sorted(unknown))}; choose from {', '.join(RUNS)}")
+    names = selected_runs(args.runs, RUNS)
     if not args.report:
-        dataset = work / "dataset"
-        if not (dataset / "weakshot.json").exists():
-            weakshot("split", "--images", args.data / "images", "--masks", args.data / "labels", "--classes",
-                     args.data / "classes.txt", "--ignore-index", 11, "--novel", NOVEL, "-o", dataset,
-                     threads=args.threads)
+        dataset = camvid_split(args.data, work / "dataset", args.threads)
         for name in names:
             r = run_one(name, dataset, work, BUDGETS[budget_name], args.threads)
             print(f"{name}: novel {r['novel_mIoU']:.1f}  base {r['base_mIoU']:.1f}  all {r['mIoU']:.1f}  "

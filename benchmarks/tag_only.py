@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import CAMVID, NOVEL, ROOT, evaluate, train_args, weakshot  # noqa: E402
+from quality import CAMVID, NOVEL, ROOT, camvid_split, evaluate, selected_runs, train_args, weakshot  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
 
 RUNS = {"masked": ("masked half only", ["--set", "tag_only=false"]), "with": ("masked half + tag-only half", [])}
@@ -76,15 +76,10 @@ def main() -> None:
     args = ap.parse_args()
     budget_name = "quick" if args.quick else "full"
     work = args.work / budget_name
-    names = [n.strip() for n in args.runs.split(",") if n.strip()]
-    if unknown := set(names) - set(RUNS):
-        sys.exit(f"unknown run(s): {', '.join(sorted(unknown))}; choose from {', '.join(RUNS)}")
+    names = selected_runs(args.runs, RUNS)
     if not args.report:
-        dataset = work / "dataset"
-        if not (dataset / "weakshot.json").exists():
-            weakshot("split", "--images", args.data / "images", "--masks", args.data / "labels", "--classes",
-                     args.data / "classes.txt", "--ignore-index", 11, "--novel", NOVEL, "--tag-only-fraction",
-                     args.fraction, "--seed", 0, "-o", dataset, threads=args.threads)
+        dataset = camvid_split(args.data, work / "dataset", args.threads, "--tag-only-fraction", args.fraction,
+                               "--seed", 0)
         for seed in (int(s) for s in args.seeds.split(",")):
             for name in names:
                 r = run_one(name, seed, dataset, work, BUDGETS[budget_name], args.threads)

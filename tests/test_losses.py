@@ -5,6 +5,7 @@ import torch
 torch.set_num_threads(2)
 
 import math
+import multiprocessing
 
 import pytest
 from torch import nn
@@ -389,6 +390,19 @@ def test_bfloat16_outputs_give_the_float32_losses_and_gradients_reach_them():
     assert bf16["pred_masks"].grad.dtype == torch.bfloat16 and bf16["pred_masks"].grad.abs().sum() > 0
 
 
+def run_two_gloo_processes(target, tmp_path) -> None:
+    """``target(rank, world, rendezvous file, out folder)`` in two forked processes (no re-import of torch, as
+    spawn would need); both must exit cleanly."""
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=target, args=(rank, 2, str(tmp_path / "rendezvous"), str(tmp_path)))
+             for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+
+
 def _ddp_batch():
     """Two images whose normalisers differ: image 0 has 2 base masks, a novel tag (a complementary term) and 3
     targets; image 1 has 1 base mask, no novel tag and 1 target. With aux layers, as in training."""
@@ -430,20 +444,11 @@ def test_two_gloo_processes_give_the_loss_and_gradients_of_one_process_on_the_wh
     (each process normalising by the global count over the number of processes), the mean of the processes'
     losses and their averaged gradients equal one process's on the whole batch. The images' counts differ, so a
     process normalising by its own counts fails this (test_ddp checks whole training runs; this names the term)."""
-    import multiprocessing
-
     out, targets = _ddp_batch()
     whole = {**{k: out[k] for k in ("pred_logits", "pred_masks")}, "aux_outputs": out["aux_outputs"]}
     single = crit(use_comp=True)(whole, targets)
     single["loss"].backward()
-    ctx = multiprocessing.get_context("fork")  # no re-import of torch, as spawn would need
-    procs = [ctx.Process(target=_one_ddp_process, args=(rank, 2, str(tmp_path / "rendezvous"), str(tmp_path)))
-             for rank in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    run_two_gloo_processes(_one_ddp_process, tmp_path)
     ranks = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
     for key in ("loss_ce", "loss_mask", "loss_dice", "loss_comp", "loss"):
         mean = sum(r["losses"][key] for r in ranks) / 2
@@ -485,18 +490,9 @@ def test_two_gloo_processes_with_odd_shares_hold_the_balance_counts_of_one_proce
     """The SimNet balance buffers count pairs over the whole batch: each process records the all-reduced counts
     (DDP would otherwise overwrite them with process 0's at the next forward), also in an iteration where a
     process has no pair of its own, which must still join the all-reduce."""
-    import multiprocessing
-
     single = _balance_history(None)
     assert single[0][0].sum() > 0 and single[1][1].sum() > 0
-    ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_one_balance_process, args=(rank, 2, str(tmp_path / "rendezvous"), str(tmp_path)))
-             for rank in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    run_two_gloo_processes(_one_balance_process, tmp_path)
     for rank in range(2):
         for got, want in zip(torch.load(tmp_path / f"{rank}.pt"), single):
             torch.testing.assert_close(got, want)
