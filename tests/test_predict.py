@@ -168,7 +168,7 @@ def test_unreadable_files_are_skipped_and_all_unreadable_is_an_error(ckpt, tmp_p
     r = run_cli("predict", ckpt, bad, *FAST, "--batch", "2", "--project", runs)
     assert r.returncode == 0, r.stderr
     for name in ("empty.png", "cut.jpg", "text.jpg"):
-        assert f"skipped {bad / name}" in r.stdout
+        assert f"warning: skipped {bad / name}" in r.stderr and f"skipped {bad / name}" not in r.stdout
     assert "1 images written" in r.stdout and "3 skipped" in r.stdout
     assert list(labels_of(runs / "predict" / "predict")) == ["good.png"]
 
@@ -182,11 +182,11 @@ def test_images_in_subfolders_are_reported_when_not_searched(ckpt, tmp_path):
     runs = tmp_path / "runs"
     r = run_cli("predict", ckpt, src, *FAST, "--project", runs)
     assert r.returncode == 0, r.stderr
-    assert f"warning: skipped 2 images in subfolders of {src}; pass --recursive to include them" in r.stdout
+    assert f"warning: skipped 2 images in subfolders of {src}; pass --recursive to include them" in r.stderr
     assert list(labels_of(runs / "predict" / "predict")) == ["a.png"]
     r = run_cli("predict", ckpt, src, *FAST, "--recursive", "--project", runs)
     assert r.returncode == 0, r.stderr
-    assert "warning" not in r.stdout and len(labels_of(runs / "predict" / "predict2")) == 3
+    assert "warning" not in r.stdout + r.stderr and len(labels_of(runs / "predict" / "predict2")) == 3
 
 
 def test_ctrl_c_says_how_many_predictions_were_kept_and_where(ckpt, tmp_path):

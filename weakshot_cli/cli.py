@@ -362,7 +362,7 @@ def predict(
     run_predict(PredictOptions(checkpoint=checkpoint, source=source, project=project, name=name, exist_ok=exist_ok,
                                device=device, imgsz=imgsz, batch=batch, workers=workers, flip=flip,
                                scales=_scales(scales), recursive=recursive, palette=palette,
-                               save_overlay=save_overlay, json=json_), console)
+                               save_overlay=save_overlay, json=json_), console, err_console)
 
 
 @app.command()

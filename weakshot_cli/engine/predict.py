@@ -148,14 +148,17 @@ def rle_results(scores: torch.Tensor, label: np.ndarray, image_id: str, file_nam
     return results
 
 
-def run_predict(o: PredictOptions, console: Console) -> dict:
-    """Validate every input before the run folder exists, then predict image by image."""
+def run_predict(o: PredictOptions, console: Console, err: Console | None = None) -> dict:
+    """Validate every input before the run folder exists, then predict image by image. Warnings go to ``err``
+    (default stderr); those for unreadable files come after the run, so that a run where no file could be read
+    ends in its one error line alone."""
+    err = err or Console(stderr=True, highlight=False)
     o.check()
     ckpt = load_checkpoint(o.checkpoint)
     images = find_images(o.source, o.recursive)
     nested = images_in_subfolders(o.source, o.recursive)
     if nested:
-        console.print(f"[yellow]warning:[/] skipped {nested} images in subfolders of {escape(o.source)}; pass "
+        err.print(f"[yellow]warning:[/] skipped {nested} images in subfolders of {escape(o.source)}; pass "
                       "--recursive to include them", soft_wrap=True)
     dev = resolve_device(o.device)
     model = model_from_checkpoint(ckpt, dev, str(o.checkpoint))
@@ -172,8 +175,6 @@ def run_predict(o: PredictOptions, console: Console) -> dict:
             with image_bar(console) as bar:
                 task = bar.add_task("predict", total=len(images))
                 for batch in loader:
-                    for error in batch["errors"]:
-                        console.print(f"[yellow]warning:[/] skipped {escape(error)}", soft_wrap=True)
                     errors += batch["errors"]
                     if batch["index"]:
                         scores = class_scores(model, batch["image"].to(dev), batch["sizes"], batch["out_sizes"],
@@ -199,5 +200,7 @@ def run_predict(o: PredictOptions, console: Console) -> dict:
         where = f" to {run_dir / 'labels'}" if written else ""
         unwritten = "; predictions.json is written only by a finished run" if o.json else ""
         raise Interrupted(f"interrupted: {written} of {len(images)} predictions written{where}{unwritten}") from None
+    for error in errors:
+        err.print(f"[yellow]warning:[/] skipped {escape(error)}", soft_wrap=True)
     console.print(f"{written} images written to [bold]{run_dir}[/], {len(errors)} skipped")
     return {"run_dir": str(run_dir), "written": written, "skipped": len(errors)}
