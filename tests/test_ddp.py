@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -24,17 +25,24 @@ needs_torchrun = pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirnam
                                     reason="needs torchrun")
 
 
-def torchrun(*args, port: int) -> subprocess.CompletedProcess:
+def free_port() -> int:
+    """A port nothing listens on now: fixed ports collide when two test runs share a machine."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc-per-node", "2", "--master-port",
-           str(port), "-m", "weakshot_cli", "train", *map(str, args)]
+           str(free_port()), "-m", "weakshot_cli", "train", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
 @needs_torchrun
 def test_two_processes_match_one(synth, tmp_path):
     assert run_cli("train", synth, *EXACT, "--name", "one", "--project", tmp_path / "runs").returncode == 0
-    r = torchrun(synth, *EXACT, "--name", "two", "--project", tmp_path / "runs", port=29517)
+    r = torchrun(synth, *EXACT, "--name", "two", "--project", tmp_path / "runs")
     assert r.returncode == 0, r.stderr[-3000:]
     a = load_checkpoint(tmp_path / "runs" / "train" / "one" / "weights" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "runs" / "train" / "two" / "weights" / "last.pt")["model"]
@@ -44,7 +52,7 @@ def test_two_processes_match_one(synth, tmp_path):
 
 @needs_torchrun
 def test_batch_must_split_evenly_across_processes(synth, tmp_path):
-    r = torchrun(synth, *EXACT, "--batch", "3", "--project", tmp_path / "runs", port=29518)
+    r = torchrun(synth, *EXACT, "--batch", "3", "--project", tmp_path / "runs")
     assert r.returncode != 0
     assert "error: --batch 3 is not divisible by the 2 torchrun processes" in r.stderr
     assert "UserError" not in r.stderr and "weakshot_cli/" not in r.stderr  # torchrun's own traceback only
