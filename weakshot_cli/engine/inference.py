@@ -32,19 +32,14 @@ class InferenceOptions:
     scales: Sequence[float] = (1.0,)
 
     def check(self) -> None:
-        """Refuse out-of-range options before a model loads or a folder exists."""
-        check_options(self.batch, self.workers, self.imgsz)
-
-
-def check_options(batch: int, workers: int, imgsz: int | None) -> None:
-    """The options evaluate, predict and pseudolabel share, checked before a model loads or a folder exists
-    (a huge --imgsz would otherwise try to allocate tens of GB mid-run)."""
-    if batch < 1:
-        raise UserError(f"--batch must be >= 1, got {batch}")
-    if workers < 0:
-        raise UserError(f"--workers must be >= 0, got {workers}")
-    if imgsz is not None and not 0 <= imgsz <= IMGSZ_MAX:
-        raise UserError(f"--imgsz must be 0 (original size) or at most {IMGSZ_MAX}, got {imgsz}")
+        """Refuse out-of-range options before a model loads or a folder exists (a huge --imgsz would otherwise
+        try to allocate tens of GB mid-run)."""
+        if self.batch < 1:
+            raise UserError(f"--batch must be >= 1, got {self.batch}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be >= 0, got {self.workers}")
+        if self.imgsz is not None and not 0 <= self.imgsz <= IMGSZ_MAX:
+            raise UserError(f"--imgsz must be 0 (original size) or at most {IMGSZ_MAX}, got {self.imgsz}")
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device, source: str = "") -> SimFormer:
