@@ -1,60 +1,84 @@
-"""ResNet trunk giving the four FPN levels, with torchvision's module names so ImageNet state dicts load as is."""
+"""torchvision classification trunks giving the four FPN levels, with torchvision's module names so ImageNet state
+dicts load as is. A family is one table entry: the constructor and which of its nodes give strides 4, 8, 16, 32."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 
+import torch
 from torch import Tensor, nn
-from torchvision.models import resnet
+from torchvision import models
+from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-_RESNETS = {"resnet18": resnet.resnet18, "resnet34": resnet.resnet34,
-            "resnet50": resnet.resnet50, "resnet101": resnet.resnet101}
 LEVELS = ("res2", "res3", "res4", "res5")
 
 
-def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
+@dataclass(frozen=True)
+class BackboneSpec:
+    build: Callable[..., nn.Module]
+    nodes: tuple[str, str, str, str]  # graph nodes whose outputs are res2..res5 (strides 4, 8, 16, 32)
+    bn_eps: float | None = 1e-5  # the family's BatchNorm eps; None: it has no BatchNorm (ConvNeXt's LayerNorm)
+
+
+_RESNET_NODES = ("layer1", "layer2", "layer3", "layer4")
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet18": BackboneSpec(models.resnet18, _RESNET_NODES),
+    "resnet34": BackboneSpec(models.resnet34, _RESNET_NODES),
+    "resnet50": BackboneSpec(models.resnet50, _RESNET_NODES),
+    "resnet101": BackboneSpec(models.resnet101, _RESNET_NODES),
+    # res5 is the final 1x1 conv to 1280 channels: ImageNet-trained, and cheap at stride 32.
+    "mobilenet_v2": BackboneSpec(models.mobilenet_v2, ("features.3", "features.6", "features.13", "features.18")),
+    "mobilenet_v3_large": BackboneSpec(partial(models.mobilenet_v3_large, dilated=False),
+                                       ("features.3", "features.6", "features.12", "features.16"), bn_eps=1e-3),
+    "efficientnet_b0": BackboneSpec(models.efficientnet_b0, ("features.2", "features.3", "features.5", "features.8"),
+                                    bn_eps=1e-3),
+    "convnext_tiny": BackboneSpec(models.convnext_tiny, ("features.1", "features.3", "features.5", "features.7"),
+                                  bn_eps=None),
+    "regnet_y_400mf": BackboneSpec(models.regnet_y_400mf, tuple(f"trunk_output.block{i}" for i in range(1, 5))),
+}
+
+
+def _norm_layer(norm: str, eps: float) -> Callable[[int], nn.Module]:
     # frozen_bn suits pretrained statistics; from scratch it is an identity, so use bn or gn there.
     if norm == "frozen_bn":
-        return FrozenBatchNorm2d
+        return partial(FrozenBatchNorm2d, eps=eps)
     if norm == "bn":
-        return nn.BatchNorm2d
+        return partial(nn.BatchNorm2d, eps=eps)
     if norm == "gn":
-        return lambda channels: nn.GroupNorm(32, channels)
+        return lambda channels: nn.GroupNorm(32 if channels % 32 == 0 else 8, channels, eps=eps)
     raise ValueError(f"unknown backbone norm {norm!r}; expected 'frozen_bn', 'bn' or 'gn'")
 
 
-class ResNetBackbone(nn.Module):
-    """torchvision ResNet without avgpool/fc; forward returns res2..res5 at strides 4, 8, 16, 32."""
-
-    def __init__(self, name: str = "resnet50", norm: str = "frozen_bn") -> None:
-        super().__init__()
-        if name not in _RESNETS:
-            raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(_RESNETS)}")
-        net = _RESNETS[name](weights=None, norm_layer=_norm_layer(norm))
-        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        res2 = net.fc.in_features // 8
-        self.channels = {level: res2 * 2 ** i for i, level in enumerate(LEVELS)}
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        out = {}
-        for level, layer in zip(LEVELS, (self.layer1, self.layer2, self.layer3, self.layer4)):
-            x = layer(x)
-            out[level] = x
-        return out
-
-
 def build_backbone(name: str = "resnet50", norm: str = "frozen_bn") -> nn.Module:
-    """Randomly initialised ResNet (never downloads); pass weights through load_backbone_state."""
-    return ResNetBackbone(name, norm)
+    """Randomly initialised trunk (never downloads; pass weights through load_backbone_state) whose forward
+    returns {res2..res5}; ``.channels`` gives each level's width. Its classifier head is not part of it."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
+    spec = BACKBONES[name]
+    norm_layer = _norm_layer(norm, spec.bn_eps or 1e-5)  # checks norm even where the family ignores it
+    net = spec.build(weights=None, **({} if spec.bn_eps is None else {"norm_layer": norm_layer}))
+    # Norm layers stay leaves of the traced graph, so they keep their types (weight decay and tests look at them).
+    trunk = create_feature_extractor(net, dict(zip(spec.nodes, LEVELS)),
+                                     tracer_kwargs={"leaf_modules": [FrozenBatchNorm2d]})
+    with torch.no_grad():
+        trunk.eval()
+        probe = trunk(torch.zeros(1, 3, 64, 64))
+        trunk.train()
+    for stride, level in zip((4, 8, 16, 32), LEVELS):
+        if probe[level].shape[-1] != 64 // stride:
+            raise AssertionError(f"{name}: node {spec.nodes[LEVELS.index(level)]} is not at stride {stride}")
+    trunk.channels = {level: probe[level].shape[1] for level in LEVELS}
+    return trunk
 
 
 def load_backbone_state(backbone: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
-    """Load a torchvision ResNet state dict: fc.* is dropped, every other key and shape must match."""
+    """Load a torchvision classification state dict: keys of the dropped head (fc.*, classifier.*) are ignored,
+    every other key and shape must match."""
     own = backbone.state_dict()
-    given = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+    given = {k: v for k, v in state_dict.items() if not k.startswith(("fc.", "classifier.", "head."))}
     # BatchNorm checkpoints carry num_batches_tracked, which frozen BN and GroupNorm lack (and vice versa).
     optional = {k for k in set(own) | set(given) if k.endswith("num_batches_tracked")}
     missing = sorted(set(own) - set(given) - optional)

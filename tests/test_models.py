@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from models import SimFormer, SimFormerCriterion, SimNet, build_backbone, load_backbone_state, semantic_probs
+from models.backbone import BACKBONES
 from models.transformer import PositionEmbeddingSine
 
 
@@ -45,18 +46,34 @@ def test_decoder_can_attend_to_res4_for_small_images():
 
 @pytest.mark.parametrize("norm, layer",
                          [("frozen_bn", FrozenBatchNorm2d), ("bn", nn.BatchNorm2d), ("gn", nn.GroupNorm)])
-def test_backbone_strides_and_norms(norm, layer):
+def test_backbone_norms(norm, layer):
     backbone = build_backbone("resnet18", norm)
-    assert isinstance(backbone.bn1, layer)
+    assert isinstance(backbone.get_submodule("bn1"), layer)
+    assert isinstance(build_backbone("mobilenet_v2", norm).get_submodule("features.0.1"), layer)
+
+
+# Every supported family: res2..res5 widths (ImageNet trunks as torchvision defines them).
+CHANNELS = {
+    "resnet18": (64, 128, 256, 512), "resnet34": (64, 128, 256, 512), "resnet50": (256, 512, 1024, 2048),
+    "resnet101": (256, 512, 1024, 2048), "mobilenet_v2": (24, 32, 96, 1280),
+    "mobilenet_v3_large": (24, 40, 112, 960), "efficientnet_b0": (24, 40, 112, 1280),
+    "convnext_tiny": (96, 192, 384, 768), "regnet_y_400mf": (48, 104, 208, 440),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHANNELS))
+def test_backbone_strides_and_channels(name):
+    assert set(CHANNELS) == set(BACKBONES)
+    backbone = build_backbone(name, "bn")
     feats = backbone(torch.randn(1, 3, 64, 128))
-    for i, level in enumerate(("res2", "res3", "res4", "res5")):
+    assert list(feats) == ["res2", "res3", "res4", "res5"]
+    for i, level in enumerate(feats):
         stride = 4 * 2 ** i
-        assert feats[level].shape == (1, backbone.channels[level], 64 // stride, 128 // stride)
-    assert backbone.channels == {"res2": 64, "res3": 128, "res4": 256, "res5": 512}
+        assert feats[level].shape == (1, CHANNELS[name][i], 64 // stride, 128 // stride)
+    assert backbone.channels == dict(zip(feats, CHANNELS[name]))
 
 
-def test_backbone_channels_bottleneck():
-    assert build_backbone("resnet50").channels == {"res2": 256, "res3": 512, "res4": 1024, "res5": 2048}
+def test_backbone_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("vgg16")
     with pytest.raises(ValueError, match="norm"):
@@ -74,8 +91,8 @@ def test_load_backbone_state(tmp_path, norm):
     torch.save(ref.state_dict(), tmp_path / "r18.pth")
     backbone = build_backbone("resnet18", norm)
     load_backbone_state(backbone, torch.load(tmp_path / "r18.pth", weights_only=True))
-    assert torch.equal(backbone.layer3[1].conv2.weight, ref.layer3[1].conv2.weight)
-    assert torch.equal(backbone.layer2[0].bn1.running_var, ref.layer2[0].bn1.running_var)
+    assert torch.equal(backbone.get_submodule("layer3.1.conv2").weight, ref.layer3[1].conv2.weight)
+    assert torch.equal(backbone.get_submodule("layer2.0.bn1").running_var, ref.layer2[0].bn1.running_var)
     ref.eval()
     backbone.eval()
     x = torch.randn(1, 3, 64, 64)

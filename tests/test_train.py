@@ -239,6 +239,37 @@ def test_backbone_weights_imagenet_none_and_path_offline(tmp_path, monkeypatch):
         loaded(str(local))
 
 
+SHARED_MOBILENET = ROOT.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
+
+
+@pytest.mark.skipif(not SHARED_MOBILENET.exists(), reason=f"{SHARED_MOBILENET} is absent (no shared weights here)")
+def test_shared_mobilenet_v2_checkpoint_loads_through_the_weights_api_offline(tmp_path, monkeypatch):
+    """torchvision's own ImageNet file, placed where its weights API looks: loaded without a download, and the
+    trunk gives exactly torchvision's ImageNet MobileNetV2 features."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("tried to download"))
+    target = imagenet_file("mobilenet_v2")
+    assert target == tmp_path / "torch" / "hub" / "checkpoints" / SHARED_MOBILENET.name
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(SHARED_MOBILENET, target)
+    backbone = build_backbone("mobilenet_v2", "frozen_bn")
+    init_backbone(backbone, "mobilenet_v2", "imagenet")
+    reference = torchvision.models.mobilenet_v2(weights=None)
+    reference.load_state_dict(torch.load(SHARED_MOBILENET, weights_only=True))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.eval()(x)["res5"], reference.eval().features(x), rtol=1e-4, atol=1e-4)
+    target.unlink()
+
+    def offline(*args, **kwargs):  # the network boundary: no internet here
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UserError, match=f"place {SHARED_MOBILENET.name} from https://") as e:
+        init_backbone(backbone, "mobilenet_v2", "imagenet")
+    assert str(target) in str(e.value)
+
+
 class _RunsCode:
     """Unpickling this calls Path.touch(marker): what a hostile checkpoint would do with os.system."""
 

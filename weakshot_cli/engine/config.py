@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from models import STRIDE
+from models.backbone import BACKBONES
 from weakshot_cli.errors import UserError
 
 
@@ -20,7 +21,7 @@ from weakshot_cli.errors import UserError
 class TrainConfig:
     # model
     backbone: str = "resnet50"
-    backbone_weights: str = "imagenet"  # imagenet | none | path to a torchvision ResNet state dict
+    backbone_weights: str = "imagenet"  # imagenet | none | path to a torchvision state dict of that backbone
     norm: str = "auto"  # auto: frozen_bn with pretrained weights, bn when training from scratch; or gn
     num_queries: int = 100
     hidden_dim: int = 256
@@ -190,7 +191,7 @@ def validate(cfg: TrainConfig) -> None:
             what = OPTIONS[key] if key in OPTIONS else f"invalid configuration: {key}"
             raise UserError(f"{what} must be {requirement}, got {value}")
     checks = [
-        (cfg.backbone in ("resnet18", "resnet34", "resnet50", "resnet101"), "backbone must be resnet18/34/50/101"),
+        (cfg.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}, got {cfg.backbone!r}"),
         (cfg.norm in ("auto", "frozen_bn", "bn", "gn"), "norm must be auto, frozen_bn, bn or gn"),
         (cfg.transformer_in in ("res3", "res4", "res5"), "transformer_in must be res3, res4 or res5"),
         (cfg.dist_func in ("bce", "cce"), "dist_func must be bce or cce"),

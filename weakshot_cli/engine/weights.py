@@ -11,17 +11,16 @@ from torch import nn
 from models import load_backbone_state
 from weakshot_cli.errors import UserError
 
-_IMAGENET = {
-    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
-    "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
-    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
-    "resnet101": torchvision.models.ResNet101_Weights.IMAGENET1K_V1,
-}
+
+
+def imagenet_weights(backbone: str) -> torchvision.models.WeightsEnum:
+    """torchvision's ImageNet-1k weights entry for this backbone (the first release, as the paper used)."""
+    return torchvision.models.get_model_weights(backbone).IMAGENET1K_V1
 
 
 def imagenet_file(backbone: str) -> Path:
     """Where torchvision looks for (and downloads) the ImageNet checkpoint of this backbone."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(_IMAGENET[backbone].url).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(imagenet_weights(backbone).url).name
 
 
 def backbone_state(backbone: str, weights: str) -> dict | None:
@@ -29,13 +28,13 @@ def backbone_state(backbone: str, weights: str) -> dict | None:
     if weights == "none":
         return None
     if weights == "imagenet":
-        target = imagenet_file(backbone)
+        entry, target = imagenet_weights(backbone), imagenet_file(backbone)
         try:
-            return _IMAGENET[backbone].get_state_dict(progress=False, weights_only=True)
+            return entry.get_state_dict(progress=False, weights_only=True)
         except Exception as e:  # urllib/socket errors differ by platform; all mean the same to the user
             raise UserError(
                 f"cannot download ImageNet weights for {backbone} ({e.__class__.__name__}); offline, place "
-                f"{Path(_IMAGENET[backbone].url).name} from {_IMAGENET[backbone].url} at {target}, or pass "
+                f"{target.name} from {entry.url} at {target}, or pass "
                 "--backbone-weights none (train from scratch) or --backbone-weights PATH",
                 target,
             ) from None
@@ -49,7 +48,7 @@ def backbone_state(backbone: str, weights: str) -> dict | None:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise UserError("backbone weights must be a state dict of a torchvision ResNet", path)
+        raise UserError("backbone weights must be a state dict of a torchvision classification model", path)
     return state
 
 
