@@ -85,13 +85,13 @@ def tasks(name: str, device: torch.device, batch: int, imgsz: int) -> dict:
     one = images[:1]
     if name == "weakshot":
         step, cfg = weakshot_model(device)
-        dtype = amp_dtype(cfg, device)
+        dtype = amp_dtype(cfg.amp, device)
         model = step.model
         forward = lambda: step(images, targets)["loss"]  # noqa: E731
         infer = lambda: class_scores(model, one, [(imgsz, imgsz)], [(imgsz, imgsz)])  # noqa: E731
     else:
         step = model = hf_model(device)
-        dtype = amp_dtype(build_config("r50", {}, []), device)
+        dtype = amp_dtype("auto", device)
         masks = [t["masks"][t["has_mask"]].float() for t in targets]
         labels = [t["labels"][t["has_mask"]] for t in targets]
         forward = lambda: step(pixel_values=images, mask_labels=masks, class_labels=labels, output_hidden_states=True).loss  # noqa: E731
@@ -215,7 +215,7 @@ def main() -> None:
 
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
               f"{platform.machine()} CPU, {a.threads} threads of {os.cpu_count()} cores",
-              "amp": str(amp_dtype(build_config("r50", {}, []), device)).replace("torch.", "") if device.type == "cuda"
+              "amp": str(amp_dtype("auto", device)).replace("torch.", "") if device.type == "cuda"
               else "off", "torch": torch.__version__, "transformers": transformers.__version__,
               "date": time.strftime("%Y-%m-%d"), "batch": a.batch, "imgsz": a.imgsz, "repeats": a.repeats,
               **compare(device, a.batch, a.imgsz, a.repeats)}

@@ -662,6 +662,21 @@ def _(t: Ctx) -> Case:
     return Case(t.evaluate("--batch", "0"), ("--batch must be >= 1",))
 
 
+@case("evaluate-fp16-on-the-cpu")
+def _(t: Ctx) -> Case:
+    return Case(t.evaluate("--amp", "fp16"), ("--amp fp16 needs CUDA",))
+
+
+@case("predict-unknown-amp")
+def _(t: Ctx) -> Case:
+    return Case(t.predict(t.ws / "images", "--amp", "fp8"), ("--amp must be auto, bf16, fp16 or off", "fp8"))
+
+
+@case("pseudolabel-fp16-on-the-cpu")
+def _(t: Ctx) -> Case:
+    return Case(t.pseudolabel("--amp", "fp16"), ("--amp fp16 needs CUDA",))
+
+
 @case("pseudolabel-negative-min-score")
 def _(t: Ctx) -> Case:
     return Case(t.pseudolabel("--min-score", "-1"), ("--min-score must be >= 0",))

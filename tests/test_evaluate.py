@@ -27,7 +27,7 @@ def ckpt(tiny_ckpt) -> Path:
 
 def test_metrics_are_those_of_the_real_predictions(ckpt, synth, tmp_path):
     r = run_cli("evaluate", ckpt, synth, "--device", "cpu", "--imgsz", "64", "--batch", "3", "--samples", "2",
-                "--project", tmp_path / "runs")
+                "--amp", "off", "--project", tmp_path / "runs")
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs" / "evaluate" / "evaluate"
     result = json.loads((run / "metrics.json").read_text())
@@ -89,3 +89,21 @@ def test_training_split_is_scored_on_its_full_masks(ckpt, synth, tmp_path):
     cm = np.array(json.loads((tmp_path / "runs" / "evaluate" / "evaluate" / "metrics.json").read_text())["confusion"])
     m = load_manifest(synth)
     assert cm[m.novel].sum() > 0  # novel ground truth is there: the hidden training labels were not used
+
+
+def test_bf16_on_the_cpu_for_evaluate_predict_and_pseudolabel(ckpt, synth, tmp_path):
+    """--amp bf16 runs every inference command on the CPU; its predictions are those of float32 up to the pixels
+    whose best two classes are within bfloat16's rounding."""
+    runs, common = tmp_path / "runs", ["--device", "cpu", "--imgsz", "64"]
+    for amp in ("off", "bf16"):
+        r = run_cli("evaluate", ckpt, synth, *common, "--samples", "0", "--amp", amp, "--project", runs, "--name", amp)
+        assert r.returncode == 0, r.stderr
+        r = run_cli("predict", ckpt, synth.parent / "src" / "images" / "val", *common, "--amp", amp, "--project", runs, "--name", amp)
+        assert r.returncode == 0, r.stderr
+        assert run_cli("pseudolabel", ckpt, synth, "-o", tmp_path / f"pl-{amp}", *common, "--amp", amp).returncode == 0
+    off, bf16 = (json.loads((runs / "evaluate" / amp / "metrics.json").read_text()) for amp in ("off", "bf16"))
+    assert abs(off["mIoU"] - bf16["mIoU"]) < 5
+    agree = [np.mean(np.asarray(Image.open(p)) == np.asarray(Image.open(runs / "predict" / "bf16" / "labels" / p.name)))
+             for p in sorted((runs / "predict" / "off" / "labels").glob("*.png"))]
+    assert agree and np.mean(agree) > 0.9, agree
+    assert len(list((tmp_path / "pl-bf16").rglob("*.png"))) == len(list((tmp_path / "pl-off").rglob("*.png"))) > 0

@@ -24,7 +24,7 @@ from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
 from weakshot_cli.engine.predict import find_images, rle_results
 from weakshot_cli.engine.visualise import default_palette, legend_entries, overlay, untinted, with_legend
 
-FAST = ["--device", "cpu", "--imgsz", "64"]
+FAST = ["--device", "cpu", "--imgsz", "64", "--amp", "off"]  # off: compared with float32 scores, whatever the CPU
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
 from weakshot_cli.engine.pseudolabel import _batches, image_stats, keep_classes, pseudo_label, tag_check
 
-IMGSZ = ["--imgsz", "64", "--device", "cpu"]
+IMGSZ = ["--imgsz", "64", "--device", "cpu", "--amp", "off"]  # off: compared with float32 scores
 
 
 def digest(root: Path) -> dict[str, str]:

@@ -170,13 +170,16 @@ Batch = Annotated[Optional[int], typer.Option(help="Global batch size (split acr
 ImgSize = Annotated[Optional[int], typer.Option(help="Training crop size (multiple of 32).")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")]
 Workers = Annotated[Optional[int], typer.Option(help="Data-loading worker processes.")]
-Backbone = Annotated[Optional[str], typer.Option(help="resnet18, resnet34, resnet50 or resnet101.")]
+Backbone = Annotated[Optional[str], typer.Option(help="resnet18/34/50/101, mobilenet_v2, mobilenet_v3_large, "
+                                                      "efficientnet_b0, convnext_tiny or regnet_y_400mf.")]
 BackboneWeights = Annotated[
     Optional[str], typer.Option(help="imagenet (torchvision weights), none (from scratch) or a state-dict path.")
 ]
 Lr = Annotated[Optional[float], typer.Option(help="AdamW learning rate.")]
 Seed = Annotated[Optional[int], typer.Option(help="Random seed.")]
-Amp = Annotated[Optional[str], typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16 or off.")]
+Amp = Annotated[Optional[str], typer.Option(help="Mixed precision: auto, bf16, fp16 (CUDA only) or off.")]
+InferAmp = Annotated[str, typer.Option(help="Mixed precision: auto (bf16 on CUDA and on CPUs with AMX), bf16, fp16 "
+                                            "(CUDA only) or off.")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field: --set lr=5e-4.")]
 Project = Annotated[Path, typer.Option(help="Parent folder of run folders.")]
 Name = Annotated[Optional[str], typer.Option(help="Run name (default: the stage, then stage2, ...).")]
@@ -301,6 +304,7 @@ def evaluate(
     workers: InferWorkers = 0,
     flip: Flip = False,
     scales: Scales = None,
+    amp: InferAmp = "auto",
     samples: Annotated[int, typer.Option(help="Images in the plots/samples.png overlay grid.")] = 6,
     project: Project = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Run name (default: evaluate, evaluate2, ...).")] = None,
@@ -320,7 +324,8 @@ def evaluate(
 
     result = run_evaluate(EvaluateOptions(checkpoint=checkpoint, dataset=dataset, split=split, project=project,
                                           name=name, exist_ok=exist_ok, device=device, imgsz=imgsz, batch=batch,
-                                          workers=workers, flip=flip, scales=_scales(scales), samples=samples), console)
+                                          workers=workers, flip=flip, scales=_scales(scales), samples=samples,
+                                          amp=amp), console)
     print_evaluation(console, result)
 
 
@@ -336,6 +341,7 @@ def predict(
     workers: InferWorkers = 0,
     flip: Flip = False,
     scales: Scales = None,
+    amp: InferAmp = "auto",
     recursive: Annotated[bool, typer.Option(help="Also take images in subfolders (kept under labels/).")] = False,
     palette: Annotated[bool, typer.Option(help="Save label PNGs as palette PNGs in the checkpoint's colours.")] = False,
     save_overlay: Annotated[bool, typer.Option(help="Also save colour overlays as overlays/<stem>.jpg.")] = False,
@@ -362,7 +368,7 @@ def predict(
     run_predict(PredictOptions(checkpoint=checkpoint, source=source, project=project, name=name, exist_ok=exist_ok,
                                device=device, imgsz=imgsz, batch=batch, workers=workers, flip=flip,
                                scales=_scales(scales), recursive=recursive, palette=palette,
-                               save_overlay=save_overlay, json=json_), console, err_console)
+                               save_overlay=save_overlay, json=json_, amp=amp), console, err_console)
 
 
 @app.command()
@@ -379,6 +385,7 @@ def pseudolabel(
     workers: InferWorkers = 0,
     flip: Flip = False,
     scales: Scales = None,
+    amp: InferAmp = "auto",
     exist_ok: Annotated[bool, typer.Option(help="Redo a pseudo-labelled dataset already in --out.")] = False,
 ) -> None:
     """Pseudo-label the novel classes on the training images and write a new dataset for 'weakshot retrain'.
@@ -398,7 +405,7 @@ def pseudolabel(
 
     report = run_pseudolabel(PseudolabelOptions(checkpoint=checkpoint, dataset=dataset, out=out, min_score=min_score,
                                                 device=device, imgsz=imgsz, batch=batch, workers=workers, flip=flip,
-                                                scales=_scales(scales), exist_ok=exist_ok), console)
+                                                scales=_scales(scales), exist_ok=exist_ok, amp=amp), console)
     for table in pseudolabel_tables(report):
         console.print(table)
 

@@ -61,17 +61,17 @@ def param_groups(step: TrainStep, cfg: TrainConfig) -> list[dict]:
              "weight_decay": 0.0 if nd else cfg.weight_decay} for (bb, nd), ps in sorted(groups.items())]
 
 
-def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for full precision. On CUDA, auto is bf16 where supported, else fp16. On the
     CPU, bf16 when asked for, and with auto only where the CPU has AMX tiles (fast bf16 matrix units: AVX512-BF16
     alone measured no faster on the small model); fp16 autocast is CUDA only."""
-    if cfg.amp == "off":
+    if amp == "off":
         return None
     if device.type == "cuda":
-        if cfg.amp == "auto":
+        if amp == "auto":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
-    if cfg.amp == "fp16":
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    if amp == "fp16":
         raise UserError("--amp fp16 needs CUDA; on the CPU use --amp bf16 or off")
     fast_bf16 = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if cfg.amp == "bf16" or fast_bf16 else None
+    return torch.bfloat16 if amp == "bf16" or fast_bf16 else None

@@ -76,6 +76,7 @@ def run_evaluate(o: EvaluateOptions, console: Console) -> dict:
     imgsz = inference_size(ckpt, o.imgsz)
     check_image_sizes(m, o.split, imgsz, o.scales)
     dev = resolve_device(o.device)
+    autocast = o.autocast(dev)
     model = model_from_checkpoint(ckpt, dev, str(o.checkpoint))
     loader = DataLoader(EvalDataset(m, o.split, imgsz or None, full=True), batch_size=o.batch,
                         collate_fn=collate_eval, num_workers=o.workers)
@@ -89,7 +90,7 @@ def run_evaluate(o: EvaluateOptions, console: Console) -> dict:
         with image_bar(console) as bar:
             task = bar.add_task(f"evaluate {o.split}", total=len(loader.dataset))
             metrics, cm = evaluate_loader(model, loader, len(m.classes), m.base, m.novel, dev,
-                                          lambda: torch.autocast(dev.type, enabled=False),
+                                          autocast,
                                           lambda n: bar.advance(task, n), o.flip, o.scales, keep)
         per_class = {name: {"type": "novel" if i in m.novel else "base", "IoU": metrics["IoU"][i],
                             "Acc": metrics["Acc"][i]} for i, name in enumerate(m.classes)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from models import SimFormer, semantic_probs
 from weakshot_cli.data.dataset import scaled_size
-from weakshot_cli.engine.build import build_model
+from weakshot_cli.engine.build import amp_dtype, build_model
 from weakshot_cli.engine.config import IMGSZ_MAX, TrainConfig
 from weakshot_cli.engine.metrics import compute_metrics, confusion
 from weakshot_cli.errors import UserError
@@ -30,6 +30,7 @@ class InferenceOptions:
     workers: int = 0
     flip: bool = False
     scales: Sequence[float] = (1.0,)
+    amp: str = "auto"
 
     def check(self) -> None:
         """Refuse out-of-range options before a model loads or a folder exists (a huge --imgsz would otherwise
@@ -40,6 +41,13 @@ class InferenceOptions:
             raise UserError(f"--workers must be >= 0, got {self.workers}")
         if self.imgsz is not None and not 0 <= self.imgsz <= IMGSZ_MAX:
             raise UserError(f"--imgsz must be 0 (original size) or at most {IMGSZ_MAX}, got {self.imgsz}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise UserError(f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+
+    def autocast(self, device: torch.device) -> Callable[[], torch.autocast]:
+        """The autocast context --amp asks for on ``device`` (as in training; an error for fp16 on the CPU)."""
+        dtype = amp_dtype(self.amp, device)
+        return lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device, source: str = "") -> SimFormer:

@@ -161,6 +161,7 @@ def run_predict(o: PredictOptions, console: Console, err: Console | None = None)
         err.print(f"[yellow]warning:[/] skipped {nested} images in subfolders of {escape(o.source)}; pass "
                       "--recursive to include them", soft_wrap=True)
     dev = resolve_device(o.device)
+    autocast = o.autocast(dev)
     model = model_from_checkpoint(ckpt, dev, str(o.checkpoint))
     classes = ckpt["classes"]
     palette = ckpt.get("palette") or default_palette(len(classes))
@@ -177,8 +178,9 @@ def run_predict(o: PredictOptions, console: Console, err: Console | None = None)
                 for batch in loader:
                     errors += batch["errors"]
                     if batch["index"]:
-                        scores = class_scores(model, batch["image"].to(dev), batch["sizes"], batch["out_sizes"],
-                                              o.flip, o.scales)
+                        with autocast():
+                            scores = class_scores(model, batch["image"].to(dev), batch["sizes"],
+                                                  batch["out_sizes"], o.flip, o.scales)
                         for s, i, rgb in zip(scores, batch["index"], batch["rgb"]):
                             label = s.argmax(0).to(torch.uint8).cpu().numpy()
                             write_label_png(run_dir / "labels" / f"{stems[i]}.png", label,

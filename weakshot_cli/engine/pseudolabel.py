@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,16 +198,17 @@ def _run_state(o: PseudolabelOptions, imgsz: int) -> dict:
             "min_score": o.min_score, "flip": o.flip, "scales": list(o.scales)}
 
 
-def _label_images(model: nn.Module, dev: torch.device, loader: DataLoader, m: Manifest, names: list[str],
-                  todo: set[int], o: PseudolabelOptions, console: Console) -> None:
+def _label_images(model: nn.Module, dev: torch.device, autocast: Callable[[], torch.autocast], loader: DataLoader,
+                  m: Manifest, names: list[str], todo: set[int], o: PseudolabelOptions, console: Console) -> None:
     """Pseudo-label the images in ``todo``; each image's statistics are written before its label, so a label on
     disk always has its statistics beside it."""
     items = m.splits["train"]
     with image_bar(console) as bar:
         task = bar.add_task("pseudo-label", total=len(items), completed=len(items) - len(todo))
         for b in loader:
-            scores = class_scores(model, b["image"].to(dev), b["sizes"], [x.shape for x in b["labels"]], o.flip,
-                                  o.scales)
+            with autocast():
+                scores = class_scores(model, b["image"].to(dev), b["sizes"], [x.shape for x in b["labels"]], o.flip,
+                                      o.scales)
             for s, base_label, i in zip(scores, b["labels"], b["index"]):
                 if i not in todo:
                     continue
@@ -259,6 +260,7 @@ def run_pseudolabel(o: PseudolabelOptions, console: Console) -> dict:
     state = _run_state(o, imgsz)
     check_image_sizes(m, "train", imgsz, o.scales)
     dev = resolve_device(o.device)
+    autocast = o.autocast(dev)
     model = model_from_checkpoint(ckpt, dev, str(o.checkpoint))
     _prepare(o.out, m.root, state, o.exist_ok)
     items = m.splits["train"]
@@ -270,7 +272,7 @@ def run_pseudolabel(o: PseudolabelOptions, console: Console) -> dict:
     loader = DataLoader(EvalDataset(m, "train", imgsz or None), batch_sampler=batches, collate_fn=collate_eval,
                         num_workers=o.workers)
     try:
-        _label_images(model, dev, loader, m, names, todo, o, console)
+        _label_images(model, dev, autocast, loader, m, names, todo, o, console)
         report = _report(o.out, m, names)
         new = _pseudo_manifest(m, names, state)
         write_json(o.out / REPORT, report)

@@ -56,7 +56,7 @@ def build_training(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Consol
     module = DistributedDataParallel(step, find_unused_parameters=True) if ddp.world > 1 else step
     optimizer = torch.optim.AdamW(param_groups(step, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(iters, cfg.poly_power))
-    dtype = amp_dtype(cfg, device)
+    dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     return Training(cfg=cfg, m=m, run_dir=run_dir, console=console, ddp=ddp, device=device, iters=iters, step=step,
                     module=module, optimizer=optimizer, scheduler=scheduler, scaler=scaler, dtype=dtype,
