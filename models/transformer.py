@@ -43,10 +43,12 @@ class DecoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.drop1, self.drop2, self.drop3 = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
 
-    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor) -> Tensor:
+    def forward(self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor,
+                memory_mask: Tensor | None = None) -> Tensor:
+        """memory_mask [B*nheads, Q, HW], True where a query may not look (Mask2Former's masked attention)."""
         q = tgt + query_pos
         tgt = self.norm1(tgt + self.drop1(self.self_attn(q, q, tgt, need_weights=False)[0]))
-        attn = self.cross_attn(tgt + query_pos, memory + pos, memory, need_weights=False)[0]
+        attn = self.cross_attn(tgt + query_pos, memory + pos, memory, attn_mask=memory_mask, need_weights=False)[0]
         tgt = self.norm2(tgt + self.drop2(attn))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
         return self.norm3(tgt + self.drop3(ffn))

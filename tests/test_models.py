@@ -11,7 +11,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from models import SimFormer, SimFormerCriterion, SimNet, build_backbone, load_backbone_state, semantic_probs
 from models.backbone import BACKBONES
-from models.transformer import PositionEmbeddingSine
+from models.transformer import DecoderLayer, PositionEmbeddingSine
 
 
 def tiny(num_classes=5, dec_layers=2, **kw):
@@ -42,6 +42,29 @@ def test_decoder_can_attend_to_res4_for_small_images():
     assert out["pred_logits"].shape == (1, 10, 6) and out["pred_masks"].shape == (1, 10, 16, 24)
     with pytest.raises(KeyError):
         tiny(transformer_in="res9")
+
+
+def test_masked_attention_sees_only_inside_the_previous_mask():
+    """A decoder layer's cross-attention ignores memory where memory_mask is set; the masked decoder supervises the
+    prediction made before its first layer, which depends on no image."""
+    torch.manual_seed(0)
+    layer = DecoderLayer(16, 2, 32, 0.0).eval()
+    tgt, query_pos = torch.randn(1, 3, 16), torch.randn(1, 3, 16)
+    memory, pos = torch.randn(1, 8, 16), torch.randn(1, 8, 16)
+    blocked = torch.zeros(1, 3, 8, dtype=torch.bool)
+    blocked[:, :, 4:] = True  # every query sees only the first 4 memory tokens
+    changed = memory.clone()
+    changed[:, 4:] += 5.0
+    out = layer(tgt, memory, pos, query_pos, blocked.repeat_interleave(2, 0))
+    torch.testing.assert_close(layer(tgt, changed, pos, query_pos, blocked.repeat_interleave(2, 0)), out)
+    assert not torch.allclose(layer(tgt, changed, pos, query_pos), layer(tgt, memory, pos, query_pos))
+
+    model = tiny(dec_layers=2, masked_attention=True)
+    out = model(torch.randn(2, 3, 64, 96))
+    assert len(out["aux_outputs"]) == 2 and out["pred_masks"].shape == (2, 10, 16, 24)
+    first = out["aux_outputs"][0]["pred_logits"]
+    torch.testing.assert_close(first[0], first[1])  # learnt query features alone: the same for every image
+    assert not torch.allclose(out["pred_logits"][0], out["pred_logits"][1])
 
 
 @pytest.mark.parametrize("norm, layer",
@@ -182,10 +205,11 @@ def _synthetic_batch():
 STEPS = 20
 
 
-def test_overfit_two_images_and_eval_mode(seed=0):
+@pytest.mark.parametrize("masked_attention", [False, True])
+def test_overfit_two_images_and_eval_mode(masked_attention, seed=0):
     torch.manual_seed(seed)
     model = SimFormer(3, backbone="resnet18", backbone_norm="bn", num_queries=6, hidden_dim=32, mask_dim=32,
-                      dec_layers=2, nheads=2, dim_feedforward=64, dropout=0.0)
+                      dec_layers=2, nheads=2, dim_feedforward=64, dropout=0.0, masked_attention=masked_attention)
     criterion = SimFormerCriterion(3, [0, 1], [2], mask_dim=32, num_sim_points=20, sim_class_points=15,
                                    num_dist_points=20)
     images, targets, full = _synthetic_batch()

@@ -17,7 +17,8 @@ def build_model(cfg: TrainConfig, num_classes: int) -> SimFormer:
     norm = cfg.norm if cfg.norm != "auto" else ("bn" if cfg.backbone_weights == "none" else "frozen_bn")
     model = SimFormer(num_classes, backbone=cfg.backbone, backbone_norm=norm, num_queries=cfg.num_queries,
                       hidden_dim=cfg.hidden_dim, mask_dim=cfg.mask_dim, dec_layers=cfg.dec_layers, nheads=cfg.nheads,
-                      dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, transformer_in=cfg.transformer_in)
+                      dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, transformer_in=cfg.transformer_in,
+                      masked_attention=cfg.masked_attention)
     # Channels-last weights make every convolution run channels-last (oneDNN on CPU, tensor cores on CUDA):
     # measured 25-30% off SimFormer-R50's CPU training step (benchmarks/speed.py).
     return model.to(memory_format=torch.channels_last)
@@ -33,7 +34,7 @@ def build_criterion(cfg: TrainConfig, m: Manifest) -> SimFormerCriterion:
         dist_weight=cfg.dist_weight, dist_func=cfg.dist_func, dist_cross_image=cfg.dist_cross_image,
         num_sim_points=cfg.num_sim_points, sim_class_points=cfg.sim_class_points,
         num_dist_points=cfg.num_dist_points, use_sim=weak and cfg.use_sim, use_dist=weak and cfg.use_dist,
-        use_comp=weak and cfg.use_comp, num_points=cfg.num_points,
+        use_comp=weak and cfg.use_comp, num_points=cfg.num_points, simnet_width=cfg.simnet_width,
     )
 
 

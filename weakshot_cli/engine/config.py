@@ -31,6 +31,7 @@ class TrainConfig:
     dim_feedforward: int = 2048
     dropout: float = 0.1
     transformer_in: str = "res5"  # backbone level the decoder attends to; res4 for small images
+    masked_attention: bool = False  # Mask2Former's masked cross-attention: converges in far fewer iterations
     # losses
     oracle: bool = False  # plain MaskFormer on full masks (benchmark upper bound)
     use_sim: bool = True
@@ -49,6 +50,7 @@ class TrainConfig:
     num_sim_points: int = 100  # J
     sim_class_points: int = 80
     num_dist_points: int = 100
+    simnet_width: int = 256  # SimNet's hidden width (the paper's 256); its pair grids cost width^2 per pair
     num_points: int = 0  # 0: mask losses on full-resolution masks; N: on N sampled points per mask
     # optimisation
     lr: float = 1e-4
@@ -92,7 +94,7 @@ BEST_METRICS = ("mean_base_novel", "mIoU", "base_mIoU", "novel_mIoU", "hIoU", "p
 
 # Fields that fix the network's shape: a checkpoint's values override any others.
 ARCH_KEYS = ("backbone", "hidden_dim", "mask_dim", "dec_layers", "num_queries", "dim_feedforward", "nheads",
-             "transformer_in")
+             "transformer_in", "masked_attention")
 
 PRESETS: dict[str, dict] = {
     # The paper's setting (MaskFormer R50, 512 crops, batch 8); pretrained ImageNet backbone.
@@ -102,6 +104,12 @@ PRESETS: dict[str, dict] = {
                   nheads=4, dim_feedforward=512, num_queries=30, imgsz=256, transformer_in="res4", batch=8, iters=2000,
                   lr=5e-4, backbone_lr_mult=1.0, num_points=4096, num_sim_points=64, sim_class_points=48,
                   num_dist_points=64, save_every=250),
+    # The CPU preset: ImageNet MobileNetV2 (frozen BatchNorm), Mask2Former's masked attention, 256 crops; its
+    # schedule is chosen by measurement on MSRC-21 (benchmarks/quality.py), about 25 minutes on one CPU core.
+    "mobile": dict(backbone="mobilenet_v2", backbone_weights="imagenet", hidden_dim=128, mask_dim=64, dec_layers=3,
+                   nheads=4, dim_feedforward=512, num_queries=30, imgsz=256, transformer_in="res4", batch=8, iters=400,
+                   lr=5e-4, backbone_lr_mult=0.1, masked_attention=True, num_points=4096, num_sim_points=64,
+                   sim_class_points=48, num_dist_points=64, save_every=100),
 }
 
 
@@ -164,7 +172,8 @@ _POSITIVE = (lambda v: _finite(v) and v > 0), "a positive finite number"
 # field -> (test, what it must be); a count's meaning decides whether 0 is allowed (num_points 0: full masks).
 RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     **{k: _count(1) for k in ("num_queries", "hidden_dim", "mask_dim", "dec_layers", "nheads", "dim_feedforward",
-                              "num_sim_points", "num_dist_points", "iters", "batch", "save_every", "log_every")},
+                              "num_sim_points", "num_dist_points", "iters", "batch", "save_every", "log_every",
+                              "simnet_width")},
     **{k: _count(0) for k in ("num_points", "sim_class_points", "epochs", "workers", "val_every")},
     **{k: _WEIGHT for k in ("no_object_weight", "ce_weight", "mask_weight", "dice_weight", "comp_weight",
                             "sim_weight", "dist_weight", "weight_decay", "backbone_lr_mult", "clip_grad",
