@@ -1,15 +1,17 @@
-"""CamVid quality benchmark: weak-shot SimFormer and its ablations against the fully supervised oracle.
+"""Quality benchmark: weak-shot SimFormer and its ablations against the fully supervised oracle, over seeds.
 
-    python benchmarks/quality.py                      # every run, the documented budget
-    python benchmarks/quality.py --quick              # a 60-iteration smoke budget
-    python benchmarks/quality.py --runs oracle,full   # a subset (e.g. one per core, in two shells)
-    python benchmarks/quality.py --report             # only assemble results, table and chart
+    python benchmarks/quality.py --dataset msrc               # every run, 2 seeds, the documented budget
+    python benchmarks/quality.py --dataset camvid --seeds 0   # CamVid, one seed
+    python benchmarks/quality.py --runs oracle,full --seeds 1 # a subset (e.g. one per core, in two shells)
+    python benchmarks/quality.py --dataset msrc --report      # only assemble results, table and chart
+    python benchmarks/quality.py --quick                      # a 20-iteration smoke budget
 
 Every run goes through the weakshot CLI exactly as a user would run it (split, train, evaluate, pseudolabel,
-retrain), with the same budget and seed; novel = tree, car, sign_symbol. Every run is scored with its final
-weights (``last.pt``): no checkpoint is picked on the val set it is scored on. Each finished run leaves
-``WORK/<run>/result.json``; the report gathers them into ``benchmarks/results/quality.json``, a markdown table
-and ``benchmarks/results/quality.png``.
+retrain) on the ``mobile`` preset (ImageNet MobileNetV2), with the same budget; ``reference`` is a plain per-pixel
+head on the same trunk and budget (benchmarks/per_pixel.py), which says whether the oracle is undertrained. Every
+run is scored with its final weights (``last.pt``): no checkpoint is picked on the val set it is scored on. Each
+finished run leaves ``WORK/<dataset>/<budget>/seed<N>/<run>/result.json``; the report gathers them into
+``benchmarks/results/quality-<dataset>.json`` and a chart.
 """
 
 from __future__ import annotations
@@ -31,25 +33,31 @@ sys.path.insert(0, str(ROOT))
 
 from weakshot_cli.data.manifest import load_manifest  # noqa: E402
 from weakshot_cli.engine.checkpoint import load_checkpoint  # noqa: E402
+from weakshot_cli.engine.config import PRESETS  # noqa: E402
 from weakshot_cli.engine.inference import inference_size, model_from_checkpoint  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
 from models.simnet import SimNet  # noqa: E402
 
-CAMVID = ROOT.parent / "shared" / "data" / "camvid"
+SHARED = ROOT.parent / "shared"
 NOVEL = "tree,car,sign_symbol"
-RUNS = {  # name: (label, train flags); "retrain" = full SimFormer, then pseudolabel + retrain
+DATASETS = {  # name: (data folder, novel classes, ignore index, title)
+    "msrc": (SHARED / "data" / "msrc", "tree,water,cow,car,book", 255, "MSRC-21 (452 train / 139 val, 21 classes)"),
+    "camvid": (SHARED / "data" / "camvid", NOVEL, 11, "CamVid (367 train / 101 val, 11 classes)"),
+}
+RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one)
+    "reference": ("per-pixel reference: same trunk, all masks, cross-entropy", None),
     "oracle": ("(a) oracle: all masks, plain MaskFormer", ["--oracle"]),
     "transfer": ("(b) proposal-pixel transfer only", ["--no-sim", "--no-dist", "--no-comp"]),
     "comp": ("(c) + complementary loss", ["--no-sim", "--no-dist"]),
     "full": ("(d) + SimNet and distillation (SimFormer)", []),
     "retrain": ("(e) SimFormer + pseudolabel + retrain", None),
-    # Changes tried to close the gap to the oracle, each measured at the same budget:
-    "full_alpha05": ("(d') SimFormer, distillation weight 0.5 (authors' ADE20K value)", ["--set", "dist_weight=0.5"]),
 }
+MOBILE = PRESETS["mobile"]
 BUDGETS = {
-    # About 30 min per training run on one core of the 2-core development CPU, two runs side by side.
-    "full": dict(iters=600, retrain_iters=300, batch=4, imgsz=256),
-    "quick": dict(iters=60, retrain_iters=30, batch=4, imgsz=256),
+    # The mobile preset's own schedule: about 25 minutes per training run on one core of the 2-core CPU.
+    "full": dict(preset="mobile", iters=MOBILE["iters"], retrain_iters=MOBILE["iters"] // 2, batch=MOBILE["batch"],
+                 imgsz=MOBILE["imgsz"]),
+    "quick": dict(preset="mobile", iters=20, retrain_iters=10, batch=4, imgsz=MOBILE["imgsz"]),
 }
 
 
@@ -65,7 +73,7 @@ def weakshot(*args: object, threads: int) -> float:
 
 
 def train_args(budget: dict, iters: int, seed: int = 0) -> list[str]:
-    return ["--preset", "small", "--iters", iters, "--batch", budget["batch"], "--imgsz", budget["imgsz"],
+    return ["--preset", budget.get("preset", "small"), "--iters", iters, "--batch", budget["batch"], "--imgsz", budget["imgsz"],
             "--device", "cpu", "--workers", 1, "--seed", seed, "--set", f"val_every={max(1, iters // 2)}",
             "--exist-ok"]
 
@@ -84,7 +92,7 @@ def simnet_f1(last: Path, dataset: Path, pixels_per_class: int = 20, seed: int =
     val pixels from two different images, base-class pairs vs novel-class pairs; classes sampled equally."""
     ckpt = load_checkpoint(last)
     model = model_from_checkpoint(ckpt, torch.device("cpu"))
-    simnet = SimNet(ckpt["config"]["mask_dim"])
+    simnet = SimNet(ckpt["config"]["mask_dim"], ckpt["config"].get("simnet_width", 256))
     simnet.load_state_dict({k[len("simnet."):]: v for k, v in ckpt["criterion"].items() if k.startswith("simnet.")})
     # The teacher that distillation uses runs in training mode, normalising each pair grid by its own statistics;
     # the running statistics are never used in training (and the teacher pass keeps moving them): measure that net.
@@ -125,29 +133,44 @@ def simnet_f1(last: Path, dataset: Path, pixels_per_class: int = 20, seed: int =
                    "pairs": int(cm.sum())} for kind, cm in counts.items()}
 
 
-def run_one(name: str, dataset: Path, work: Path, budget: dict, threads: int) -> dict:
+def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threads: int) -> dict:
+    """Train (and score) one run of one seed in ``work`` (the seed's folder)."""
     runs = work / "runs"
+    result: dict = {"run": name, "label": RUNS[name][0], "seed": seed}
+    if name == "reference":
+        out = work / name / "per-pixel.json"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        # the same iterations, batch and crops; its own optimiser settings (per_pixel.py's defaults)
+        args = [ROOT / "benchmarks" / "per_pixel.py", dataset, "--iters", budget["iters"], "--batch", budget["batch"],
+                "--imgsz", budget["imgsz"], "--seed", seed, "--val-every", max(1, budget["iters"] // 8), "-o", out]
+        subprocess.run([sys.executable, *map(str, args)], env=env, check=True)
+        result |= json.loads(out.read_text())
+        atomic_write(work / name / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
+        return result
     if name == "retrain":
         full = runs / "train" / "full" / "weights" / "last.pt"
         if not full.exists():
-            sys.exit("run 'retrain' needs the 'full' run first")
+            sys.exit(f"run 'retrain' needs the 'full' run of seed {seed} first")
         seconds = json.loads((work / "full" / "result.json").read_text())["train_seconds"]
         pl = work / "dataset-pl"
         seconds += weakshot("pseudolabel", full, dataset, "-o", pl, "--device", "cpu", "--exist-ok", threads=threads)
-        seconds += weakshot("retrain", pl, *train_args(budget, budget["retrain_iters"]), "--weights", full,
+        seconds += weakshot("retrain", pl, *train_args(budget, budget["retrain_iters"], seed), "--weights", full,
                             "--project", runs, "--name", name, threads=threads)
         quality = json.loads((pl / "pseudolabel.json").read_text())
-        result = {"pseudolabels": {k: v for k, v in quality.items() if not isinstance(v, (dict, list))}}
+        result["pseudolabels"] = {k: v for k, v in quality.items() if not isinstance(v, (dict, list))}
         ckpt = runs / "retrain" / name / "weights" / "last.pt"
     else:
-        seconds = weakshot("train", dataset, *train_args(budget, budget["iters"]), *RUNS[name][1],
+        seconds = weakshot("train", dataset, *train_args(budget, budget["iters"], seed), *RUNS[name][1],
                            "--project", runs, "--name", name, threads=threads)
-        result = {}
         ckpt = runs / "train" / name / "weights" / "last.pt"
-        if name.startswith("full"):
+        result["curve"] = [{"iter": r["iter"], "mIoU": round(r["val"]["mIoU"], 2)}
+                           for r in map(json.loads, (runs / "train" / name / "metrics.jsonl").read_text().splitlines())
+                           if "val" in r]
+        if name == "full":
             result["simnet_F1"] = simnet_f1(ckpt, dataset)
-    result |= {"run": name, "label": RUNS[name][0], "train_seconds": round(seconds, 1)}
+    result["train_seconds"] = round(seconds, 1)
     result |= evaluate(ckpt, dataset, work, name, threads)
+    result |= novel_diagnosis(work / "runs" / "evaluate" / name / "metrics.json")
     atomic_write(work / name / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
     return result
 
@@ -179,50 +202,85 @@ def tag_statistics(dataset: Path) -> dict:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def report(work: Path, budget_name: str, out: Path) -> None:
-    results = {n: json.loads((work / n / "result.json").read_text()) for n in RUNS if (work / n / "result.json").exists()}
-    for n, r in results.items():
-        r |= novel_diagnosis(work / "runs" / "evaluate" / n / "metrics.json")
-    oracle = results.get("oracle", {}).get("novel_mIoU")
-    for r in results.values():
-        r["novel_vs_oracle"] = round(r["novel_mIoU"] / oracle, 3) if oracle else None
-    doc = {"dataset": "CamVid (367 train / 101 val, 11 classes)", "novel": NOVEL.split(","),
-           "budget": {"name": budget_name, **BUDGETS[budget_name], "preset": "small", "seed": 0,
-                      "backbone": "resnet18 from scratch"},
-           "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU", "torch": torch.__version__,
-           "date": time.strftime("%Y-%m-%d"), "novel_tags": tag_statistics(work / "dataset"), "runs": results}
+def _mean(values: list[float]) -> dict:
+    return {"mean": round(float(np.mean(values)), 2), "values": [round(v, 2) for v in values]}
+
+
+def summarise(name: str, per_seed: list[dict], oracle_novel: float | None) -> dict:
+    """Mean and per-seed values of every figure; novel / oracle is the ratio of the means over seeds."""
+    first = per_seed[0]
+    out = {"label": first["label"], "seeds": [r["seed"] for r in per_seed],
+           **{k: _mean([r[k] for r in per_seed]) for k in ("novel_mIoU", "base_mIoU", "mIoU", "train_seconds")}}
+    if "novel_region_IoU" in first:
+        out["novel_region_IoU"] = _mean([r["novel_region_IoU"] for r in per_seed])
+    out["novel_vs_oracle"] = round(out["novel_mIoU"]["mean"] / oracle_novel, 3) if oracle_novel else None
+    for key in ("novel_pixels_predicted_as", "class_IoU", "simnet_F1", "pseudolabels", "curve"):
+        if key in first:
+            out[key] = {f"seed{r['seed']}": r[key] for r in per_seed}
+    return out
+
+
+def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
+    found: dict[str, list[dict]] = {}
+    for seed_dir in sorted(work.glob("seed*")):
+        for name in RUNS:
+            if (seed_dir / name / "result.json").exists():
+                found.setdefault(name, []).append(json.loads((seed_dir / name / "result.json").read_text()))
+    oracle = found.get("oracle")
+    oracle_novel = float(np.mean([r["novel_mIoU"] for r in oracle])) if oracle else None
+    runs = {name: summarise(name, found[name], oracle_novel) for name in RUNS if name in found}
+    data, novel, _, title = DATASETS[dataset_name]
+    doc = {"dataset": title, "novel": novel.split(","),
+           "budget": {"name": budget_name, **BUDGETS[budget_name], "backbone": "mobilenet_v2, ImageNet weights"},
+           "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU, one thread per run",
+           "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+           "novel_tags": tag_statistics(next(work.glob("seed*/dataset"), work / "dataset")), "runs": runs}
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if budget_name == "full" else f"-{budget_name}"
-    atomic_write(out / f"quality{suffix}.json", lambda p: p.write_text(json.dumps(doc, indent=2)))
-    print("| run | novel mIoU | base mIoU | mIoU | novel / oracle | novel region IoU | train time |\n"
+    stem = f"quality-{dataset_name}" + ("" if budget_name == "full" else f"-{budget_name}")
+    atomic_write(out / f"{stem}.json", lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
+    cell = lambda r, k: f"{r[k]['mean']:.1f} ({', '.join(f'{v:.1f}' for v in r[k]['values'])})"  # noqa: E731
+    print("| run | novel mIoU (mean; seeds) | base mIoU | mIoU | novel / oracle | novel region IoU | train time |\n"
           "|---|---|---|---|---|---|---|")
-    for r in results.values():
+    for r in runs.values():
         frac = f"{100 * r['novel_vs_oracle']:.0f}%" if r["novel_vs_oracle"] else "-"
-        print(f"| {r['label']} | {r['novel_mIoU']:.1f} | {r['base_mIoU']:.1f} | {r['mIoU']:.1f} | {frac} | "
-              f"{r['novel_region_IoU']:.1f} | {r['train_seconds'] / 60:.0f} min |")
-    if results:
-        bar_chart(results, out / f"quality{suffix}.png")
+        region = cell(r, "novel_region_IoU") if "novel_region_IoU" in r else "-"
+        print(f"| {r['label']} | {cell(r, 'novel_mIoU')} | {cell(r, 'base_mIoU')} | {cell(r, 'mIoU')} | {frac} | "
+              f"{region} | {r['train_seconds']['mean'] / 60:.0f} min |")
+    if runs:
+        chart(runs, f"{title.split(' (')[0]}, novel = {novel.replace(',', ', ')}", out / f"{stem}.png")
 
 
-def bar_chart(results: dict, path: Path) -> None:
+def chart(runs: dict, title: str, path: Path) -> None:
+    """Bars (mean over seeds, each seed a dot) and the oracle's and reference's validation curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results)
+    names = list(runs)
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, (ax, curves) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
     series = (("novel_mIoU", "novel mIoU", "tab:red"), ("novel_region_IoU", "novel region IoU (class-agnostic)",
               "tab:orange"), ("base_mIoU", "base mIoU", "tab:blue"), ("mIoU", "all mIoU", "tab:gray"))
     for i, (key, label, colour) in enumerate(series):
-        bars = ax.bar(x + (i - 1.5) * 0.2, [results[n][key] for n in names], 0.2, label=label, color=colour)
+        have = [n for n in names if key in runs[n]]
+        pos = np.array([names.index(n) for n in have]) + (i - 1.5) * 0.2
+        bars = ax.bar(pos, [runs[n][key]["mean"] for n in have], 0.2, label=label, color=colour)
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        for p, n in zip(pos, have):
+            ax.plot([p] * len(runs[n][key]["values"]), runs[n][key]["values"], "k.", markersize=3)
     ax.set_xticks(x, names)
-    ax.set_ylabel("val IoU (%)")
-    ax.set_title("CamVid, novel = tree, car, sign_symbol")
+    ax.set_ylabel("val IoU (%), mean over seeds (dots: each seed)")
+    ax.set_title(title)
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, ncol=2, loc="upper left")
+    for name, style in (("oracle", "-"), ("reference", "--")):
+        for seed, curve in runs.get(name, {}).get("curve", {}).items():
+            curves.plot([c["iter"] for c in curve], [c["mIoU"] for c in curve], style, label=f"{name} {seed}")
+    curves.set_xlabel("iteration")
+    curves.set_ylabel("val mIoU (%)")
+    curves.set_title("validation curves")
+    curves.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
@@ -236,34 +294,54 @@ def selected_runs(spec: str, runs: dict) -> list[str]:
     return names
 
 
-def camvid_split(data: Path, dataset: Path, threads: int, *extra: object) -> Path:
-    """The benchmark's weak-shot CamVid (novel = NOVEL), split once into ``dataset``; ``extra`` split options."""
+def offline_weights(work: Path) -> None:
+    """Let torchvision's weights API find ../shared's ImageNet MobileNetV2 offline: unless $TORCH_HOME already holds
+    it, point TORCH_HOME (for this process and every run it starts) at a folder in ``work`` that links to it."""
+    name = "mobilenet_v2-b0353104.pth"
+    if (Path(torch.hub.get_dir()) / "checkpoints" / name).exists() or not (SHARED / "weights" / name).exists():
+        return
+    home = work / "torch-home"
+    link = home / "hub" / "checkpoints" / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.symlink_to(SHARED / "weights" / name)
+    os.environ["TORCH_HOME"] = str(home)
+
+
+def split_dataset(name: str, dataset: Path, threads: int, *extra: object) -> Path:
+    """The benchmark's weak-shot split of ``name`` into ``dataset`` (made once); ``extra`` split options."""
+    data, novel, ignore, _ = DATASETS[name]
     if not (dataset / "weakshot.json").exists():
         weakshot("split", "--images", data / "images", "--masks", data / "labels", "--classes", data / "classes.txt",
-                 "--ignore-index", 11, "--novel", NOVEL, *extra, "-o", dataset, threads=threads)
+                 "--ignore-index", ignore, "--novel", novel, *extra, "-o", dataset, threads=threads)
     return dataset
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=CAMVID)
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="msrc")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "benchmarks" / "quality")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
-    ap.add_argument("--quick", action="store_true", help="60 iterations per run: a smoke test of the pipeline")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
+    ap.add_argument("--quick", action="store_true", help="20 iterations per run: a smoke test of the pipeline")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report", action="store_true", help="only gather finished runs into the results")
     args = ap.parse_args()
     budget_name = "quick" if args.quick else "full"
-    work = args.work / budget_name
+    work = args.work / args.dataset / budget_name
     names = selected_runs(args.runs, RUNS)
     if not args.report:
-        dataset = camvid_split(args.data, work / "dataset", args.threads)
-        for name in names:
-            r = run_one(name, dataset, work, BUDGETS[budget_name], args.threads)
-            print(f"{name}: novel {r['novel_mIoU']:.1f}  base {r['base_mIoU']:.1f}  all {r['mIoU']:.1f}  "
-                  f"({r['train_seconds'] / 60:.1f} min)", flush=True)
-    report(work, budget_name, args.out)
+        offline_weights(args.work)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            seed_work = work / f"seed{seed}"
+            # the split is the same for every seed; each seed's folder holds its own copy for its pseudo-labels
+            dataset = split_dataset(args.dataset, seed_work / "dataset", args.threads)
+            for name in names:
+                r = run_one(name, dataset, seed_work, BUDGETS[budget_name], seed, args.threads)
+                print(f"{args.dataset} seed {seed} {name}: novel {r['novel_mIoU']:.1f}  base {r['base_mIoU']:.1f}  "
+                      f"all {r['mIoU']:.1f}  ({r['train_seconds'] / 60:.1f} min)", flush=True)
+    report(args.dataset, work, budget_name, args.out)
 
 
 if __name__ == "__main__":

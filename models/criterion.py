@@ -64,7 +64,8 @@ class SimFormerCriterion(nn.Module):
                  sim_weight: float = 1.0, dist_weight: float = 0.1, dist_func: str = "bce",
                  dist_cross_image: bool = True, num_sim_points: int = 100, sim_class_points: int = 80,
                  num_dist_points: int = 100, use_sim: bool = True, use_dist: bool = True, use_comp: bool = True,
-                 detach_sim_features: bool = True, num_points: int = 0, balance_window: int = 25) -> None:
+                 detach_sim_features: bool = True, num_points: int = 0, balance_window: int = 25,
+                 simnet_width: int = 256) -> None:
         super().__init__()
         if dist_func not in ("bce", "cce"):
             raise ValueError(f"dist_func must be 'bce' or 'cce', got {dist_func!r}")
@@ -81,7 +82,7 @@ class SimFormerCriterion(nn.Module):
         self.detach_sim_features, self.num_points = detach_sim_features, num_points
         self.matcher = HungarianMatcher(cost_class=ce_weight, cost_mask=mask_weight, cost_dice=dice_weight,
                                         num_points=num_points)
-        self.simnet = SimNet(mask_dim) if (use_sim or use_dist) else None
+        self.simnet = SimNet(mask_dim, simnet_width) if (use_sim or use_dist) else None
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = no_object_weight
         self.register_buffer("class_weight", class_weight, persistent=False)

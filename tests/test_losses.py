@@ -196,6 +196,17 @@ def test_sim_loss_detach_and_simnet_gradients():
         assert all(p.grad is not None for p in c.simnet.parameters())
 
 
+def test_simnet_width_sets_the_pair_network_and_its_cost():
+    """simnet_width shrinks the SimNet's hidden layers (each pair costs width^2 per layer) and it still learns."""
+    targets, *_ = sim_case([[0, 0, 1], [1, IGN, IGN], [0, 1, 1]], [[1, 1, 1], [0, IGN, IGN], [IGN, IGN, 0]])
+    narrow, wide = crit(use_sim=True, simnet_width=32), crit(use_sim=True)
+    assert narrow.simnet.head.in_features == 32 and wide.simnet.head.in_features == 256
+    assert sum(p.numel() for p in narrow.simnet.parameters()) < sum(p.numel() for p in wide.simnet.parameters()) / 20
+    loss = narrow.loss_sim({"pixel_features": torch.randn(2, 4, 3, 3)}, targets)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in narrow.simnet.parameters())
+
+
 def dist_case():
     """Both images: 4 unknown pixels at feature resolution (3x3), a shared novel tag, paired with each other."""
     big = lambda m: torch.as_tensor(m).repeat_interleave(4, 0).repeat_interleave(4, 1)
