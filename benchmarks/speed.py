@@ -1,18 +1,40 @@
-"""Speed: weakshot's SimFormer-R50 vs Hugging Face transformers' MaskFormer-R50, and CLI throughput on CamVid.
+"""Speed at equal precision: weakshot's SimFormer-R50 vs Hugging Face transformers' MaskFormer-R50, weakshot's
+mobile preset, and CLI throughput on CamVid.
 
     pip install -e '.[bench]'
-    python benchmarks/speed.py                    # CPU, all threads
-    python benchmarks/speed.py --device cuda      # GPU (bf16/fp16 autocast as weakshot's --amp auto)
+    python benchmarks/speed.py                    # CPU, all threads: fp32, then bf16 autocast
+    python benchmarks/speed.py --device cuda      # GPU: fp32, bf16 autocast, fp16 autocast with a GradScaler
 
-Both networks are built from config with random weights (no download): ResNet-50, 100 queries, 6 decoder
-layers, 256-d, 11 classes, deep supervision on. The training step is forward, every loss, backward and an AdamW
-step, batch 2 at 512x512 (weakshot: three base masks and a novel tag per image, so its SimNet, distillation and
-complementary losses all run; transformers: the same three masks). Inference is batch 1 at 512x512 up to
-per-class score maps at full resolution. Timings: one process, the same inputs and threads, one warm-up, then
-the two models alternate and the median is kept. Peak memory: each model in its own subprocess (peak RSS on
-CPU, peak allocated on CUDA), so one model's peak cannot hide the other's. transformers' MaskFormer is called
-with ``output_hidden_states=True``: with deep supervision on it needs them and otherwise fails (5.24). Throughput: ``weakshot predict``
-on the CamVid val images and ``weakshot pseudolabel`` on its training split, as subprocesses, end to end.
+Every measurement runs once per precision (--precisions): fp32 is plain float32; bf16 and fp16 run forward and
+losses under ``torch.autocast(device, dtype)``, fp16 (CUDA only) with a GradScaler. Both models always run at the
+same precision, so neither is timed at one the other is not.
+
+- R50 comparison. Both networks are built from config with random weights (no download): ResNet-50, 100 queries,
+  6 decoder layers, 256-d, 11 classes, deep supervision on. Training step: forward, every loss, backward and an
+  AdamW step, batch 2 at 512x512 (weakshot: three base masks and a novel tag per image, so its SimNet,
+  distillation and complementary losses all run; transformers: the same three masks). Inference: batch 1 at
+  512x512 up to per-class score maps at full resolution. One process, the same inputs and threads; per task each
+  model runs once as a warm-up, then the two alternate --repeats times and the median is kept: seconds, the ratio
+  weakshot/transformers, images/s.
+- mobile preset (MobileNetV2, masked attention) with random weights, so its BatchNorm trains (with the preset's
+  ImageNet weights it stays frozen): training step at the preset's batch 8 and 256x256, inference batch 1 at
+  256x256 and at --imgsz, timed the same way.
+- Work. Each warm-up runs under torch.utils.flop_counter.FlopCounterMode, which counts the FLOPs of matrix
+  products, convolutions and attention, forward and backward (not elementwise work, norms, losses' reductions or
+  the optimiser). Three fixes, all in count_flops: CPU flash attention, which it does not know, is counted with
+  its attention formula; a convolution's weight gradient, which it counts as if every convolution were dense
+  (MobileNetV2's depthwise ones hundreds of times too high), with the forward's count; and its per-module
+  breakdown, which is not needed and crashes on transformers' matcher, is left out. GFLOP over the median time is
+  the achieved rate, set against the peak assumed from the CPU's flags and clock (the JSON says how, per
+  precision); on CUDA no peak is assumed.
+- Peak memory: each model, task and precision in a fresh subprocess (peak RSS on the CPU, which includes the
+  interpreter and libraries; peak allocated on CUDA), so no run's peak hides another's.
+- Throughput: ``weakshot predict`` on the CamVid val images and ``weakshot pseudolabel`` on its training split,
+  as subprocesses, end to end, at the CLI's default precision (--no-throughput skips it).
+
+transformers' MaskFormer is called with ``output_hidden_states=True``: with deep supervision on it needs them and
+otherwise fails (5.24). It runs under bf16 autocast unchanged: its Hungarian matcher hands the cost matrix to scipy,
+which cannot read bf16, but the matrix comes out float32, as the float32 target masks promote its dice term.
 """
 
 from __future__ import annotations
@@ -27,11 +49,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils import flop_counter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,24 +65,48 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from train_step import make_batch  # noqa: E402
 from weakshot_cli.data.manifest import Item, Manifest  # noqa: E402
-from weakshot_cli.engine.build import TrainStep, amp_dtype, build_criterion, build_model  # noqa: E402
+from weakshot_cli.engine.build import TrainStep, build_criterion, build_model  # noqa: E402
 from weakshot_cli.engine.checkpoint import save_checkpoint, weights_state  # noqa: E402
-from weakshot_cli.engine.config import build_config  # noqa: E402
+from weakshot_cli.engine.config import TrainConfig, build_config  # noqa: E402
 from weakshot_cli.engine.inference import class_scores  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
 
 K = 11
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def weakshot_model(device: torch.device) -> tuple[TrainStep, object]:
-    cfg = build_config("r50", {"backbone_weights": "none"}, [])
-    m = Manifest([f"c{i}" for i in range(K)], base=list(range(8)), novel=[8, 9, 10], splits={"train": [Item("x", "y", [])]})
+@dataclass
+class Net:
+    """A network as its library trains and runs it: ``module`` holds every trained parameter, ``loss(images,
+    targets)`` prepares the targets once and returns the closure computing the total loss, ``scores(images)``
+    returns per-class score maps at the input size."""
+
+    module: nn.Module
+    model: nn.Module
+    loss: Callable[[torch.Tensor, list[dict]], Callable[[], torch.Tensor]]
+    scores: Callable[[torch.Tensor], object]
+
+
+def weakshot_config(preset: str) -> TrainConfig:
+    return build_config(preset, {"backbone_weights": "none"}, [])
+
+
+def weakshot_net(preset: str, device: torch.device) -> Net:
+    cfg = weakshot_config(preset)
+    m = Manifest([f"c{i}" for i in range(K)], base=list(range(8)), novel=[8, 9, 10],
+                 splits={"train": [Item("x", "y", [])]})
     torch.manual_seed(0)
-    return TrainStep(build_model(cfg, K), build_criterion(cfg, m)).to(device), cfg
+    step = TrainStep(build_model(cfg, K), build_criterion(cfg, m)).to(device)
+
+    def scores(images: torch.Tensor) -> list[torch.Tensor]:
+        sizes = [tuple(images.shape[-2:])] * len(images)
+        return class_scores(step.model, images, sizes, sizes)
+
+    return Net(step, step.model, lambda images, targets: lambda: step(images, targets)["loss"], scores)
 
 
-def hf_model(device: torch.device) -> torch.nn.Module:
+def hf_net(device: torch.device) -> Net:
     from transformers import DetrConfig, MaskFormerConfig, MaskFormerForInstanceSegmentation, ResNetConfig
 
     backbone = ResNetConfig(depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], layer_type="bottleneck",
@@ -66,10 +116,55 @@ def hf_model(device: torch.device) -> torch.nn.Module:
     cfg = MaskFormerConfig(backbone_config=backbone, decoder_config=decoder, num_labels=K, use_auxiliary_loss=True,
                            fpn_feature_size=256, mask_feature_size=256)
     torch.manual_seed(0)
-    return MaskFormerForInstanceSegmentation(cfg).to(device)
+    model = MaskFormerForInstanceSegmentation(cfg).to(device)
+
+    def loss(images: torch.Tensor, targets: list[dict]) -> Callable[[], torch.Tensor]:
+        masks = [t["masks"][t["has_mask"]].float() for t in targets]
+        labels = [t["labels"][t["has_mask"]] for t in targets]
+        return lambda: model(pixel_values=images, mask_labels=masks, class_labels=labels,
+                             output_hidden_states=True).loss
+
+    def scores(images: torch.Tensor) -> torch.Tensor:
+        out = model(pixel_values=images, output_hidden_states=True)
+        masks = F.interpolate(out.masks_queries_logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.einsum("bqc,bqhw->bchw", out.class_queries_logits.softmax(-1)[..., :-1], masks.sigmoid())
+
+    return Net(model, model, loss, scores)
 
 
-def timed(fn, device: torch.device) -> float:
+def build_net(name: str, device: torch.device) -> Net:
+    """"weakshot" (SimFormer-R50), "transformers" (MaskFormer-R50) or "mobile" (weakshot's mobile preset)."""
+    return hf_net(device) if name == "transformers" else weakshot_net("r50" if name == "weakshot" else name, device)
+
+
+def task_fn(net: Net, task: str, device: torch.device, precision: str, batch: int, imgsz: int) -> Callable[[], None]:
+    """One training step (forward, losses, backward, AdamW) or one inference pass, at ``precision``, on fixed
+    synthetic inputs made here so that only the network's work is timed."""
+    dtype = PRECISIONS[precision]
+    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
+    images, targets = make_batch(batch, imgsz, device)
+    if task == "infer":
+        def infer() -> None:
+            net.model.eval()
+            with torch.no_grad(), autocast():
+                net.scores(images)
+        return infer
+    loss = net.loss(images, targets)
+    opt = torch.optim.AdamW(net.module.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def train() -> None:
+        net.module.train()
+        with autocast():
+            value = loss()
+        opt.zero_grad()
+        scaler.scale(value).backward()
+        scaler.step(opt)
+        scaler.update()
+    return train
+
+
+def timed(fn: Callable[[], None], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
@@ -79,62 +174,119 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - t
 
 
-def tasks(name: str, device: torch.device, batch: int, imgsz: int) -> dict:
-    """{"train": step(), "infer": step()} closures for one model, on the shared synthetic inputs."""
-    images, targets = make_batch(batch, imgsz, device)
-    one = images[:1]
-    if name == "weakshot":
-        step, cfg = weakshot_model(device)
-        dtype = amp_dtype(cfg.amp, device)
-        model = step.model
-        forward = lambda: step(images, targets)["loss"]  # noqa: E731
-        infer = lambda: class_scores(model, one, [(imgsz, imgsz)], [(imgsz, imgsz)])  # noqa: E731
-    else:
-        step = model = hf_model(device)
-        dtype = amp_dtype("auto", device)
-        masks = [t["masks"][t["has_mask"]].float() for t in targets]
-        labels = [t["labels"][t["has_mask"]] for t in targets]
-        forward = lambda: step(pixel_values=images, mask_labels=masks, class_labels=labels, output_hidden_states=True).loss  # noqa: E731
-
-        def infer() -> torch.Tensor:
-            out = model(pixel_values=one, output_hidden_states=True)
-            masks_ = F.interpolate(out.masks_queries_logits, size=(imgsz, imgsz), mode="bilinear", align_corners=False)
-            return torch.einsum("bqc,bqhw->bchw", out.class_queries_logits.softmax(-1)[..., :-1], masks_.sigmoid())
-
-    opt = torch.optim.AdamW(step.parameters(), lr=1e-4)
-    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)  # noqa: E731
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-    def train() -> None:
-        step.train()
-        with autocast():
-            loss = forward()
-        opt.zero_grad()
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-
-    def inference() -> None:
-        model.eval()
-        with torch.no_grad(), autocast():
-            infer()
-
-    return {"train": train, "infer": inference}
+def _cpu_flash(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query, key, value)
 
 
-def peak_memory(name: str, task: str, device: str, batch: int, imgsz: int) -> float:
+def _cpu_flash_backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def _conv_backward(grad_out, x, weight, _bias, _stride, _padding, _dilation, transposed, _output_padding, _groups,
+                   output_mask, out_shape=None, **kwargs) -> int:
+    """Each gradient asked for (input, weight) takes the forward's multiply-adds. FlopCounterMode's own formula
+    counts the weight gradient as if the convolution were dense, which puts MobileNetV2's depthwise (960-group)
+    convolutions hundreds of times too high; for dense convolutions the two agree."""
+    return flop_counter.conv_flop_count(x, weight, grad_out, transposed) * (int(output_mask[0]) + int(output_mask[1]))
+
+
+# Formulas FlopCounterMode lacks or gets wrong: CPU flash attention (nn.MultiheadAttention in eval on the CPU) and
+# grouped convolutions' backward.
+FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash,
+            torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward,
+            torch.ops.aten.convolution_backward: _conv_backward}
+
+
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's module tracker (torch >= 2.4), so every FLOP counts towards the total and no
+    module hook runs. Its hooks fail on a module called under no_grad with a view of a tensor that requires grad
+    (such a view has requires_grad but no grad_fn), which transformers' Hungarian matcher does."""
+
+    parents = {"Global"}
+
+    def __enter__(self) -> "_GlobalOnly":
+        return self
+
+    def __exit__(self, *args) -> None:
+        pass
+
+
+def count_flops(fn: Callable[[], None]) -> int:
+    """Run ``fn`` once, counting its matmul/conv/attention FLOPs; the kernels are the ones a timed run uses."""
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=FORMULAS)
+    counter.mod_tracker = _GlobalOnly()
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def measure(fns: dict[str, Callable[[], None]], device: torch.device, repeats: int) -> dict[str, tuple[float, int]]:
+    """Median seconds and FLOPs per closure: each runs once as a warm-up that counts its FLOPs, then the closures
+    alternate ``repeats`` times, so a slow spell of the machine hits all of them alike."""
+    flops = {n: count_flops(fn) for n, fn in fns.items()}
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    for _ in range(repeats):
+        for n, fn in fns.items():
+            times[n].append(timed(fn, device))
+    return {n: (statistics.median(times[n]), flops[n]) for n in fns}
+
+
+def work(flops: int, seconds: float, peak_gflops: float | None) -> dict:
+    """GFLOP counted, GFLOP/s achieved, and that rate as a fraction of the assumed peak (None without one)."""
+    achieved = flops / seconds / 1e9
+    return {"gflop": round(flops / 1e9, 2), "gflops_achieved": round(achieved, 2),
+            "fraction_of_peak": round(achieved / peak_gflops, 4) if peak_gflops else None}
+
+
+def compare(device: torch.device, precision: str, batch: int, imgsz: int, repeats: int,
+            peak_gflops: float | None) -> dict:
+    """Training step and inference of weakshot vs transformers at ``precision``: times, ratio, images/s, work."""
+    nets = {n: build_net(n, device) for n in ("weakshot", "transformers")}
+    result: dict = {}
+    flops: dict = {}
+    for task, b in (("train", batch), ("infer", 1)):
+        res = measure({n: task_fn(net, task, device, precision, b, imgsz) for n, net in nets.items()}, device, repeats)
+        (ws, ws_flops), (hf, hf_flops) = res["weakshot"], res["transformers"]
+        result[task] = {"weakshot_s": round(ws, 4), "transformers_s": round(hf, 4), "ratio": round(ws / hf, 3),
+                        "weakshot_img_s": round(b / ws, 2), "transformers_img_s": round(b / hf, 2)}
+        flops[task] = {"weakshot": work(ws_flops, ws, peak_gflops), "transformers": work(hf_flops, hf, peak_gflops)}
+        print(precision, task, result[task], flops[task], flush=True)
+    return {**result, "flops": flops}
+
+
+def mobile_jobs(imgsz: int) -> dict[str, tuple[str, int, int]]:
+    """The mobile preset's measurements: name -> (task, batch, imgsz)."""
+    cfg = weakshot_config("mobile")
+    return {"train": ("train", cfg.batch, cfg.imgsz), f"infer_{cfg.imgsz}": ("infer", 1, cfg.imgsz),
+            f"infer_{imgsz}": ("infer", 1, imgsz)}
+
+
+def mobile(device: torch.device, precision: str, imgsz: int, repeats: int, peak_gflops: float | None) -> dict:
+    """Training step and inference of the mobile preset at ``precision``: seconds, images/s, work."""
+    net, jobs = build_net("mobile", device), mobile_jobs(imgsz)
+    res = measure({k: task_fn(net, task, device, precision, b, s) for k, (task, b, s) in jobs.items()}, device,
+                  repeats)
+    result = {k: {"s": round(s, 4), "img_s": round(jobs[k][1] / s, 2), **work(f, s, peak_gflops)}
+              for k, (s, f) in res.items()}
+    print(precision, "mobile", result, flush=True)
+    return result
+
+
+def peak_memory(name: str, task: str, device: str, precision: str, batch: int, imgsz: int, threads: int) -> float:
     """GiB at the peak of two runs of ``task`` in a fresh process."""
     code = (f"import sys; sys.argv=['speed.py']; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import speed; "
-            f"print(speed.measure_peak({name!r}, {task!r}, {device!r}, {batch}, {imgsz}))")
+            f"print(speed.measure_peak({name!r}, {task!r}, {device!r}, {precision!r}, {batch}, {imgsz}, {threads}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
         sys.exit(out.stderr[-2000:])
-    return float(out.stdout.strip().splitlines()[-1])
+    return round(float(out.stdout.strip().splitlines()[-1]), 2)
 
 
-def measure_peak(name: str, task: str, device: str, batch: int, imgsz: int) -> float:
+def measure_peak(name: str, task: str, device: str, precision: str, batch: int, imgsz: int, threads: int) -> float:
+    """Run in the subprocess of peak_memory."""
+    torch.set_num_threads(threads)
     dev = torch.device(device)
-    fn = tasks(name, dev, batch if task == "train" else 1, imgsz)[task]
+    fn = task_fn(build_net(name, dev), task, dev, precision, batch, imgsz)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     for _ in range(2):
@@ -153,23 +305,73 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def compare(device: torch.device, batch: int, imgsz: int, repeats: int) -> dict:
-    models = {n: tasks(n, device, batch, imgsz) for n in ("weakshot", "transformers")}
-    result = {}
-    for task in ("train", "infer"):
-        times = {n: [] for n in models}
-        for r in range(repeats + 1):
-            for n, fns in models.items():
-                t = timed(fns[task], device)
-                if r:
-                    times[n].append(t)
-        med = {n: statistics.median(v) for n, v in times.items()}
-        result[task] = {"weakshot_s": round(med["weakshot"], 4), "transformers_s": round(med["transformers"], 4),
-                        "ratio": round(med["weakshot"] / med["transformers"], 3),
-                        "weakshot_img_s": round((batch if task == "train" else 1) / med["weakshot"], 2),
-                        "transformers_img_s": round((batch if task == "train" else 1) / med["transformers"], 2)}
-        print(task, result[task], flush=True)
-    return result
+def memories(device: str, precision: str, batch: int, imgsz: int, threads: int) -> tuple[dict, dict]:
+    """Peak memory of the R50 comparison ({task: {model: GiB}}) and of the mobile preset ({job: GiB})."""
+    r50 = {task: {n: peak_memory(n, task, device, precision, b, imgsz, threads) for n in ("weakshot", "transformers")}
+           for task, b in (("train", batch), ("infer", 1))}
+    mob = {k: peak_memory("mobile", task, device, precision, b, s, threads)
+           for k, (task, b, s) in mobile_jobs(imgsz).items()}
+    print(precision, "peak memory", r50, mob, flush=True)
+    return r50, mob
+
+
+def cpu_facts() -> dict:
+    """Model name, flags, physical cores and clock (MHz, and where it came from: lscpu's max MHz where it reports
+    one, which virtual machines often do not, else the highest "cpu MHz" in /proc/cpuinfo)."""
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+    except OSError:
+        lines = []
+    lscpu = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    proc = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    flags = set(lscpu.get("Flags", "").split()) or {f for line in proc if line.startswith("flags")
+                                                     for f in line.partition(":")[2].split()}
+    cores = (int(lscpu["Core(s) per socket"]) * int(lscpu.get("Socket(s)", "1"))
+             if lscpu.get("Core(s) per socket", "").isdigit() else os.cpu_count() or 1)
+    facts = {"model": lscpu.get("Model name", platform.processor() or platform.machine()), "flags": flags,
+             "cores": cores}
+    if lscpu.get("CPU max MHz"):
+        return {**facts, "mhz": float(lscpu["CPU max MHz"]), "clock_from": "lscpu 'CPU max MHz'"}
+    mhz = [float(line.partition(":")[2]) for line in proc if line.startswith("cpu MHz")]
+    return {**facts, "mhz": max(mhz, default=None), "clock_from": "/proc/cpuinfo 'cpu MHz' (lscpu gives no max MHz)"}
+
+
+def cpu_peaks(threads: int) -> dict[str, dict]:
+    """Assumed peak GFLOP/s per precision, from what the machine reports, with the reasoning written out."""
+    cpu = cpu_facts()
+    flags, mhz, cores = cpu["flags"], cpu["mhz"], cpu["cores"]
+    lanes, isa = (16, "AVX-512 (avx512f)") if "avx512f" in flags else (8, "AVX2 FMA3 (fma)") if "fma" in flags \
+        else (0, "")
+    if not lanes or not mhz:
+        why = "no FMA in the CPU's flags" if not lanes else "no clock in lscpu or /proc/cpuinfo"
+        return {p: {"peak_gflops_assumed": None, "peak_assumption": f"not assumed: {why}"} for p in ("fp32", "bf16")}
+    used = min(threads, cores)
+    fp32 = used * mhz / 1e3 * 2 * lanes * 2
+    how = (f"{used} cores (the threads used, at most the {cores} physical cores) x {mhz:.0f} MHz from "
+           f"{cpu['clock_from']} x 2 FMA units per core (assumed: true of Intel server cores since Skylake-SP Gold "
+           f"and of AMD Zen 2-5, though Zen 4 splits a 512-bit FMA in two, halving the AVX-512 figure) x {lanes} "
+           f"fp32 lanes of {isa} x 2 FLOPs per FMA; a turbo clock above the one reported would lower the true "
+           f"fraction")
+    if "amx_bf16" in flags:
+        bf16, bf16_how = None, ("not assumed: the CPU has AMX-BF16 tiles (amx_bf16), which oneDNN uses for bf16 "
+                                "matmuls and convolutions; their rate cannot be derived from the flags")
+    elif "avx512_bf16" in flags:
+        bf16, bf16_how = round(2 * fp32, 1), ("2x the fp32 peak: vdpbf16ps (avx512_bf16) does two bf16 products per "
+                                              f"fp32 lane per FMA; fp32: {how}")
+    else:
+        bf16, bf16_how = round(fp32, 1), ("the fp32 peak: no bf16 arithmetic in the flags (neither avx512_bf16 nor "
+                                          f"amx_bf16), so bf16 products are computed in fp32 after conversion; "
+                                          f"fp32: {how}")
+    return {"fp32": {"peak_gflops_assumed": round(fp32, 1), "peak_assumption": how},
+            "bf16": {"peak_gflops_assumed": bf16, "peak_assumption": bf16_how}}
+
+
+def peaks(device: torch.device, threads: int) -> dict[str, dict]:
+    """Assumed peak GFLOP/s and how it was reached, per precision; none on CUDA."""
+    if device.type == "cpu":
+        return cpu_peaks(threads)
+    why = f"not assumed: {torch.cuda.get_device_name(device)}'s tensor-core rates are not readable from torch"
+    return {p: {"peak_gflops_assumed": None, "peak_assumption": why} for p in PRECISIONS}
 
 
 def throughput(device: str, threads: int, data: Path) -> dict:
@@ -198,36 +400,57 @@ def throughput(device: str, threads: int, data: Path) -> dict:
     return {"predict_img_s": runs[0], "pseudolabel_img_s": runs[1], "size": "360x480 (native)"}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--precisions", help="comma-separated, from fp32,bf16,fp16 (fp16: CUDA only); "
+                                         "default fp32,bf16 on the CPU, fp32,bf16,fp16 on CUDA")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--imgsz", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", type=Path, default=CAMVID)
     ap.add_argument("--no-throughput", action="store_true", help="skip the CamVid predict/pseudolabel runs")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
+                    help="folder for speed.json (CPU) or speed-cuda.json")
     a = ap.parse_args()
+    cuda = torch.device(a.device).type == "cuda"
+    a.precisions = (a.precisions or ("fp32,bf16,fp16" if cuda else "fp32,bf16")).split(",")
+    if unknown := set(a.precisions) - set(PRECISIONS):
+        ap.error(f"unknown precision(s) {', '.join(sorted(unknown))}; choose from {', '.join(PRECISIONS)}")
+    if "fp16" in a.precisions and not cuda:
+        ap.error("fp16 autocast is CUDA only; on the CPU use fp32,bf16")
+    return a
+
+
+def main() -> None:
+    a = parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     import transformers
 
-    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-              f"{platform.machine()} CPU, {a.threads} threads of {os.cpu_count()} cores",
-              "amp": str(amp_dtype("auto", device)).replace("torch.", "") if device.type == "cuda"
-              else "off", "torch": torch.__version__, "transformers": transformers.__version__,
-              "date": time.strftime("%Y-%m-%d"), "batch": a.batch, "imgsz": a.imgsz, "repeats": a.repeats,
-              **compare(device, a.batch, a.imgsz, a.repeats)}
-    result["peak_memory_gib"] = {
-        task: {n: round(peak_memory(n, task, a.device, a.batch, a.imgsz), 2) for n in ("weakshot", "transformers")}
-        for task in ("train", "infer")}
-    print("peak memory", result["peak_memory_gib"], flush=True)
+    mob = weakshot_config("mobile")
+    result: dict = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+        f"{cpu_facts()['model']}, {a.threads} threads of {os.cpu_count()} cores",
+        "threads": a.threads, "torch": torch.__version__, "transformers": transformers.__version__,
+        "date": time.strftime("%Y-%m-%d"), "batch": a.batch, "imgsz": a.imgsz, "repeats": a.repeats,
+        "precisions": {}, "mobile": {"batch": mob.batch, "imgsz": mob.imgsz, "precisions": {}}}
+    path = a.out / ("speed.json" if device.type == "cpu" else f"speed-{device.type}.json")
+    save = lambda: atomic_write(path, lambda p: p.write_text(json.dumps(result, indent=2)))  # noqa: E731
+    rates = peaks(device, a.threads)
+    for p in a.precisions:
+        peak = rates[p]["peak_gflops_assumed"]
+        entry = {"autocast": p != "fp32", "grad_scaler": p == "fp16", **rates[p],
+                 **compare(device, p, a.batch, a.imgsz, a.repeats, peak)}
+        mob_entry = mobile(device, p, a.imgsz, a.repeats, peak)
+        entry["peak_memory_gib"], mob_entry["peak_memory_gib"] = memories(a.device, p, a.batch, a.imgsz, a.threads)
+        result["precisions"][p], result["mobile"]["precisions"][p] = entry, mob_entry
+        save()  # after each precision, so a long run that is stopped keeps what it measured
     if not a.no_throughput and a.data.exists():
         result["throughput"] = throughput(a.device, a.threads, a.data)
         print("throughput", result["throughput"], flush=True)
-    name = "speed.json" if device.type == "cpu" else f"speed-{device.type}.json"
-    atomic_write(a.out / name, lambda p: p.write_text(json.dumps(result, indent=2)))
+        save()
 
 
 if __name__ == "__main__":

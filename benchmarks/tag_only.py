@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import CAMVID, NOVEL, ROOT, camvid_split, evaluate, selected_runs, train_args, weakshot  # noqa: E402
+from quality import NOVEL, ROOT, evaluate, selected_runs, split_dataset, train_args, weakshot  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
 
 RUNS = {"masked": ("masked half only", ["--set", "tag_only=false"]), "with": ("masked half + tag-only half", [])}
@@ -64,7 +64,6 @@ def report(work: Path, fraction: float, budget_name: str, out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=CAMVID)
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "benchmarks" / "tag-only")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--fraction", type=float, default=0.5, help="share of training images reduced to tags")
@@ -78,8 +77,8 @@ def main() -> None:
     work = args.work / budget_name
     names = selected_runs(args.runs, RUNS)
     if not args.report:
-        dataset = camvid_split(args.data, work / "dataset", args.threads, "--tag-only-fraction", args.fraction,
-                               "--seed", 0)
+        dataset = split_dataset("camvid", work / "dataset", args.threads, "--tag-only-fraction", args.fraction,
+                                "--seed", 0)
         for seed in (int(s) for s in args.seeds.split(",")):
             for name in names:
                 r = run_one(name, seed, dataset, work, BUDGETS[budget_name], args.threads)
