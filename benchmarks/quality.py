@@ -65,16 +65,16 @@ def weakshot(*args: object, threads: int) -> float:
     """Run one CLI command; return its wall time in seconds. Fails loudly, with the tool's own message."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", "from weakshot_cli.cli import main; main()", *map(str, args)], env=env, cwd=ROOT,
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", "from weakshot_cli.cli import main; main()", *map(str, args)], env=env,
+                       cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"weakshot {' '.join(map(str, args[:2]))} failed:\n{r.stderr[-2000:]}")
     return time.perf_counter() - start
 
 
 def train_args(budget: dict, iters: int, seed: int = 0) -> list[str]:
-    return ["--preset", budget.get("preset", "small"), "--iters", iters, "--batch", budget["batch"], "--imgsz", budget["imgsz"],
-            "--device", "cpu", "--workers", 1, "--seed", seed, "--set", f"val_every={max(1, iters // 2)}",
+    return ["--preset", budget.get("preset", "small"), "--iters", iters, "--batch", budget["batch"],
+            "--imgsz", budget["imgsz"], "--device", "cpu", "--workers", 1, "--seed", seed, "--set", f"val_every={max(1, iters // 4)}",
             "--exist-ok"]
 
 
@@ -163,9 +163,7 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         seconds = weakshot("train", dataset, *train_args(budget, budget["iters"], seed), *RUNS[name][1],
                            "--project", runs, "--name", name, threads=threads)
         ckpt = runs / "train" / name / "weights" / "last.pt"
-        result["curve"] = [{"iter": r["iter"], "mIoU": round(r["val"]["mIoU"], 2)}
-                           for r in map(json.loads, (runs / "train" / name / "metrics.jsonl").read_text().splitlines())
-                           if "val" in r]
+        result["curve"] = val_curve(runs / "train" / name / "metrics.jsonl")
         if name == "full":
             result["simnet_F1"] = simnet_f1(ckpt, dataset)
     result["train_seconds"] = round(seconds, 1)
@@ -173,6 +171,12 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
     result |= novel_diagnosis(work / "runs" / "evaluate" / name / "metrics.json")
     atomic_write(work / name / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
     return result
+
+
+def val_curve(metrics_jsonl: Path) -> list[dict]:
+    """The run's validation mIoU against iteration, from its metrics.jsonl."""
+    records = map(json.loads, metrics_jsonl.read_text().splitlines())
+    return [{"iter": r["iter"], "mIoU": round(r["mIoU"], 2)} for r in records if r.get("type") == "val"]
 
 
 def novel_diagnosis(metrics_file: Path) -> dict:
@@ -225,7 +229,10 @@ def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
     for seed_dir in sorted(work.glob("seed*")):
         for name in RUNS:
             if (seed_dir / name / "result.json").exists():
-                found.setdefault(name, []).append(json.loads((seed_dir / name / "result.json").read_text()))
+                result = json.loads((seed_dir / name / "result.json").read_text())
+                if name not in ("reference", "retrain"):  # re-read: runs of an earlier version kept no curve
+                    result["curve"] = val_curve(seed_dir / "runs" / "train" / name / "metrics.jsonl")
+                found.setdefault(name, []).append(result)
     oracle = found.get("oracle")
     oracle_novel = float(np.mean([r["novel_mIoU"] for r in oracle])) if oracle else None
     runs = {name: summarise(name, found[name], oracle_novel) for name in RUNS if name in found}
