@@ -113,14 +113,18 @@ def simnet_f1(last: Path, dataset: Path, pixels_per_class: int = 20, seed: int =
             where = (label == c).flatten().nonzero()[:, 0]
             if len(where):
                 picked.append(where[torch.randint(len(where), (pixels_per_class,), generator=g)])
+        if not picked:
+            return None
         idx = torch.cat(picked)
         return feats.flatten(1)[:, idx].T, label.flatten()[idx]
 
     counts = {kind: np.zeros((2, 2), np.int64) for kind in ("base", "novel")}  # [truth similar][predicted similar]
     for i in range(len(data) - 1):
         for kind, classes in (("base", m.base), ("novel", m.novel)):
-            fa, la = sample(i, classes)
-            fb, lb = sample(i + 1, classes)
+            a, b = sample(i, classes), sample(i + 1, classes)
+            if a is None or b is None:  # an image without a class of this kind (common on MSRC)
+                continue
+            (fa, la), (fb, lb) = a, b
             p = simnet(fa.repeat_interleave(len(fb), 0), fb.repeat(len(fa), 1)) > 0.5
             truth = (la[:, None] == lb[None]).flatten()
             np.add.at(counts[kind], (truth.numpy().astype(int), p.numpy().astype(int)), 1)
@@ -160,9 +164,11 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         result["pseudolabels"] = {k: v for k, v in quality.items() if not isinstance(v, (dict, list))}
         ckpt = runs / "retrain" / name / "weights" / "last.pt"
     else:
-        seconds = weakshot("train", dataset, *train_args(budget, budget["iters"], seed), *RUNS[name][1],
-                           "--project", runs, "--name", name, threads=threads)
         ckpt = runs / "train" / name / "weights" / "last.pt"
+        seconds = trained_seconds(runs / "train" / name, budget["iters"])
+        if seconds is None:
+            seconds = weakshot("train", dataset, *train_args(budget, budget["iters"], seed), *RUNS[name][1],
+                               "--project", runs, "--name", name, threads=threads)
         result["curve"] = val_curve(runs / "train" / name / "metrics.jsonl")
         if name == "full":
             result["simnet_F1"] = simnet_f1(ckpt, dataset)
@@ -171,6 +177,14 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
     result |= novel_diagnosis(work / "runs" / "evaluate" / name / "metrics.json")
     atomic_write(work / name / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
     return result
+
+
+def trained_seconds(run: Path, iters: int) -> float | None:
+    """Training time of a run folder whose training already finished (so a rerun only scores it), else None."""
+    done = run / "results.json"
+    if not done.exists() or json.loads(done.read_text()).get("iter") != iters:
+        return None
+    return (run / "weights" / "last.pt").stat().st_mtime - (run / "config.json").stat().st_mtime
 
 
 def val_curve(metrics_jsonl: Path) -> list[dict]:
