@@ -44,7 +44,7 @@ def torchrun(*args) -> subprocess.CompletedProcess:
 # 0.1% moved the weights by 6e-7 after one step and by 4e-4 after two; batch 6 on two processes: 4e-7, then 2e-4),
 # so batch 6 is compared after one step, where rounding is all that separates the runs.
 @needs_torchrun
-@pytest.mark.parametrize("batch, iters", [(4, 3), (6, 1)])
+@pytest.mark.parametrize("batch, iters", [(4, 3), pytest.param(6, 1, marks=pytest.mark.slow)])  # slow: suite time
 def test_two_processes_match_one(synth, tmp_path, batch, iters):
     exact = [*EXACT, "--batch", batch, "--iters", iters]
     assert run_cli("train", synth, *exact, "--name", "one", "--project", tmp_path / "runs").returncode == 0
