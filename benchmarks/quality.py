@@ -35,6 +35,7 @@ from weakshot_cli.data.manifest import load_manifest  # noqa: E402
 from weakshot_cli.engine.checkpoint import load_checkpoint  # noqa: E402
 from weakshot_cli.engine.config import PRESETS  # noqa: E402
 from weakshot_cli.engine.inference import inference_size, model_from_checkpoint  # noqa: E402
+from weakshot_cli.engine.weights import imagenet_file  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
 from models.simnet import SimNet  # noqa: E402
 
@@ -74,7 +75,8 @@ def weakshot(*args: object, threads: int) -> float:
 
 def train_args(budget: dict, iters: int, seed: int = 0) -> list[str]:
     return ["--preset", budget.get("preset", "small"), "--iters", iters, "--batch", budget["batch"],
-            "--imgsz", budget["imgsz"], "--device", "cpu", "--workers", 1, "--seed", seed, "--set", f"val_every={max(1, iters // 4)}",
+            "--imgsz", budget["imgsz"], "--device", "cpu", "--workers", 1, "--seed", seed,
+            "--set", f"val_every={max(1, iters // 4)}",
             "--exist-ok"]
 
 
@@ -169,7 +171,6 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         if seconds is None:
             seconds = weakshot("train", dataset, *train_args(budget, budget["iters"], seed), *RUNS[name][1],
                                "--project", runs, "--name", name, threads=threads)
-        result["curve"] = val_curve(runs / "train" / name / "metrics.jsonl")
         if name == "full":
             result["simnet_F1"] = simnet_f1(ckpt, dataset)
     result["train_seconds"] = round(seconds, 1)
@@ -224,7 +225,7 @@ def _mean(values: list[float]) -> dict:
     return {"mean": round(float(np.mean(values)), 2), "values": [round(v, 2) for v in values]}
 
 
-def summarise(name: str, per_seed: list[dict], oracle_novel: float | None) -> dict:
+def summarise(per_seed: list[dict], oracle_novel: float | None) -> dict:
     """Mean and per-seed values of every figure; novel / oracle is the ratio of the means over seeds."""
     first = per_seed[0]
     out = {"label": first["label"], "seeds": [r["seed"] for r in per_seed],
@@ -244,13 +245,13 @@ def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
         for name in RUNS:
             if (seed_dir / name / "result.json").exists():
                 result = json.loads((seed_dir / name / "result.json").read_text())
-                if name not in ("reference", "retrain"):  # re-read: runs of an earlier version kept no curve
+                if name not in ("reference", "retrain"):  # the reference records its own curve
                     result["curve"] = val_curve(seed_dir / "runs" / "train" / name / "metrics.jsonl")
                 found.setdefault(name, []).append(result)
     oracle = found.get("oracle")
     oracle_novel = float(np.mean([r["novel_mIoU"] for r in oracle])) if oracle else None
-    runs = {name: summarise(name, found[name], oracle_novel) for name in RUNS if name in found}
-    data, novel, _, title = DATASETS[dataset_name]
+    runs = {name: summarise(found[name], oracle_novel) for name in RUNS if name in found}
+    _, novel, _, title = DATASETS[dataset_name]
     doc = {"dataset": title, "novel": novel.split(","),
            "budget": {"name": budget_name, **BUDGETS[budget_name], "backbone": "mobilenet_v2, ImageNet weights"},
            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU, one thread per run",
@@ -318,8 +319,8 @@ def selected_runs(spec: str, runs: dict) -> list[str]:
 def offline_weights(work: Path) -> None:
     """Let torchvision's weights API find ../shared's ImageNet MobileNetV2 offline: unless $TORCH_HOME already holds
     it, point TORCH_HOME (for this process and every run it starts) at a folder in ``work`` that links to it."""
-    name = "mobilenet_v2-b0353104.pth"
-    if (Path(torch.hub.get_dir()) / "checkpoints" / name).exists() or not (SHARED / "weights" / name).exists():
+    name = imagenet_file("mobilenet_v2").name
+    if imagenet_file("mobilenet_v2").exists() or not (SHARED / "weights" / name).exists():
         return
     home = work / "torch-home"
     link = home / "hub" / "checkpoints" / name

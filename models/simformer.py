@@ -79,7 +79,6 @@ class SimFormer(nn.Module):
             "pixel_features": mask_features,
         }
 
-
     def _masked_decoder(self, memory: Tensor, pos: Tensor, query_pos: Tensor, mask_features: Tensor,
                         grid: tuple[int, int]) -> tuple[list[Tensor], list[Tensor]]:
         """Per-layer (logits, masks), the prediction before the first layer included; each layer attends within the

@@ -92,6 +92,8 @@ class TrainConfig:
 # undefined), or any scalar of engine.metrics.compute_metrics.
 BEST_METRICS = ("mean_base_novel", "mIoU", "base_mIoU", "novel_mIoU", "hIoU", "pAcc", "mAcc")
 
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
 # Fields that fix the network's shape: a checkpoint's values override any others.
 ARCH_KEYS = ("backbone", "hidden_dim", "mask_dim", "dec_layers", "num_queries", "dim_feedforward", "nheads",
              "transformer_in", "masked_attention")
@@ -204,7 +206,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.norm in ("auto", "frozen_bn", "bn", "gn"), "norm must be auto, frozen_bn, bn or gn"),
         (cfg.transformer_in in ("res3", "res4", "res5"), "transformer_in must be res3, res4 or res5"),
         (cfg.dist_func in ("bce", "cce"), "dist_func must be bce or cce"),
-        (cfg.amp in ("auto", "bf16", "fp16", "off"), "amp must be auto, bf16, fp16 or off"),
+        (cfg.amp in AMP_MODES, "amp must be auto, bf16, fp16 or off"),
         (cfg.best_metric in BEST_METRICS,
          f"best_metric (--best-metric) must be one of {', '.join(BEST_METRICS)}, got {cfg.best_metric!r}"),
         (cfg.scale_min <= cfg.scale_max, f"need scale_min <= scale_max, got {cfg.scale_min} > {cfg.scale_max}"),

@@ -14,7 +14,7 @@ from torch import nn
 from models import SimFormer, semantic_probs
 from weakshot_cli.data.dataset import scaled_size
 from weakshot_cli.engine.build import amp_dtype, build_model
-from weakshot_cli.engine.config import IMGSZ_MAX, TrainConfig
+from weakshot_cli.engine.config import AMP_MODES, IMGSZ_MAX, TrainConfig
 from weakshot_cli.engine.metrics import compute_metrics, confusion
 from weakshot_cli.errors import UserError
 
@@ -41,7 +41,7 @@ class InferenceOptions:
             raise UserError(f"--workers must be >= 0, got {self.workers}")
         if self.imgsz is not None and not 0 <= self.imgsz <= IMGSZ_MAX:
             raise UserError(f"--imgsz must be 0 (original size) or at most {IMGSZ_MAX}, got {self.imgsz}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
+        if self.amp not in AMP_MODES:
             raise UserError(f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}")
 
     def autocast(self, device: torch.device) -> Callable[[], torch.autocast]:
