@@ -45,13 +45,25 @@ DATASETS = {  # name: (data folder, novel classes, ignore index, title)
     "msrc": (SHARED / "data" / "msrc", "tree,water,cow,car,book", 255, "MSRC-21 (452 train / 139 val, 21 classes)"),
     "camvid": (SHARED / "data" / "camvid", NOVEL, 11, "CamVid (367 train / 101 val, 11 classes)"),
 }
+PAPER, DENSE = ["--method", "paper"], ["--set", "semantic_weight=1"]
 RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one)
     "reference": ("per-pixel reference: same trunk, all masks, cross-entropy", None),
-    "oracle": ("(a) oracle: all masks, plain MaskFormer", ["--oracle"]),
-    "transfer": ("(b) proposal-pixel transfer only", ["--no-sim", "--no-dist", "--no-comp"]),
-    "comp": ("(c) + complementary loss", ["--no-sim", "--no-dist"]),
-    "full": ("(d) + SimNet and distillation (SimFormer)", []),
-    "retrain": ("(e) SimFormer + pseudolabel + retrain", None),
+    "oracle": ("(a) oracle: all masks, MaskFormer + dense cross-entropy", ["--oracle", *PAPER, *DENSE]),
+    "oracle-plain": ("(a0) oracle: all masks, plain MaskFormer", ["--oracle", *PAPER]),
+    "transfer": ("(b) proposal-pixel transfer only", [*PAPER, "--no-sim", "--no-dist", "--no-comp"]),
+    "comp": ("(c) + complementary loss", [*PAPER, "--no-sim", "--no-dist"]),
+    "full": ("(d) + SimNet and distillation (SimFormer, paper)", PAPER),
+    "retrain": ("(e) SimFormer + pseudolabel + retrain (paper)", None),
+    "semantic": ("(f) SimFormer + dense cross-entropy on base pixels", [*PAPER, *DENSE]),
+    "weakshot": ("(g) weakshot method: (f) + tag terms, crop tags, tag pairing, distillation warm-up",
+                 ["--method", "weakshot"]),
+    "weakshot-retrain": ("(h) (g) + choosing pseudolabels + retrain", None),
+    "weakshot-retrain-init": ("(i) (g) + choosing pseudolabels + retrain from ImageNet", None),
+}
+RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode, method, start from its weights)
+    "retrain": ("full", "keep", "paper", True),
+    "weakshot-retrain": ("weakshot", "choose", "weakshot", True),
+    "weakshot-retrain-init": ("weakshot", "choose", "weakshot", False),
 }
 MOBILE = PRESETS["mobile"]
 BUDGETS = {
@@ -153,15 +165,19 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         result |= json.loads(out.read_text())
         atomic_write(work / name / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
         return result
-    if name == "retrain":
-        full = runs / "train" / "full" / "weights" / "last.pt"
-        if not full.exists():
-            sys.exit(f"run 'retrain' needs the 'full' run of seed {seed} first")
-        seconds = json.loads((work / "full" / "result.json").read_text())["train_seconds"]
-        pl = work / "dataset-pl"
-        seconds += weakshot("pseudolabel", full, dataset, "-o", pl, "--device", "cpu", "--exist-ok", threads=threads)
-        seconds += weakshot("retrain", pl, *train_args(budget, budget["retrain_iters"], seed), "--weights", full,
-                            "--project", runs, "--name", name, threads=threads)
+    if name in RETRAINS:
+        source, mode, method, from_source = RETRAINS[name]
+        first = runs / "train" / source / "weights" / "last.pt"
+        if not first.exists():
+            sys.exit(f"run {name!r} needs the {source!r} run of seed {seed} first")
+        seconds = json.loads((work / source / "result.json").read_text())["train_seconds"]
+        pl = work / ("dataset-pl" if mode == "keep" else f"dataset-pl-{source}-{mode}")
+        if not (pl / "pseudolabel.json").exists():  # shared by the retrain runs that differ only in their start
+            seconds += weakshot("pseudolabel", first, dataset, "-o", pl, "--mode", mode, "--device", "cpu",
+                                "--exist-ok", threads=threads)
+        start = ["--weights", first] if from_source else []
+        seconds += weakshot("retrain", pl, *train_args(budget, budget["retrain_iters"], seed), "--method", method,
+                            *start, "--project", runs, "--name", name, threads=threads)
         quality = json.loads((pl / "pseudolabel.json").read_text())
         result["pseudolabels"] = {k: v for k, v in quality.items() if not isinstance(v, (dict, list))}
         ckpt = runs / "retrain" / name / "weights" / "last.pt"
@@ -171,7 +187,7 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         if seconds is None:
             seconds = weakshot("train", dataset, *train_args(budget, budget["iters"], seed), *RUNS[name][1],
                                "--project", runs, "--name", name, threads=threads)
-        if name == "full":
+        if name in ("full", "semantic", "weakshot"):
             result["simnet_F1"] = simnet_f1(ckpt, dataset)
     result["train_seconds"] = round(seconds, 1)
     result |= evaluate(ckpt, dataset, work, name, threads)
@@ -245,12 +261,12 @@ def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
         for name in RUNS:
             if (seed_dir / name / "result.json").exists():
                 result = json.loads((seed_dir / name / "result.json").read_text())
-                if name not in ("reference", "retrain"):  # the reference records its own curve
+                if name != "reference" and name not in RETRAINS:  # the reference records its own curve
                     result["curve"] = val_curve(seed_dir / "runs" / "train" / name / "metrics.jsonl")
                 found.setdefault(name, []).append(result)
     oracle = found.get("oracle")
     oracle_novel = float(np.mean([r["novel_mIoU"] for r in oracle])) if oracle else None
-    runs = {name: summarise(found[name], oracle_novel) for name in RUNS if name in found}
+    runs = {name: summarise(found[name], oracle_novel) | {"label": RUNS[name][0]} for name in RUNS if name in found}
     _, novel, _, title = DATASETS[dataset_name]
     doc = {"dataset": title, "novel": novel.split(","),
            "budget": {"name": budget_name, **BUDGETS[budget_name], "backbone": "mobilenet_v2, ImageNet weights"},

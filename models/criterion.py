@@ -55,6 +55,12 @@ def sample_region(region: Tensor, k: int) -> Tensor:
     return (torch.rand(region.shape, device=region.device) + region.float()).topk(k).indices
 
 
+def class_log_probs(logits: Tensor, masks: Tensor) -> Tensor:
+    """log of the inference scores S_c = sum_q p_q(c) sigmoid(m_q), normalised over the classes: [B, K, h*w]."""
+    scores = torch.einsum("bqk,bqp->bkp", logits.softmax(-1)[..., :-1], masks.flatten(2).sigmoid())
+    return (scores + 1e-6).log() - (scores.sum(1, keepdim=True) + 1e-6 * scores.shape[1]).log()
+
+
 class SimFormerCriterion(nn.Module):
     """Holds the matcher and the SimNet (so SimNet parameters reach the optimiser via criterion.parameters())."""
 
@@ -65,7 +71,8 @@ class SimFormerCriterion(nn.Module):
                  dist_cross_image: bool = True, num_sim_points: int = 100, sim_class_points: int = 80,
                  num_dist_points: int = 100, use_sim: bool = True, use_dist: bool = True, use_comp: bool = True,
                  detach_sim_features: bool = True, num_points: int = 0, balance_window: int = 25,
-                 simnet_width: int = 256) -> None:
+                 simnet_width: int = 256, semantic_weight: float = 0.0, tag_weight: float = 0.0,
+                 tag_topk: float = 0.1, dist_start: float = 0.0, dist_warmup: float = 0.0) -> None:
         super().__init__()
         if dist_func not in ("bce", "cce"):
             raise ValueError(f"dist_func must be 'bce' or 'cce', got {dist_func!r}")
@@ -74,6 +81,9 @@ class SimFormerCriterion(nn.Module):
         self.num_classes, self.base_ids, self.novel_ids = num_classes, list(base_ids), list(novel_ids)
         self.ce_weight, self.mask_weight, self.dice_weight = ce_weight, mask_weight, dice_weight
         self.comp_weight, self.sim_weight, self.dist_weight = comp_weight, sim_weight, dist_weight
+        self.semantic_weight, self.tag_weight, self.tag_topk = semantic_weight, tag_weight, tag_topk
+        self.dist_start, self.dist_warmup = dist_start, dist_warmup
+        self.progress = 1.0  # fraction of the run done, set by the training loop: the distillation schedule reads it
         self.ignore_logit = math.log(ignore_prior / (1 - ignore_prior))
         self.dist_func, self.dist_cross_image = dist_func, dist_cross_image
         self.num_sim_points, self.sim_class_points = num_sim_points, sim_class_points
@@ -150,6 +160,54 @@ class SimFormerCriterion(nn.Module):
     def _union(self, logits: Tensor) -> Tensor:
         """Max over proposals and the constant 'ignore' row ([n, ...] -> [1, ...]); max commutes with sigmoid."""
         return torch.cat((logits, logits.new_full((1, *logits.shape[1:]), self.ignore_logit))).amax(0, keepdim=True)
+
+    def loss_semantic(self, logits: Tensor, masks: Tensor, targets: list[dict]) -> Tensor:
+        """Cross-entropy of the inference scores S_c = sum_q p_q(c) sigmoid(m_q), normalised over classes, on every
+        pixel a mask labels (base pixels in weak-shot training, all in the oracle), on the mask grid.
+
+        The set loss teaches a class only through the query matched to it; this gives the class head the dense
+        per-pixel signal a per-pixel segmenter has, which rare classes lack (measured on MSRC: see the README).
+        """
+        size = masks.shape[-2:]
+        labels = []
+        for target in targets:
+            label = torch.full(target["pad"].shape, IGNORE, dtype=torch.long, device=masks.device)
+            for c, m in zip(target["labels"][target["has_mask"]], target["masks"][target["has_mask"]]):
+                label[m.to(masks.device)] = int(c)
+            labels.append(F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long())
+        labels = torch.stack(labels).flatten(1)  # [B, hw]
+        known = labels != IGNORE
+        if not known.any():
+            return (logits.sum() + masks.sum()) * 0.0
+        log_p = class_log_probs(logits, masks)
+        nll = -log_p.gather(1, labels.clamp(max=log_p.shape[1] - 1)[:, None])[:, 0]
+        return nll[known].sum() / global_mean_count(known.sum())
+
+    def loss_tags(self, logits: Tensor, masks: Tensor, targets: list[dict]) -> Tensor:
+        """Image tags on the inference scores, in each image's not-base region (unknown, not padding).
+
+        Partial-label term: every such pixel belongs to one of the image's maskless targets (its novel tags; all
+        tags on a tag-only image), so untagged classes, base ones included, are pushed down there. Present term
+        (multiple-instance pooling): each of those classes must win somewhere, as the mean log-probability of its
+        top ``tag_topk`` fraction of the region. Unlike the complementary and distillation losses, both change if
+        two novel names are swapped.
+        """
+        sem, pad = self._low_res(targets, masks.shape[-2:])
+        log_p = class_log_probs(logits, masks)  # [B, K, hw]
+        partial, present = [], []
+        for b, target in enumerate(targets):
+            region = (sem[b] == IGNORE) & ~pad[b]
+            tagged = target["labels"][~target["has_mask"]].to(log_p.device)
+            if not region.any() or not len(tagged):
+                continue
+            lp = log_p[b][:, region]  # [K, n]
+            partial.append(-lp[tagged].logsumexp(0).mean())
+            k = max(1, math.ceil(self.tag_topk * lp.shape[1]))
+            present.append(-lp[tagged].topk(k, dim=1).values.mean(1))
+        if not partial:
+            return (logits.sum() + masks.sum()) * 0.0
+        count = global_mean_count(torch.tensor(float(len(partial)), device=masks.device))
+        return (torch.stack(partial).sum() + torch.cat(present).sum()) / count
 
     # ---------------------------------------------------------------- pixel-pair losses (final layer only)
 
@@ -258,6 +316,14 @@ class SimFormerCriterion(nn.Module):
             return -(teacher * s.log() + (1 - teacher) * (1 - s).log()).mean()
         return (-(teacher - 0.5).relu() * torch.log1p(s) - (0.5 - teacher).relu() * torch.log(2 - s)).mean()
 
+    def dist_ramp(self) -> float:
+        """0 for the first dist_start of the run, then linear up to 1 over the next dist_warmup (fractions of the
+        run): a teacher that has not learnt yet would fix an arbitrary name-to-region assignment before the tags
+        can."""
+        if self.progress < self.dist_start:
+            return 0.0
+        return min(1.0, (self.progress - self.dist_start) / self.dist_warmup) if self.dist_warmup else 1.0
+
     # ---------------------------------------------------------------- total
 
     def _num_masks(self, targets: list[dict], device: torch.device, num_masks: float | None) -> float:
@@ -267,7 +333,7 @@ class SimFormerCriterion(nn.Module):
         return max(num_masks, 1.0)
 
     def forward(self, outputs: dict, targets: list[dict], num_masks: float | None = None) -> dict[str, Tensor]:
-        """Weighted losses (ce/mask/dice/comp summed over final + aux layers; sim/dist final only) and their sum.
+        """Weighted losses (ce/mask/dice/sem/tags/comp summed over final + aux layers; sim/dist final only), and sum.
 
         num_masks overrides the batch count of has-mask targets (the normaliser of mask and dice losses);
         left None it is all-reduced when torch.distributed is initialised.
@@ -284,6 +350,12 @@ class SimFormerCriterion(nn.Module):
             focal, dice = self.loss_masks(layer["pred_masks"], targets, indices, num_masks)
             terms = {"loss_ce": self.ce_weight * self.loss_labels(layer["pred_logits"], targets, indices),
                      "loss_mask": self.mask_weight * focal, "loss_dice": self.dice_weight * dice}
+            if self.semantic_weight:
+                terms["loss_sem"] = self.semantic_weight * self.loss_semantic(layer["pred_logits"],
+                                                                             layer["pred_masks"], targets)
+            if self.tag_weight:
+                terms["loss_tags"] = self.tag_weight * self.loss_tags(layer["pred_logits"], layer["pred_masks"],
+                                                                      targets)
             if self.use_comp:
                 terms["loss_comp"] = self.comp_weight * self.loss_comp(layer["pred_masks"], targets, indices)
             for key, value in terms.items():
@@ -291,6 +363,6 @@ class SimFormerCriterion(nn.Module):
         if self.use_sim:
             losses["loss_sim"] = self.sim_weight * self.loss_sim(outputs, targets)
         if self.use_dist:
-            losses["loss_dist"] = self.dist_weight * self.loss_dist(outputs, targets)
+            losses["loss_dist"] = self.dist_weight * self.dist_ramp() * self.loss_dist(outputs, targets)
         losses["loss"] = sum(losses[k] for k in LOSS_KEYS)
         return losses

@@ -643,7 +643,7 @@ def _(t: Ctx) -> Case:
     return Case(t.evaluate(), (str(t.runs / "evaluate" / "evaluate"), "cannot create the run folder"))
 
 
-@case("evaluate-disk-full")
+@case("evaluate-disk-full", pytest.mark.slow)  # train-disk-full covers the rule in the default suite
 def _(t: Ctx) -> Case:
     """metrics.json cannot be written: the run folder made for it must go again."""
     return Case(t.evaluate(), (str(t.runs / "evaluate" / "evaluate" / "metrics.json"), "cannot write (File too large)"),
@@ -680,6 +680,11 @@ def _(t: Ctx) -> Case:
 @case("pseudolabel-negative-min-score")
 def _(t: Ctx) -> Case:
     return Case(t.pseudolabel("--min-score", "-1"), ("--min-score must be >= 0",))
+
+
+@case("pseudolabel-unknown-mode")
+def _(t: Ctx) -> Case:
+    return Case(t.pseudolabel("--mode", "best"), ("--mode must be keep or choose", "'best'"))
 
 
 @case("pseudolabel-batch-zero")

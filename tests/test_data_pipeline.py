@@ -92,6 +92,64 @@ def test_odd_per_process_batches_pair_only_within_a_process():
     assert [k[2] for k in next(iter(PairBatchSampler(tags, [0, 1], [5, 6], global_batch=5, seed=0)))] == [1, -1, 1, -1, 0]
 
 
+# novel 5, 6, 7: most {5} images share base 0, so "paper" pairing rarely picks the {5, 6} images that differ
+TAGGED = [[0, 5]] * 12 + [[1, 5, 6]] * 2 + [[0, 6]] * 4 + [[2, 5, 6, 7]] * 2 + [[2]] * 2
+NOVEL = {5, 6, 7}
+
+
+def telling_pairs(pairing: str, iters: int = 200) -> tuple[int, int]:
+    """(pairs whose reference shares a novel class with the anchor and differs in another, anchors that have such a
+    candidate)."""
+    sampler = PairBatchSampler(TAGGED, [0, 1, 2], sorted(NOVEL), global_batch=4, seed=0, pairing=pairing)
+    novel = [set(t) & NOVEL for t in TAGGED]
+
+    def tells(a: int, r: int) -> bool:
+        return bool(novel[a] & novel[r]) and novel[a] != novel[r]
+
+    told = available = 0
+    for it in range(iters):
+        batch = [i for i, _ in sampler.global_batch(it)]
+        for a, r in zip(batch[::2], batch[1::2]):
+            if any(tells(a, c) for c in range(len(TAGGED)) if c != a):
+                available += 1
+                told += tells(a, r)
+    return told, available
+
+
+def test_tags_pairing_picks_references_that_differ_in_a_novel_class():
+    told, available = telling_pairs("tags")
+    paper_told, paper_available = telling_pairs("paper")
+    assert available > 100 and told == available  # always, where a candidate exists
+    assert paper_told / paper_available < 0.5
+
+
+def test_tags_pairing_oversamples_anchors_lacking_a_novel_tag():
+    """Over one epoch every image with some novel tags but not all is an anchor twice, the others once; "paper":
+    all once."""
+    lacking = [0 < len(set(t) & NOVEL) < len(NOVEL) for t in TAGGED]
+    for pairing, counts in (("tags", [2 if x else 1 for x in lacking]), ("paper", [1] * len(TAGGED))):
+        sampler = PairBatchSampler(TAGGED, [0, 1, 2], sorted(NOVEL), global_batch=2, seed=1, pairing=pairing)
+        anchors = [sampler.global_batch(it)[0][0] for it in range(sum(counts))]
+        assert np.bincount(anchors, minlength=len(TAGGED)).tolist() == counts, pairing
+
+
+def test_tags_pairing_is_a_function_of_seed_and_iteration_and_resumes_exactly():
+    def sampler(seed: int = 2, **kw) -> PairBatchSampler:
+        return PairBatchSampler(TAGGED, [0, 1, 2], sorted(NOVEL), global_batch=6, seed=seed, pairing="tags", **kw)
+
+    assert sampler().global_batch(17) == sampler().global_batch(17)
+    assert sampler().global_batch(17) != sampler(seed=3).global_batch(17)
+    assert sampler().global_batch(17) != PairBatchSampler(TAGGED, [0, 1, 2], sorted(NOVEL), 6, seed=2).global_batch(17)
+    fresh, resumed = iter(sampler()), iter(sampler(start_iter=9))
+    for _ in range(9):
+        next(fresh)
+    assert [next(fresh) for _ in range(12)] == [next(resumed) for _ in range(12)]  # crosses epoch ends
+    ranks = [iter(sampler(rank=r, world=3, start_iter=4)) for r in range(3)]
+    one = iter(sampler(start_iter=4))
+    for _ in range(3):
+        assert next(one) == [k for r in ranks for k in next(r)]
+
+
 def test_targets_hide_novel_masks_and_pass_a_base_only_map():
     sem = torch.tensor([[0, 0, 255, 255], [3, 3, 255, 255]])
     image = {"image": torch.zeros(3, 2, 4), "sem": sem, "pad": torch.zeros(2, 4, dtype=torch.bool),

@@ -56,6 +56,7 @@ def test_two_processes_match_one(synth, tmp_path, batch, iters):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
 
 
+@pytest.mark.slow
 @needs_torchrun
 def test_batch_must_split_evenly_across_processes(synth, tmp_path):
     r = torchrun(synth, *EXACT, "--batch", "3", "--project", tmp_path / "runs")

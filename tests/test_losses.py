@@ -282,6 +282,81 @@ def test_distillation_intra_image_student_and_skips():
     assert zero.item() == 0 and zero.requires_grad
 
 
+def test_semantic_loss_is_cross_entropy_of_normalised_scores_on_mask_labelled_pixels():
+    logits = torch.tensor([[[1.0, 0.2, -0.5, 0.3, 0.0], [-0.2, 0.8, 0.4, -1.0, 0.5]]])  # 2 queries, 4 classes + void
+    masks = torch.tensor([[[[2.0, -1.0], [0.5, 0.1]], [[-0.5, 1.5], [1.0, -2.0]]]], requires_grad=True)
+    target = weak_target([[0, 1], [IGN, IGN]], novel=[2])  # bottom row unknown: novel or not, no mask says
+    probs = [[math.exp(v) / sum(math.exp(u) for u in row) for v in row] for row in logits[0].tolist()]
+    m = masks.detach()[0]
+
+    def nll(y, x, label):
+        s = [sum(probs[q][c] * sig(m[q, y, x].item()) for q in range(2)) for c in range(4)]
+        return -math.log(s[label] / sum(s))
+
+    loss = crit().loss_semantic(logits, masks, [target])
+    assert loss.item() == pytest.approx((nll(0, 0, 0) + nll(0, 1, 1)) / 2, rel=1e-4)
+    loss.backward()
+    assert masks.grad[0, :, 1].abs().sum() == 0 and masks.grad[0, :, 0].abs().sum() > 0
+    # in forward: every layer, times semantic_weight; off (the paper) by default
+    out = model_like_outputs(aux=2)
+    assert crit()(out, batch_targets())["loss_sem"].item() == 0
+    layers = [out, *out["aux_outputs"]]
+    expected = sum(crit().loss_semantic(x["pred_logits"], x["pred_masks"], batch_targets()).item() for x in layers)
+    got = crit(semantic_weight=0.5)(out, batch_targets())["loss_sem"].item()
+    assert got == pytest.approx(0.5 * expected, rel=1e-5) and got > 0
+
+
+def test_tag_terms_name_the_novel_classes_in_the_not_base_region():
+    logits = torch.tensor([[[1.0, 0.2, -0.5, 0.3, 0.0], [-0.2, 0.8, 0.4, -1.0, 0.5]]])
+    masks = torch.tensor([[[[2.0, -1.0], [0.5, 0.1]], [[-0.5, 1.5], [1.0, -2.0]]]])
+    pad = torch.tensor([[False, False], [False, True]])
+    sem = [[0, IGN], [IGN, IGN]]  # not-base region: (0, 1) and (1, 0); (1, 1) is padding
+    probs = [[math.exp(v) / sum(math.exp(u) for u in row) for v in row] for row in logits[0].tolist()]
+
+    def p(y, x):
+        s = [sum(probs[q][c] * sig(masks[0, q, y, x].item()) for q in range(2)) for c in range(4)]
+        return [v / sum(s) for v in s]
+
+    region = [p(0, 1), p(1, 0)]
+    # one tag: every region pixel is class 2 (partial label), and its best pixel (top 10% of 2 -> 1) is
+    expected = -sum(math.log(r[2]) for r in region) / 2 - max(math.log(r[2]) for r in region)
+    c = crit(tag_topk=0.1)
+    got = c.loss_tags(logits, masks, [weak_target(sem, novel=[2], pad=pad)]).item()
+    assert got == pytest.approx(expected, rel=1e-4)
+    swapped = c.loss_tags(logits, masks, [weak_target(sem, novel=[3], pad=pad)]).item()
+    assert swapped != pytest.approx(got, rel=1e-3)  # names matter, unlike the complementary loss
+    # two tags, top half: the region is one of them; each wins on the mean of its best pixel
+    both = -sum(math.log(r[2] + r[3]) for r in region) / 2 - sum(max(math.log(r[k]) for r in region) for k in (2, 3))
+    got = crit(tag_topk=0.5).loss_tags(logits, masks, [weak_target(sem, novel=[2, 3], pad=pad)]).item()
+    assert got == pytest.approx(both, rel=1e-4)
+    # no tag (nothing known about the region) or no region: no term; in forward only for weak-shot, every layer
+    assert c.loss_tags(logits, masks, [weak_target(sem, pad=pad)]).item() == 0
+    out = model_like_outputs(aux=1)
+    layers = [out, *out["aux_outputs"]]
+    expected = sum(c.loss_tags(x["pred_logits"], x["pred_masks"], batch_targets()).item() for x in layers)
+    assert crit(tag_weight=2.0)(out, batch_targets())["loss_tags"].item() == pytest.approx(2 * expected, rel=1e-5)
+
+
+def test_distillation_ramps_up_after_its_start():
+    c = crit(dist_start=0.25, dist_warmup=0.5)
+    ramp = []
+    for progress in (0.0, 0.2, 0.25, 0.5, 0.75, 0.9):
+        c.progress = progress
+        ramp.append(c.dist_ramp())
+    assert ramp == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    assert crit().dist_ramp() == 1.0  # the paper: full weight from the start
+    out = model_like_outputs()
+    kw = dict(use_dist=True, mask_dim=8, num_dist_points=10)
+    full, ramped = crit(**kw), crit(dist_warmup=0.5, **kw)
+    ramped.simnet.load_state_dict(full.simnet.state_dict())
+    ramped.progress = 0.25  # half way up the ramp
+    torch.manual_seed(0)
+    a = full(out, batch_targets())["loss_dist"].item()
+    torch.manual_seed(0)
+    b = ramped(out, batch_targets())["loss_dist"].item()
+    assert a != 0 and b == pytest.approx(a / 2, rel=1e-5)
+
+
 def model_like_outputs(seed=0, aux=0, b=2, q=6, h=4, dim=8):
     g = torch.Generator().manual_seed(seed)
     layer = lambda: {"pred_logits": torch.randn(b, q, 5, generator=g).requires_grad_(),
@@ -360,7 +435,7 @@ def test_losses_ignore_anything_but_weak_labels():
         t["full_sem"] = full
         t["full_masks"] = torch.stack([full == c for c in range(4)])
     c = SimFormerCriterion(4, [0, 1], [2, 3], mask_dim=8, num_sim_points=20, sim_class_points=15,
-                           num_dist_points=10)
+                           num_dist_points=10, semantic_weight=1.0, tag_weight=1.0)
     state = {k: v.clone() for k, v in c.state_dict().items()}
     torch.manual_seed(0)
     a = c(out, plain)

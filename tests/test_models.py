@@ -205,7 +205,7 @@ def _synthetic_batch():
 STEPS = 20
 
 
-@pytest.mark.parametrize("masked_attention", [False, True])
+@pytest.mark.parametrize("masked_attention", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_overfit_two_images_and_eval_mode(masked_attention, seed=0):
     torch.manual_seed(seed)
     model = SimFormer(3, backbone="resnet18", backbone_norm="bn", num_queries=6, hidden_dim=32, mask_dim=32,

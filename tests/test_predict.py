@@ -189,6 +189,7 @@ def test_images_in_subfolders_are_reported_when_not_searched(ckpt, tmp_path):
     assert "warning" not in r.stdout + r.stderr and len(labels_of(runs / "predict" / "predict2")) == 3
 
 
+@pytest.mark.slow  # pseudolabel's ctrl-c test covers the interrupt path in the default suite
 def test_ctrl_c_says_how_many_predictions_were_kept_and_where(ckpt, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

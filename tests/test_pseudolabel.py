@@ -109,6 +109,23 @@ def test_unit_rule():
     np.testing.assert_array_equal(pseudo_label(scores, base, [2, 3], min_score=0.5), [[2, 1, 2], [255] * 3])
 
 
+def test_choose_mode_takes_the_best_allowed_class():
+    """Choose mode labels a pixel with its best-scoring tagged class even where an untagged class wins (a novel
+    class confused with a base one); the threshold applies to that class's score; base ground truth still wins;
+    keep mode drops what it did not win. Its statistics count the chosen class with its own score."""
+    scores = _scores([[(0, 0.9), (3, 0.8), (1, 0.9), (2, 0.9), (2, 0.7)]])  # winners; classes 0, 1 base, 2, 3 novel
+    scores[2, 0, :2] = torch.tensor([0.5, 0.3])  # tagged 2 loses to base 0, then to untagged 3
+    scores[2, 0, 2] = 0.1                         # ... and to base 1, below --min-score
+    base = np.array([[255, 255, 255, 1, 255]], np.uint8)
+    choose = pseudo_label(scores, base, [2], 0.2, mode="choose")
+    np.testing.assert_array_equal(choose, [[2, 2, 255, 1, 2]])
+    np.testing.assert_array_equal(pseudo_label(scores, base, [2], 0.2), [[255, 255, 255, 1, 2]])
+    np.testing.assert_array_equal(pseudo_label(scores, base, [], 0.2, mode="choose"), [[255, 255, 255, 1, 255]])
+    stats = image_stats(scores, base, choose, ["a", "b", "c", "d"], [2, 3], 0.2)
+    assert stats == {"unknown": 4, "labelled": 3, "pseudo": {"c": {"pixels": 3, "score_sum": pytest.approx(1.5)}},
+                     "predicted": ["c", "d"]}
+
+
 def test_tag_only_images_keep_any_tagged_class():
     """No mask, so no base ground truth wins and a tagged base class is kept too; a masked image keeps only its
     novel tags (its base classes are all in its mask)."""
@@ -145,8 +162,8 @@ def test_tag_check_on_a_hand_made_case():
     for label, expected in zip(labels, ([[1, 2], [255, 255]], [[3, 3], [0, 255]], [[0, 1], [255, 255]])):
         np.testing.assert_array_equal(label, expected)
     stats = [image_stats(s, b, label, classes, novel, 0.15) for s, b, label in zip(scores, bases, labels)]
-    assert stats[1] == {"unknown": 4, "labelled": 3, "predicted": {"c": {"pixels": 1, "score_sum": pytest.approx(0.3)},
-                                                                   "d": {"pixels": 2, "score_sum": pytest.approx(0.6)}}}
+    assert stats[1] == {"unknown": 4, "labelled": 3, "pseudo": {"d": {"pixels": 2, "score_sum": pytest.approx(0.6)}},
+                        "predicted": ["c", "d"]}
     report = tag_check(stats, [it.tags for it in items], classes, novel)
     assert report == {
         "per_class": {
@@ -156,7 +173,7 @@ def test_tag_check_on_a_hand_made_case():
                   "pixels": 2, "coverage_pct": pytest.approx(100 * 2 / 6), "mean_score": 0.3}},
         "unknown_pixels": 9, "labelled_pct": pytest.approx(100 * 4 / 9)}
     # nothing tagged, nothing unknown: shares of nothing are None, not 0
-    empty = tag_check([{"unknown": 0, "labelled": 0, "predicted": {}}], [[]], classes, novel)
+    empty = tag_check([{"unknown": 0, "labelled": 0, "pseudo": {}, "predicted": []}], [[]], classes, novel)
     assert empty["per_class"]["c"]["found_pct"] is None and empty["per_class"]["c"]["coverage_pct"] is None
     assert empty["per_class"]["c"]["mean_score"] is None and empty["labelled_pct"] is None
 
@@ -227,7 +244,8 @@ def test_tag_only_images_keep_their_tagged_classes(base_biased, tag_only, tmp_pa
     assert "pseudo-labels vs image tags" in r.stdout and "full masks" not in r.stdout
     report = json.loads((out / "pseudolabel.json").read_text())
     src, new = load_manifest(tag_only), load_manifest(out)
-    assert set(report) == {"images", "tag_only_images", "tag_check"} and report["tag_only_images"] == 4
+    assert set(report) == {"mode", "min_score", "images", "tag_only_images", "tag_check"}
+    assert report["tag_only_images"] == 4 and report["mode"] == "keep" and report["min_score"] == 0
     assert_tag_check_matches_files(report, src, new)
 
     model = model_from_checkpoint(load_checkpoint(path), torch.device("cpu"))
@@ -301,7 +319,32 @@ def test_interrupted_run_resumes_to_the_same_output(labelled, ckpt, synth, tmp_p
     (partial / "weakshot.json").unlink()
     assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", partial, "--min-score", "0.5", *IMGSZ),
                       "other options")
+    assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", partial, "--mode", "choose", *IMGSZ),
+                      "other options")
     assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", labelled, *IMGSZ), "--exist-ok")
+
+
+def test_choose_mode_labels_what_keep_mode_drops(labelled, ckpt, synth, tmp_path):
+    """On the same checkpoint, choose mode gives every pixel keep mode labelled the same class (a tagged winner is
+    also the best tagged class) and labels more of the unknown pixels: those an untagged class won in images with
+    a novel tag. Its tag check still matches the files."""
+    out = tmp_path / "pl"
+    r = run_cli("pseudolabel", ckpt, synth, "-o", out, "--mode", "choose", *IMGSZ)
+    assert r.returncode == 0, r.stderr
+    src, keep, choose = load_manifest(synth), load_manifest(labelled), load_manifest(out)
+    report = json.loads((out / "pseudolabel.json").read_text())
+    assert report["mode"] == "choose" and json.loads((out / ".pseudolabel-state.json").read_text())["mode"] == "choose"
+    assert_tag_check_matches_files(report, src, choose)
+    gained = 0
+    for old, k, c in zip(src.splits["train"], keep.splits["train"], choose.splits["train"]):
+        kept, chosen = (np.asarray(Image.open(m.resolve(it.label))) for m, it in ((keep, k), (choose, c)))
+        np.testing.assert_array_equal(chosen[kept != 255], kept[kept != 255])
+        extra = set(np.unique(chosen[kept == 255]).tolist()) - {255}
+        assert extra <= set(old.tags) & set(src.novel), (extra, old.tags)
+        gained += int((chosen != kept).sum())
+    assert gained > 0
+    assert report["tag_check"]["labelled_pct"] > json.loads((labelled / "pseudolabel.json").read_text())[
+        "tag_check"]["labelled_pct"]
 
 
 STOP_IMAGES = 60  # enough that a stop after 10 labels lands mid-way: the 50 left take over a second
@@ -320,7 +363,8 @@ def straight(ckpt, tmp_path_factory) -> tuple[list, Path]:
     return args, root / "straight"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGINT],
+                         ids=["kill", "ctrl-c"])
 def test_stop_then_rerun_equals_an_uninterrupted_run(straight, tmp_path, sig):
     """A real kill or Ctrl-C mid-way, then the same command again: the same files (labels, statistics, report) as
     a run never interrupted, and no temporary file left over. Ctrl-C exits 130 with one line saying how many

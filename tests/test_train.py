@@ -117,6 +117,7 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(synth, straight, 
     _assert_same_run(straight, cut)
 
 
+@pytest.mark.slow  # the default suite resumes after SIGTERM (test above)
 def test_sigkill_then_resume_matches_an_uninterrupted_run(synth, straight, tmp_path):
     """SIGKILL gives no chance to save: resume starts from the last checkpoint written (save_every=1 writes one
     every iteration here), drops the log records after it and any torn last line, and still ends equal."""
@@ -179,6 +180,11 @@ def test_retrain_refuses_a_weak_shot_dataset(synth, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+# Options beyond the paper's that read labels or tags: the poisoning test trains with all of them on.
+HONESTY_SWITCHES = ("--set", "semantic_weight=1", "--set", "tag_weight=1", "--set", "tag_keep=0",
+                    "--set", "pairing=tags", "--set", "dist_warmup=0.5")
+
+
 def test_novel_pixels_never_reach_training(synth, tmp_path):
     """Poison every copy of the hidden novel pixels (the full masks kept for the oracle): the weak-shot
     run must be bit-identical, because nothing in weak-shot training reads them."""
@@ -191,8 +197,9 @@ def test_novel_pixels_never_reach_training(synth, tmp_path):
         full = np.asarray(Image.open(m.resolve(it.full)))
         noisy = np.where(np.isin(full, m.novel), rng.integers(0, 10, full.shape), full).astype(np.uint8)
         Image.fromarray(noisy).save(m.resolve(it.full))
-    for name, ds in (("clean", clean), ("poisoned", poisoned)):
-        r = run_cli("train", ds, *TINY, "--iters", "2", "--name", name, "--project", tmp_path / "runs")
+    for name, ds in (("clean", clean), ("poisoned", poisoned)):  # every switch that reads labels is on
+        r = run_cli("train", ds, *TINY, "--iters", "2", "--name", name, "--project", tmp_path / "runs",
+                    *HONESTY_SWITCHES)
         assert r.returncode == 0, r.stderr
     a = model_state(tmp_path / "runs" / "train" / "clean")
     b = model_state(tmp_path / "runs" / "train" / "poisoned")
@@ -305,6 +312,7 @@ def test_a_non_finite_loss_stops_naming_iteration_and_term_and_keeps_the_last_go
     assert [x["iter"] for x in records(tmp_path / "runs" / "train" / "train")] == list(range(1, bad_iter))
 
 
+@pytest.mark.slow
 def test_best_pt_holds_the_latest_of_equal_best_scores(synth, tmp_path):
     """A barely trained model scores novel mIoU 0 at every validation: best.pt must then be the last of them (the
     most trained weights), not the first, and results.json must say which."""

@@ -160,7 +160,10 @@ def split(
 
 
 # Options shared by train and retrain.
-Preset = Annotated[str, typer.Option(help="Model/schedule preset: r50 (the paper's) or small (CPU-friendly).")]
+Preset = Annotated[str, typer.Option(help="Model/schedule preset: r50 (the paper's), mobile (pretrained "
+                                          "MobileNetV2, for CPUs) or small (from scratch, for tests).")]
+Method = Annotated[str, typer.Option(help="Loss profile: weakshot (default: tag-aware, names novel classes better) or "
+                                          "paper (SimFormer exactly as published).")]
 Iters = Annotated[
     Optional[int], typer.Option(help="Training iterations (with --resume: continue the run to this many).")
 ]
@@ -232,7 +235,7 @@ def _train(ctx: typer.Context, stage: str, **train_only: Optional[bool]) -> None
                             "--iters or --epochs (a new length), --device or --workers")
 
     def config() -> TrainConfig:
-        cfg = build_config(preset, overrides, p["set_"] or [])
+        cfg = build_config(preset, overrides, p["set_"] or [], p["method"])
         if preset == "r50" and cfg.device == "auto" and not torch.cuda.is_available():
             raise UserError(f"the r50 preset is for GPUs ({cfg.iters:,} iterations of a ResNet-50); on this CPU-only "
                             "machine pass --preset small (or --device cpu to train r50 on the CPU anyway)")
@@ -251,7 +254,8 @@ def _train(ctx: typer.Context, stage: str, **train_only: Optional[bool]) -> None
 def train(
     ctx: typer.Context,
     dataset: Annotated[Optional[Path], typer.Argument(help="Weak-shot dataset folder made by 'weakshot split'.")] = None,
-    preset: Preset = "r50", iters: Iters = None, epochs: Epochs = None, batch: Batch = None, imgsz: ImgSize = None,
+    preset: Preset = "r50", method: Method = "weakshot", iters: Iters = None, epochs: Epochs = None,
+    batch: Batch = None, imgsz: ImgSize = None,
     device: Device = None, workers: Workers = None, backbone: Backbone = None,
     backbone_weights: BackboneWeights = None, lr: Lr = None, seed: Seed = None, amp: Amp = None,
     no_sim: Annotated[bool, typer.Option("--no-sim", help="Ablation: no SimNet loss.")] = False,
@@ -379,6 +383,10 @@ def pseudolabel(
     min_score: Annotated[
         float, typer.Option(help="Leave novel pixels whose class score (summed over queries) is below this as ignore.")
     ] = 0.0,
+    mode: Annotated[
+        str, typer.Option(help="keep: a pixel keeps its winning class only if the image is tagged with it (the "
+                               "paper's rule); choose: it takes its best-scoring tagged class.")
+    ] = "keep",
     device: InferDevice = "auto",
     imgsz: InferImgsz = None,
     batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
@@ -404,8 +412,8 @@ def pseudolabel(
     from weakshot_cli.tables import pseudolabel_tables
 
     report = run_pseudolabel(PseudolabelOptions(checkpoint=checkpoint, dataset=dataset, out=out, min_score=min_score,
-                                                device=device, imgsz=imgsz, batch=batch, workers=workers, flip=flip,
-                                                scales=_scales(scales), exist_ok=exist_ok, amp=amp), console)
+                                                mode=mode, device=device, imgsz=imgsz, batch=batch, workers=workers,
+                                                flip=flip, scales=_scales(scales), exist_ok=exist_ok, amp=amp), console)
     for table in pseudolabel_tables(report):
         console.print(table)
 
@@ -416,7 +424,8 @@ def retrain(
     dataset: Annotated[
         Optional[Path], typer.Argument(help="Pseudo-labelled dataset folder made by 'weakshot pseudolabel'.")
     ] = None,
-    preset: Preset = "r50", iters: Iters = None, epochs: Epochs = None, batch: Batch = None, imgsz: ImgSize = None,
+    preset: Preset = "r50", method: Method = "weakshot", iters: Iters = None, epochs: Epochs = None,
+    batch: Batch = None, imgsz: ImgSize = None,
     device: Device = None, workers: Workers = None, backbone: Backbone = None,
     backbone_weights: BackboneWeights = None, lr: Lr = None, seed: Seed = None, amp: Amp = None,
     best_metric: BestMetric = None, set_: Sets = None, project: Project = Path("runs"), name: Name = None,

@@ -6,6 +6,10 @@ base class. The cross-image SimNet and distillation losses pair positions 2k and
 and only within one process: a pair that a process boundary (an odd per-process batch) or the end of an odd
 batch cuts leaves its images unpaired, so no image is paired with a stranger. The global batch does not depend
 on the number of processes. Every batch is a pure function of (seed, iteration), which makes resuming exact.
+
+Pairing ``"tags"`` serves the losses that learn to name novel classes: they only learn from pairs whose novel tags
+differ, which ``"paper"`` pairing almost never gives. It prefers a reference that shares a novel class with the
+anchor and differs from it in another, and oversamples anchors that have some novel tags but lack others.
 """
 
 from __future__ import annotations
@@ -20,17 +24,28 @@ class PairBatchSampler:
     or 0 for an unpaired image) locates the image's reference within the rank's list."""
 
     def __init__(self, tags: list[list[int]], base: list[int], novel: list[int], global_batch: int,
-                 seed: int = 0, rank: int = 0, world: int = 1, start_iter: int = 0):
+                 seed: int = 0, rank: int = 0, world: int = 1, start_iter: int = 0, pairing: str = "paper"):
         if global_batch % world:
             raise ValueError(f"batch {global_batch} is not divisible by the {world} processes")
+        if pairing not in ("paper", "tags"):
+            raise ValueError(f"pairing must be paper or tags, got {pairing!r}")
         self.n, self.batch, self.seed = len(tags), global_batch, seed
         self.rank, self.world, self.start_iter = rank, world, start_iter
         novel_set, base_set = set(novel), set(base)
         self.novel_tags = [sorted(set(t) & novel_set) for t in tags]
         self.base_tags = [set(t) & base_set for t in tags]
         self.with_class: dict[int, np.ndarray] = {
-            c: np.array([i for i, t in enumerate(tags) if c in t]) for c in range(max(base + novel, default=-1) + 1)
+            c: np.array([i for i, t in enumerate(tags) if c in t], dtype=np.int64)
+            for c in range(max(base + novel, default=-1) + 1)
         }
+        self.pairing = pairing
+        ids: dict[tuple[int, ...], int] = {}  # equal novel tag sets <=> equal ids
+        self.novel_id = np.array([ids.setdefault(tuple(t), len(ids)) for t in self.novel_tags], dtype=np.int64)
+        # "tags": an image with some novel tags but not all is listed twice, so it is an anchor twice per epoch: it
+        # says both which novel classes are there and which are not (with several novel classes nearly every image
+        # lacks one, so lacking alone would double almost all of them)
+        lacking = [pairing == "tags" and 0 < len(t) < len(novel_set) for t in self.novel_tags]
+        self.epoch_items = np.repeat(np.arange(self.n), [2 if x else 1 for x in lacking])
         self.pairs_per_batch = (global_batch + 1) // 2
         self._perm: tuple[int, np.ndarray] = (-1, np.empty(0))
 
@@ -39,9 +54,7 @@ class PairBatchSampler:
             pool = self.with_class[self.novel_tags[a][rng.integers(len(self.novel_tags[a]))]]
             pool = pool[pool != a]
             if len(pool):
-                picks = pool[rng.permutation(len(pool))[:10]]
-                sharing_base = [int(p) for p in picks if self.base_tags[p] & self.base_tags[a]]
-                return sharing_base[0] if sharing_base else int(picks[0])
+                return self._prefer_base(a, pool, rng)
         if self.base_tags[a]:
             classes = sorted(self.base_tags[a])
             pool = self.with_class[classes[rng.integers(len(classes))]]
@@ -51,20 +64,40 @@ class PairBatchSampler:
         others = self.n - 1
         return a if others == 0 else int((a + 1 + rng.integers(others)) % self.n)
 
+    def _prefer_base(self, a: int, pool: np.ndarray, rng: np.random.Generator) -> int:
+        """Among up to 10 random images of ``pool``, the first that shares a base class with ``a``, else any."""
+        picks = pool[rng.permutation(len(pool))[:10]]
+        sharing_base = [int(p) for p in picks if self.base_tags[p] & self.base_tags[a]]
+        return sharing_base[0] if sharing_base else int(picks[0])
+
+    def _partner_tags(self, a: int, rng: np.random.Generator) -> int:
+        """A reference sharing a novel class with ``a`` and differing in another (trying the anchor's novel classes
+        in random order), so the pair tells novel classes apart; else the ``"paper"`` reference."""
+        classes = self.novel_tags[a]
+        for k in rng.permutation(len(classes)):
+            pool = self.with_class[classes[k]]
+            pool = pool[(pool != a) & (self.novel_id[pool] != self.novel_id[a])]
+            if len(pool):
+                return self._prefer_base(a, pool, rng)
+        return self._partner(a, rng)
+
     def _permutation(self, epoch: int) -> np.ndarray:
         if self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.epoch_items))
+            self._perm = (epoch, self.epoch_items[order])
         return self._perm[1]
 
     def global_batch(self, it: int) -> list[tuple[int, int]]:
-        """Anchors walk through per-epoch permutations, so every image is an anchor once per epoch."""
+        """Anchors walk through per-epoch permutations, so every image is an anchor once per epoch (with
+        ``"tags"``, an image with some novel tags but not all twice)."""
         first = it * self.pairs_per_batch
         anchors = []
         for k in range(first, first + self.pairs_per_batch):
-            epoch, pos = divmod(k, self.n)
+            epoch, pos = divmod(k, len(self.epoch_items))
             anchors.append(int(self._permutation(epoch)[pos]))
         rng = np.random.default_rng([self.seed, it, 1])
-        order = [x for a in anchors for x in (a, self._partner(a, rng))][: self.batch]
+        partner = self._partner_tags if self.pairing == "tags" else self._partner
+        order = [x for a in anchors for x in (a, partner(a, rng))][: self.batch]
         aug_seeds = rng.integers(0, 2**62, size=len(order))
         return [(i, int(s)) for i, s in zip(order, aug_seeds)]
 

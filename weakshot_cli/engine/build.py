@@ -35,6 +35,8 @@ def build_criterion(cfg: TrainConfig, m: Manifest) -> SimFormerCriterion:
         num_sim_points=cfg.num_sim_points, sim_class_points=cfg.sim_class_points,
         num_dist_points=cfg.num_dist_points, use_sim=weak and cfg.use_sim, use_dist=weak and cfg.use_dist,
         use_comp=weak and cfg.use_comp, num_points=cfg.num_points, simnet_width=cfg.simnet_width,
+        semantic_weight=cfg.semantic_weight, tag_weight=cfg.tag_weight if weak else 0.0, tag_topk=cfg.tag_topk,
+        dist_start=cfg.dist_start, dist_warmup=cfg.dist_warmup, detach_sim_features=cfg.detach_sim_features,
     )
 
 

@@ -50,7 +50,13 @@ class TrainConfig:
     num_sim_points: int = 100  # J
     sim_class_points: int = 80
     num_dist_points: int = 100
+    detach_sim_features: bool = True  # SimNet's loss does not train the pixel decoder (the release's choice)
+    dist_start: float = 0.0  # fraction of the run without distillation, while SimNet learns
+    dist_warmup: float = 0.0  # fraction of the run over which distillation then ramps up to dist_weight (0: at once)
+    tag_weight: float = 0.0  # tag terms on the inference scores in the not-base region (0: off, the paper)
+    tag_topk: float = 0.1  # present tag: mean of the top fraction of its pixels' log-probabilities (MIL pooling)
     simnet_width: int = 256  # SimNet's hidden width (the paper's 256); its pair grids cost width^2 per pair
+    semantic_weight: float = 0.0  # per-pixel cross-entropy of the inference scores on mask-labelled pixels (0: off)
     num_points: int = 0  # 0: mask losses on full-resolution masks; N: on N sampled points per mask
     # optimisation
     lr: float = 1e-4
@@ -65,10 +71,12 @@ class TrainConfig:
     imgsz: int = 512
     scale_min: float = 0.5
     scale_max: float = 2.0
-    tag_keep: float = 0.5
+    tag_keep: float = 0.5  # a crop keeps novel tags if it keeps this fraction of unknown pixels (0: any of them)
+    pairing: str = "paper"  # paper: a reference shares a novel tag | tags: and differs in another where it can
     tag_only: bool = True  # train on tag-only images (tags, no mask) too
     workers: int = 2
     # run
+    method: str = "weakshot"  # the loss profile applied (METHODS); kept in the run's config for the record
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16; off on CPU) | bf16 | fp16 | off
@@ -94,6 +102,8 @@ BEST_METRICS = ("mean_base_novel", "mIoU", "base_mIoU", "novel_mIoU", "hIoU", "p
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
+PAIRINGS = ("paper", "tags")
+
 # Fields that fix the network's shape: a checkpoint's values override any others.
 ARCH_KEYS = ("backbone", "hidden_dim", "mask_dim", "dec_layers", "num_queries", "dim_feedforward", "nheads",
              "transformer_in", "masked_attention")
@@ -115,6 +125,18 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# Loss profiles, applied over the preset. "paper" is SimFormer as published (spec); "weakshot" adds what names the
+# novel classes right, measured on MSRC-21 (benchmarks/quality.py, README): dense cross-entropy of the inference
+# scores on labelled pixels, tag terms on them, crop tags that never hide a visible class, tag-aware pairing and a
+# distillation warm-up.
+METHODS: dict[str, dict] = {
+    "paper": dict(semantic_weight=0.0, tag_weight=0.0, tag_keep=0.5, pairing="paper", dist_start=0.0,
+                  dist_warmup=0.0),
+    "weakshot": dict(semantic_weight=1.0, tag_weight=1.0, tag_keep=0.0, pairing="tags", dist_start=0.25,
+                     dist_warmup=0.25),
+}
+
+
 def _coerce(name: str, raw: str, current: object) -> object:
     if isinstance(current, bool):
         if raw.lower() in ("1", "true", "yes", "on"):
@@ -132,11 +154,14 @@ def _coerce(name: str, raw: str, current: object) -> object:
     return raw
 
 
-def build_config(preset: str, overrides: dict[str, object], sets: list[str]) -> TrainConfig:
-    """Preset, then explicit CLI options, then ``--set key=value`` pairs (last wins)."""
+def build_config(preset: str, overrides: dict[str, object], sets: list[str], method: str = "weakshot") -> TrainConfig:
+    """Preset, then the method's loss profile, then explicit CLI options, then ``--set key=value`` pairs (last
+    wins)."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    cfg = TrainConfig(**PRESETS[preset])
+    if method not in METHODS:
+        raise UserError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    cfg = TrainConfig(**PRESETS[preset], **METHODS[method], method=method)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in overrides.items():
         if value is not None:
@@ -179,7 +204,9 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     **{k: _count(0) for k in ("num_points", "sim_class_points", "epochs", "workers", "val_every")},
     **{k: _WEIGHT for k in ("no_object_weight", "ce_weight", "mask_weight", "dice_weight", "comp_weight",
                             "sim_weight", "dist_weight", "weight_decay", "backbone_lr_mult", "clip_grad",
-                            "poly_power")},
+                            "poly_power", "semantic_weight", "tag_weight")},
+    "tag_topk": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    **{k: ((lambda v: 0 <= v <= 1), "in [0, 1]") for k in ("dist_start", "dist_warmup")},
     "lr": _POSITIVE,
     "dropout": ((lambda v: 0 <= v < 1), "in [0, 1)"),
     "ignore_prior": ((lambda v: 0 < v < 1), "in (0, 1)"),
@@ -206,6 +233,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.norm in ("auto", "frozen_bn", "bn", "gn"), "norm must be auto, frozen_bn, bn or gn"),
         (cfg.transformer_in in ("res3", "res4", "res5"), "transformer_in must be res3, res4 or res5"),
         (cfg.dist_func in ("bce", "cce"), "dist_func must be bce or cce"),
+        (cfg.pairing in PAIRINGS, f"pairing must be one of {', '.join(PAIRINGS)}, got {cfg.pairing!r}"),
         (cfg.amp in AMP_MODES, "amp must be auto, bf16, fp16 or off"),
         (cfg.best_metric in BEST_METRICS,
          f"best_metric (--best-metric) must be one of {', '.join(BEST_METRICS)}, got {cfg.best_metric!r}"),

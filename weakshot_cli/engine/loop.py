@@ -146,6 +146,7 @@ def train_iteration(t: Training, batch: dict) -> dict[str, float]:
     targets = build_targets(batch, t.m.base, t.m.novel, t.cfg.oracle or t.m.novel_masks)
     targets = [{k: v.to(t.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in target.items()}
                for target in targets]
+    t.step.criterion.progress = t.it / t.iters
     with t.autocast():
         losses = t.module(batch["image"].to(t.device, non_blocking=True), targets)
     check_finite(losses, t.it + 1, t.run_dir)

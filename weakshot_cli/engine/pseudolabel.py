@@ -1,7 +1,7 @@
 """``weakshot pseudolabel``: novel-class masks for the training images, kept only where the image's tags
-allow, with base ground truth winning (a tag-only image, having none, takes any class it is tagged with);
-written as a new dataset, resumably, the input left untouched, with a report of what the tags alone can
-check (and, in benchmark mode, the full masks)."""
+allow (keep mode) or chosen among the classes they allow (choose mode), with base ground truth winning (a
+tag-only image, having none, takes any class it is tagged with); written as a new dataset, resumably, the input
+left untouched, with a report of what the tags alone can check (and, in benchmark mode, the full masks)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from weakshot_cli.io import remove_interrupted_writes, write_json, write_label_p
 
 STATE = ".pseudolabel-state.json"
 REPORT = "pseudolabel.json"
+MODES = ("keep", "choose")
 
 
 @dataclass(kw_only=True)
@@ -40,23 +41,31 @@ class PseudolabelOptions(InferenceOptions):
     dataset: Path
     out: Path
     min_score: float = 0.0
+    mode: str = "keep"
     exist_ok: bool = False
 
     def check(self) -> None:
         if not 0 <= self.min_score < float("inf"):  # also refuses nan; inf would drop every novel pixel
             raise UserError(f"--min-score must be >= 0 and finite, got {self.min_score}")
+        if self.mode not in MODES:
+            raise UserError(f"--mode must be keep or choose, got {self.mode!r}")
         super().check()
 
 
-def pseudo_label(scores: torch.Tensor, base_label: np.ndarray, tags: Sequence[int],
-                 min_score: float = 0.0) -> np.ndarray:
-    """Ignore everywhere, except: a pixel whose winning class is one of ``tags`` (with a score of at least
-    ``min_score``) takes that class, and a base ground-truth pixel keeps its class."""
-    score, pred = scores.max(0)
-    pred, score = pred.numpy(), score.numpy()
+def pseudo_label(scores: torch.Tensor, base_label: np.ndarray, tags: Sequence[int], min_score: float = 0.0,
+                 mode: str = "keep") -> np.ndarray:
+    """Ignore everywhere, except: a pixel takes a class of ``tags`` whose score is at least ``min_score``, and a
+    base ground-truth pixel keeps its class. Keep mode (the paper's) takes only the pixel's winning class, so a
+    tagged class that loses to an untagged one is lost; choose mode takes the best of ``tags``, so a novel class
+    the model confuses with a base class still gets its pixels."""
+    tags = list(tags)
+    candidates = tags if mode == "choose" else list(range(scores.shape[0]))
     out = np.full(base_label.shape, IGNORE, np.uint8)
-    tagged = np.isin(pred, list(tags)) & (score >= min_score)
-    out[tagged] = pred[tagged]
+    if candidates:  # choose mode with no allowed class leaves everything unknown as ignore
+        score, best = scores[candidates].max(0)
+        pred = np.asarray(candidates)[best.numpy()]
+        chosen = np.isin(pred, tags) & (score.numpy() >= min_score)
+        out[chosen] = pred[chosen]
     known = base_label != IGNORE
     out[known] = base_label[known]
     return out
@@ -72,34 +81,39 @@ def image_stats(scores: torch.Tensor, base_label: np.ndarray, pseudo: np.ndarray
                 novel: Sequence[int], min_score: float = 0.0) -> dict:
     """What one image contributes to ``tag_check``, saved beside its label so a resumed run reports on the images
     labelled before the interruption too: its unknown pixels (no base ground truth), how many got a
-    pseudo-label, and per novel class *predicted* on at least one of them (winning class, score at least
-    ``min_score``; before the tag filter) the pixel count and summed winning score."""
-    score, pred = scores.max(0)
+    pseudo-label, per novel class pseudo-labelled on at least one of them the pixel count and the class's summed
+    score there (its winning score in keep mode; choose mode may label a class that did not win), and the novel
+    classes *predicted* on them (winning class, score at least ``min_score``; before the tag filter)."""
     unknown = base_label == IGNORE
-    hit = unknown & (score.numpy() >= min_score)
+    ys, xs = np.nonzero(unknown & (pseudo != IGNORE))
+    got = pseudo[ys, xs]
     k = scores.shape[0]
-    pixels = np.bincount(pred.numpy()[hit], minlength=k)
-    score_sum = np.bincount(pred.numpy()[hit], weights=score.numpy()[hit].astype(np.float64), minlength=k)
-    return {"unknown": int(unknown.sum()), "labelled": int((unknown & (pseudo != IGNORE)).sum()),
-            "predicted": {classes[c]: {"pixels": int(pixels[c]), "score_sum": float(score_sum[c])}
-                          for c in novel if pixels[c]}}
+    pixels = np.bincount(got, minlength=k)
+    score_sum = np.bincount(got, weights=scores.numpy()[got, ys, xs].astype(np.float64), minlength=k)
+    score, pred = scores.max(0)
+    predicted = set(pred.numpy()[unknown & (score.numpy() >= min_score)].tolist())
+    return {"unknown": int(unknown.sum()), "labelled": len(got),
+            "pseudo": {classes[c]: {"pixels": int(pixels[c]), "score_sum": float(score_sum[c])}
+                       for c in novel if pixels[c]},
+            "predicted": [classes[c] for c in novel if c in predicted]}
 
 
 def tag_check(stats: Sequence[dict], tags: Sequence[Sequence[int]], classes: Sequence[str],
               novel: Sequence[int]) -> dict:
     """The quality signal that needs no ground truth, from ``image_stats`` and each image's tags. Per novel class c:
     found_pct: images tagged c with at least one pixel pseudo-labelled c, % of the images tagged c;
-    untagged_predicted_pct: images not tagged c where c was predicted (then dropped by the tag filter), % of the
-    images not tagged c; coverage_pct: pixels pseudo-labelled c, % of the unknown pixels of the images tagged c;
-    mean_score: mean winning score (the --min-score scale, 3 decimals) of the pixels pseudo-labelled c. Overall:
-    labelled_pct, the share of all unknown pixels that got a pseudo-label. A share of nothing is None."""
+    untagged_predicted_pct: images not tagged c where c was predicted (then refused by the tag filter: left
+    ignore, or in choose mode given a tagged class), % of the images not tagged c; coverage_pct: pixels
+    pseudo-labelled c, % of the unknown pixels of the images tagged c; mean_score: mean score of c (the
+    --min-score scale, 3 decimals) over the pixels pseudo-labelled c. Overall: labelled_pct, the share of all
+    unknown pixels that got a pseudo-label. A share of nothing is None."""
     pct = lambda a, b: 100 * a / b if b else None  # noqa: E731
     per_class = {}
     for c in novel:
         name = classes[c]
         tagged = [s for s, t in zip(stats, tags) if c in t]
         untagged = [s for s, t in zip(stats, tags) if c not in t]
-        found = [s["predicted"][name] for s in tagged if name in s["predicted"]]
+        found = [s["pseudo"][name] for s in tagged if name in s["pseudo"]]
         pixels = sum(f["pixels"] for f in found)
         per_class[name] = {
             "tagged_images": len(tagged), "found_pct": pct(len(found), len(tagged)),
@@ -195,7 +209,7 @@ def _run_state(o: PseudolabelOptions, imgsz: int) -> dict:
     stat = os.stat(checkpoint if checkpoint.is_file() else checkpoint / "weights" / "last.pt")
     return {"checkpoint": str(checkpoint.resolve()), "checkpoint_bytes": stat.st_size,
             "checkpoint_mtime_ns": stat.st_mtime_ns, "dataset": str(o.dataset.resolve()), "imgsz": imgsz,
-            "min_score": o.min_score, "flip": o.flip, "scales": list(o.scales)}
+            "min_score": o.min_score, "mode": o.mode, "flip": o.flip, "scales": list(o.scales)}
 
 
 def _label_images(model: nn.Module, dev: torch.device, autocast: Callable[[], torch.autocast], loader: DataLoader,
@@ -213,18 +227,20 @@ def _label_images(model: nn.Module, dev: torch.device, autocast: Callable[[], to
                 if i not in todo:
                     continue
                 s, base = s.cpu(), base_label.numpy().astype(np.uint8)
-                pseudo = pseudo_label(s, base, keep_classes(items[i], m.novel), o.min_score)
+                pseudo = pseudo_label(s, base, keep_classes(items[i], m.novel), o.min_score, o.mode)
                 write_json(o.out / _stats_name(names[i]), image_stats(s, base, pseudo, m.classes, m.novel,
                                                                      o.min_score))
                 write_label_png(o.out / names[i], pseudo)
                 bar.advance(task)
 
 
-def _report(out: Path, m: Manifest, names: list[str]) -> dict:
-    """The tag check over every image's statistics and, in benchmark mode, the scores against the full masks."""
-    items = m.splits["train"]
+def _report(o: PseudolabelOptions, m: Manifest, names: list[str]) -> dict:
+    """The labelling rule, the tag check over every image's statistics and, in benchmark mode, the scores against
+    the full masks."""
+    out, items = o.out, m.splits["train"]
     stats = [json.loads((out / _stats_name(name)).read_text()) for name in names]
-    report: dict = {"images": len(items), "tag_only_images": sum(it.label is None for it in items),
+    report: dict = {"mode": o.mode, "min_score": o.min_score, "images": len(items),
+                    "tag_only_images": sum(it.label is None for it in items),
                     "tag_check": tag_check(stats, [it.tags for it in items], m.classes, m.novel)}
     if all(it.full for it in items):  # benchmark mode: score against the kept full masks
         k = len(m.classes)
@@ -273,7 +289,7 @@ def run_pseudolabel(o: PseudolabelOptions, console: Console) -> dict:
                         num_workers=o.workers)
     try:
         _label_images(model, dev, autocast, loader, m, names, todo, o, console)
-        report = _report(o.out, m, names)
+        report = _report(o, m, names)
         new = _pseudo_manifest(m, names, state)
         write_json(o.out / REPORT, report)
         new.save(o.out)  # last: its presence marks a finished dataset
