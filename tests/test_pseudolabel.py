@@ -50,7 +50,7 @@ def ckpt(tiny_ckpt, tmp_path_factory) -> Path:
 def labelled(ckpt, synth, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pl") / "pl"
     before = digest(synth)
-    r = run_cli("pseudolabel", ckpt, synth, "-o", out, *IMGSZ)
+    r = run_cli("pseudolabel", ckpt, synth, "-o", out, "--mode", "keep", *IMGSZ)
     assert r.returncode == 0, r.stderr
     assert digest(synth) == before  # the input dataset is untouched
     return out
@@ -239,7 +239,7 @@ def test_tag_only_images_keep_their_tagged_classes(base_biased, tag_only, tmp_pa
     is not; masked images never take a base class from the model. Real mode: the report is the tag check alone."""
     path, b = base_biased
     out = tmp_path / "pl"
-    r = run_cli("pseudolabel", path, tag_only, "-o", out, *IMGSZ)
+    r = run_cli("pseudolabel", path, tag_only, "-o", out, "--mode", "keep", *IMGSZ)
     assert r.returncode == 0, r.stderr
     assert "pseudo-labels vs image tags" in r.stdout and "full masks" not in r.stdout
     report = json.loads((out / "pseudolabel.json").read_text())
@@ -311,15 +311,15 @@ def test_interrupted_run_resumes_to_the_same_output(labelled, ckpt, synth, tmp_p
         png.unlink()
     for png in pngs[1::4]:  # a label whose statistics are missing is redone too
         (partial / "stats" / "train" / f"{png.stem}.json").unlink()
-    r = run_cli("pseudolabel", ckpt, synth, "-o", partial, *IMGSZ)
+    r = run_cli("pseudolabel", ckpt, synth, "-o", partial, "--mode", "keep", *IMGSZ)  # the options of `labelled`
     assert r.returncode == 0, r.stderr
     assert f"({len(pngs) - len(pngs[::2]) - len(pngs[1::4])} from an earlier run)" in r.stdout
     assert digest(partial) == digest(labelled)
     # a partial run with other options is not mixed with new ones
     (partial / "weakshot.json").unlink()
-    assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", partial, "--min-score", "0.5", *IMGSZ),
-                      "other options")
-    assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", partial, "--mode", "choose", *IMGSZ),
+    assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", partial, "--mode", "keep", "--min-score", "0.5",
+                              *IMGSZ), "other options")
+    assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", partial, *IMGSZ),
                       "other options")
     assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", labelled, *IMGSZ), "--exist-ok")
 
@@ -329,7 +329,7 @@ def test_choose_mode_labels_what_keep_mode_drops(labelled, ckpt, synth, tmp_path
     also the best tagged class) and labels more of the unknown pixels: those an untagged class won in images with
     a novel tag. Its tag check still matches the files."""
     out = tmp_path / "pl"
-    r = run_cli("pseudolabel", ckpt, synth, "-o", out, "--mode", "choose", *IMGSZ)
+    r = run_cli("pseudolabel", ckpt, synth, "-o", out, *IMGSZ)  # choose is the default
     assert r.returncode == 0, r.stderr
     src, keep, choose = load_manifest(synth), load_manifest(labelled), load_manifest(out)
     report = json.loads((out / "pseudolabel.json").read_text())

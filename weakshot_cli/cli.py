@@ -384,9 +384,9 @@ def pseudolabel(
         float, typer.Option(help="Leave novel pixels whose class score (summed over queries) is below this as ignore.")
     ] = 0.0,
     mode: Annotated[
-        str, typer.Option(help="keep: a pixel keeps its winning class only if the image is tagged with it (the "
-                               "paper's rule); choose: it takes its best-scoring tagged class.")
-    ] = "keep",
+        str, typer.Option(help="choose (default): an unknown pixel takes its best-scoring tagged class; keep: it "
+                               "keeps its winning class only if the image is tagged with it (the paper's rule).")
+    ] = "choose",
     device: InferDevice = "auto",
     imgsz: InferImgsz = None,
     batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 4,
@@ -398,9 +398,10 @@ def pseudolabel(
 ) -> None:
     """Pseudo-label the novel classes on the training images and write a new dataset for 'weakshot retrain'.
 
-    Per pixel: a novel class predicted by the model is kept only if the image is tagged with it (and its
-    score reaches --min-score); base ground truth always wins; everything else stays ignore. A tag-only
-    image (tags, no mask) keeps any predicted class it is tagged with, base or novel. The input dataset is
+    Per unknown pixel (no base ground truth): the best-scoring of the image's tagged classes, if its score reaches
+    --min-score (--mode choose, default), or the winning class only if the image is tagged with it (--mode keep,
+    the paper's rule); base ground truth always wins; everything else stays ignore. A tag-only image (tags, no
+    mask) may take any class it is tagged with, base or novel. The input dataset is
     untouched; an interrupted run resumes where it stopped when rerun with the same options.
     Printed and saved as pseudolabel.json: per novel class, what the tags alone can check (how often it is
     found in images tagged with it and predicted in images not tagged with it, coverage, mean score); on

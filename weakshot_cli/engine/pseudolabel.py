@@ -41,7 +41,7 @@ class PseudolabelOptions(InferenceOptions):
     dataset: Path
     out: Path
     min_score: float = 0.0
-    mode: str = "keep"
+    mode: str = "choose"
     exist_ok: bool = False
 
     def check(self) -> None:
