@@ -46,6 +46,7 @@ DATASETS = {  # name: (data folder, novel classes, ignore index, title)
     "camvid": (SHARED / "data" / "camvid", NOVEL, 11, "CamVid (367 train / 101 val, 11 classes)"),
 }
 PAPER, DENSE = ["--method", "paper"], ["--set", "semantic_weight=1"]
+WEAK_DENSE = [*DENSE, "--set", "semantic_weak=true"]  # on base pixels in weak-shot training too
 RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one)
     "reference": ("per-pixel reference: same trunk, all masks, cross-entropy", None),
     "oracle": ("(a) oracle: all masks, MaskFormer + dense cross-entropy", ["--oracle", *PAPER, *DENSE]),
@@ -54,16 +55,19 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
     "comp": ("(c) + complementary loss", [*PAPER, "--no-sim", "--no-dist"]),
     "full": ("(d) + SimNet and distillation (SimFormer, paper)", PAPER),
     "retrain": ("(e) SimFormer + pseudolabel + retrain (paper)", None),
-    "semantic": ("(f) SimFormer + dense cross-entropy on base pixels", [*PAPER, *DENSE]),
-    "weakshot": ("(g) weakshot method: (f) + tag terms, crop tags, tag pairing, distillation warm-up",
-                 ["--method", "weakshot"]),
-    "weakshot-retrain": ("(h) (g) + choosing pseudolabels + retrain", None),
-    "weakshot-retrain-init": ("(i) (g) + choosing pseudolabels + retrain from ImageNet", None),
+    "retrain-choose": ("(f) SimFormer + choosing pseudolabels + retrain with dense cross-entropy (weakshot)", None),
+    "semantic": ("(g) SimFormer + dense cross-entropy on base pixels", [*PAPER, *WEAK_DENSE]),
+    "tags": ("(h) (g) + tag terms, crop tags kept (tag_keep 0), tag pairing, distillation warm-up",
+             [*PAPER, *WEAK_DENSE, *(x for kv in ("tag_weight=1", "tag_keep=0", "pairing=tags", "dist_start=0.25",
+                                             "dist_warmup=0.25") for x in ("--set", kv))]),
+    "tags-retrain": ("(i) (h) + choosing pseudolabels + retrain with dense cross-entropy", None),
+    "tags-retrain-init": ("(j) as (i), retrained from ImageNet weights", None),
 }
-RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode, method, start from its weights)
-    "retrain": ("full", "keep", "paper", True),
-    "weakshot-retrain": ("weakshot", "choose", "weakshot", True),
-    "weakshot-retrain-init": ("weakshot", "choose", "weakshot", False),
+RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode, retrain flags, from its weights)
+    "retrain": ("full", "keep", PAPER, True),
+    "retrain-choose": ("full", "choose", ["--method", "weakshot"], True),
+    "tags-retrain": ("tags", "choose", ["--method", "weakshot"], True),
+    "tags-retrain-init": ("tags", "choose", ["--method", "weakshot"], False),
 }
 MOBILE = PRESETS["mobile"]
 BUDGETS = {
@@ -166,7 +170,7 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         atomic_write(work / name / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
         return result
     if name in RETRAINS:
-        source, mode, method, from_source = RETRAINS[name]
+        source, mode, flags, from_source = RETRAINS[name]
         first = runs / "train" / source / "weights" / "last.pt"
         if not first.exists():
             sys.exit(f"run {name!r} needs the {source!r} run of seed {seed} first")
@@ -176,8 +180,8 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
             seconds += weakshot("pseudolabel", first, dataset, "-o", pl, "--mode", mode, "--device", "cpu",
                                 "--exist-ok", threads=threads)
         start = ["--weights", first] if from_source else []
-        seconds += weakshot("retrain", pl, *train_args(budget, budget["retrain_iters"], seed), "--method", method,
-                            *start, "--project", runs, "--name", name, threads=threads)
+        seconds += weakshot("retrain", pl, *train_args(budget, budget["retrain_iters"], seed), *flags, *start,
+                            "--project", runs, "--name", name, threads=threads)
         quality = json.loads((pl / "pseudolabel.json").read_text())
         result["pseudolabels"] = {k: v for k, v in quality.items() if not isinstance(v, (dict, list))}
         ckpt = runs / "retrain" / name / "weights" / "last.pt"
@@ -187,7 +191,7 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         if seconds is None:
             seconds = weakshot("train", dataset, *train_args(budget, budget["iters"], seed), *RUNS[name][1],
                                "--project", runs, "--name", name, threads=threads)
-        if name in ("full", "semantic", "weakshot"):
+        if name in ("full", "semantic", "tags"):
             result["simnet_F1"] = simnet_f1(ckpt, dataset)
     result["train_seconds"] = round(seconds, 1)
     result |= evaluate(ckpt, dataset, work, name, threads)

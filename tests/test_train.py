@@ -180,9 +180,33 @@ def test_retrain_refuses_a_weak_shot_dataset(synth, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_methods_set_the_losses_and_paper_is_the_published_simformer(synth, tmp_path):
+    from dataclasses import replace
+
+    from weakshot_cli.engine.build import build_criterion
+    from weakshot_cli.engine.config import build_config
+
+    m = load_manifest(synth)
+    paper, default = build_config("small", {}, [], "paper"), build_config("small", {}, [])
+    assert default.method == "weakshot" and paper.method == "paper"
+    for cfg in (paper, default):  # weak-shot training: the paper's losses in both
+        c = build_criterion(cfg, m)
+        assert (c.semantic_weight, c.tag_weight, c.dist_ramp(), cfg.tag_keep, cfg.pairing) == (0, 0, 1.0, 0.5, "paper")
+    # dense cross-entropy where every pixel is labelled (oracle, retraining) under weakshot only, in weak-shot
+    # training only when asked; tag terms never without weak labels
+    assert build_criterion(replace(default, oracle=True), m).semantic_weight == 1
+    assert build_criterion(replace(paper, oracle=True), m).semantic_weight == 0
+    assert build_criterion(replace(default, semantic_weak=True), m).semantic_weight == 1
+    assert build_criterion(replace(default, oracle=True, tag_weight=1.0), m).tag_weight == 0
+    assert build_criterion(replace(default, tag_weight=1.0), m).tag_weight == 1
+    r = run_cli("train", synth, *TINY, "--method", "best", "--project", tmp_path / "runs")
+    assert_user_error(r, "--method must be one of paper, weakshot, got 'best'")
+    assert not (tmp_path / "runs").exists()
+
+
 # Options beyond the paper's that read labels or tags: the poisoning test trains with all of them on.
-HONESTY_SWITCHES = ("--set", "semantic_weight=1", "--set", "tag_weight=1", "--set", "tag_keep=0",
-                    "--set", "pairing=tags", "--set", "dist_warmup=0.5")
+HONESTY_SWITCHES = ("--set", "semantic_weight=1", "--set", "semantic_weak=true", "--set", "tag_weight=1",
+                    "--set", "tag_keep=0", "--set", "pairing=tags", "--set", "dist_warmup=0.5")
 
 
 def test_novel_pixels_never_reach_training(synth, tmp_path):
@@ -351,6 +375,7 @@ def test_without_validation_results_json_is_strict_and_best_pt_the_final_weights
     assert load_checkpoint(run / "weights" / "best.pt")["iter"] == 2
 
 
+@pytest.mark.slow
 def test_resume_with_iters_extends_a_finished_run_on_a_new_poly_schedule(straight, tmp_path):
     run = Path(shutil.copytree(straight, tmp_path / "extended"))
     r = run_cli("train", "--resume", run, "--iters", "11", "--device", "cpu", "--workers", "0")

@@ -26,7 +26,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> SimFormer:
 
 def build_criterion(cfg: TrainConfig, m: Manifest) -> SimFormerCriterion:
     """The config's losses over the dataset's base and novel classes."""
-    weak = not (cfg.oracle or m.novel_masks)  # oracle and retraining are plain MaskFormer
+    weak = not (cfg.oracle or m.novel_masks)  # oracle and retraining: MaskFormer, no weak-shot terms
     return SimFormerCriterion(
         len(m.classes), m.base, m.novel, mask_dim=cfg.mask_dim, no_object_weight=cfg.no_object_weight,
         ce_weight=cfg.ce_weight, mask_weight=cfg.mask_weight, dice_weight=cfg.dice_weight,
@@ -35,7 +35,8 @@ def build_criterion(cfg: TrainConfig, m: Manifest) -> SimFormerCriterion:
         num_sim_points=cfg.num_sim_points, sim_class_points=cfg.sim_class_points,
         num_dist_points=cfg.num_dist_points, use_sim=weak and cfg.use_sim, use_dist=weak and cfg.use_dist,
         use_comp=weak and cfg.use_comp, num_points=cfg.num_points, simnet_width=cfg.simnet_width,
-        semantic_weight=cfg.semantic_weight, tag_weight=cfg.tag_weight if weak else 0.0, tag_topk=cfg.tag_topk,
+        semantic_weight=cfg.semantic_weight if cfg.semantic_weak or not weak else 0.0,
+        tag_weight=cfg.tag_weight if weak else 0.0, tag_topk=cfg.tag_topk,
         dist_start=cfg.dist_start, dist_warmup=cfg.dist_warmup, detach_sim_features=cfg.detach_sim_features,
     )
 
