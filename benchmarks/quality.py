@@ -56,16 +56,17 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
     "full": ("(d) + SimNet and distillation (SimFormer, paper)", PAPER),
     "retrain": ("(e) SimFormer + pseudolabel + retrain (paper)", None),
     "retrain-choose": ("(f) SimFormer + choosing pseudolabels + retrain with dense cross-entropy (weakshot)", None),
+    "retrain-choose-init": ("(f0) as (f), retrained from ImageNet weights", None),
     "semantic": ("(g) SimFormer + dense cross-entropy on base pixels", [*PAPER, *WEAK_DENSE]),
-    "tags": ("(h) (g) + tag terms, crop tags kept (tag_keep 0), tag pairing, distillation warm-up",
-             [*PAPER, *WEAK_DENSE, *(x for kv in ("tag_weight=1", "tag_keep=0", "pairing=tags", "dist_start=0.25",
-                                             "dist_warmup=0.25") for x in ("--set", kv))]),
+    "tags": ("(h) --method tags: (g) + tag terms, crop tags kept (tag_keep 0), tag pairing, distillation warm-up",
+             ["--method", "tags"]),
     "tags-retrain": ("(i) (h) + choosing pseudolabels + retrain with dense cross-entropy", None),
     "tags-retrain-init": ("(j) as (i), retrained from ImageNet weights", None),
 }
 RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode, retrain flags, from its weights)
     "retrain": ("full", "keep", PAPER, True),
     "retrain-choose": ("full", "choose", ["--method", "weakshot"], True),
+    "retrain-choose-init": ("full", "choose", ["--method", "weakshot"], False),
     "tags-retrain": ("tags", "choose", ["--method", "weakshot"], True),
     "tags-retrain-init": ("tags", "choose", ["--method", "weakshot"], False),
 }

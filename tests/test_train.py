@@ -199,8 +199,11 @@ def test_methods_set_the_losses_and_paper_is_the_published_simformer(synth, tmp_
     assert build_criterion(replace(default, semantic_weak=True), m).semantic_weight == 1
     assert build_criterion(replace(default, oracle=True, tag_weight=1.0), m).tag_weight == 0
     assert build_criterion(replace(default, tag_weight=1.0), m).tag_weight == 1
+    tags = build_config("small", {}, [], "tags")  # the weak-shot stage's switches too, as the benchmark's "tags" run
+    c = build_criterion(tags, m)
+    assert (c.semantic_weight, c.tag_weight, c.dist_start, tags.tag_keep, tags.pairing) == (1, 1, 0.25, 0, "tags")
     r = run_cli("train", synth, *TINY, "--method", "best", "--project", tmp_path / "runs")
-    assert_user_error(r, "--method must be one of paper, weakshot, got 'best'")
+    assert_user_error(r, "--method must be one of paper, weakshot, tags, got 'best'")
     assert not (tmp_path / "runs").exists()
 
 
