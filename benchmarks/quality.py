@@ -302,7 +302,7 @@ def chart(runs: dict, title: str, path: Path) -> None:
 
     names = list(runs)
     x = np.arange(len(names))
-    fig, (ax, curves) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, (ax, curves) = plt.subplots(1, 2, figsize=(15, 4.8), gridspec_kw={"width_ratios": [2.6, 1]})
     series = (("novel_mIoU", "novel mIoU", "tab:red"), ("novel_region_IoU", "novel region IoU (class-agnostic)",
               "tab:orange"), ("base_mIoU", "base mIoU", "tab:blue"), ("mIoU", "all mIoU", "tab:gray"))
     for i, (key, label, colour) in enumerate(series):
@@ -312,7 +312,7 @@ def chart(runs: dict, title: str, path: Path) -> None:
         ax.bar_label(bars, fmt="%.0f", fontsize=7)
         for p, n in zip(pos, have):
             ax.plot([p] * len(runs[n][key]["values"]), runs[n][key]["values"], "k.", markersize=3)
-    ax.set_xticks(x, names)
+    ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("val IoU (%), mean over seeds (dots: each seed)")
     ax.set_title(title)
     ax.set_ylim(0, 100)
