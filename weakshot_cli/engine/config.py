@@ -131,7 +131,7 @@ PRESETS: dict[str, dict] = {
 # is labelled (retraining on pseudo-labels, the oracle): with choosing pseudo-labels, retraining reaches the
 # oracle's novel mIoU. "tags" also changes weak-shot training: that loss on base pixels, tag terms, tags kept on
 # every crop with unknown pixels, tag pairing and a late distillation; the best single stage with ImageNet weights
-# (novel 36.7 -> 56.3, seed 0), but from scratch (the demo) it held base mIoU near 0 for most of the run.
+# (novel 38.0 -> 60.0, two seeds), but from scratch (the demo) it held base mIoU near 0 for most of the run.
 PAPER = dict(semantic_weight=0.0, semantic_weak=False, tag_weight=0.0, tag_keep=0.5, pairing="paper", dist_start=0.0,
              dist_warmup=0.0)
 WEAKSHOT = PAPER | dict(semantic_weight=1.0)
