@@ -177,11 +177,12 @@ class SimFormerCriterion(nn.Module):
             labels.append(F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long())
         labels = torch.stack(labels).flatten(1)  # [B, hw]
         known = labels != IGNORE
+        count = global_mean_count(known.sum())  # a collective under DDP: every process calls it, pixels or not
         if not known.any():
             return (logits.sum() + masks.sum()) * 0.0
         log_p = class_log_probs(logits, masks)
         nll = -log_p.gather(1, labels.clamp(max=log_p.shape[1] - 1)[:, None])[:, 0]
-        return nll[known].sum() / global_mean_count(known.sum())
+        return nll[known].sum() / count
 
     def loss_tags(self, logits: Tensor, masks: Tensor, targets: list[dict]) -> Tensor:
         """Image tags on the inference scores, in each image's not-base region (unknown, not padding).
@@ -204,9 +205,9 @@ class SimFormerCriterion(nn.Module):
             partial.append(-lp[tagged].logsumexp(0).mean())
             k = max(1, math.ceil(self.tag_topk * lp.shape[1]))
             present.append(-lp[tagged].topk(k, dim=1).values.mean(1))
+        count = global_mean_count(torch.tensor(float(len(partial)), device=masks.device))  # every process calls it
         if not partial:
             return (logits.sum() + masks.sum()) * 0.0
-        count = global_mean_count(torch.tensor(float(len(partial)), device=masks.device))
         return (torch.stack(partial).sum() + torch.cat(present).sum()) / count
 
     # ---------------------------------------------------------------- pixel-pair losses (final layer only)
