@@ -82,7 +82,8 @@ def pseudolabel_tables(report: dict) -> list[Table]:
     check = report["tag_check"]
     table = Table(title=f"pseudo-labels vs image tags, {report['images']} training images (%)",
                   caption="found: % of its tagged images with pixels of it; predicted: % of its untagged images "
-                          "where the tag filter dropped it; coverage: % of its tagged images' unknown pixels")
+                          "where the model predicted it (the tag filter refused it); coverage: % of its tagged images' "
+                          "unknown pixels")
     for col in ("novel class", "tagged", "found", "untagged", "predicted", "coverage", "mean score"):
         table.add_column(col, justify="left" if col == "novel class" else "right")
     for name, r in check["per_class"].items():
