@@ -7,7 +7,8 @@
     python benchmarks/quality.py --quick                      # a 20-iteration smoke budget
 
 Every run goes through the weakshot CLI exactly as a user would run it (split, train, evaluate, pseudolabel,
-retrain) on the ``mobile`` preset (ImageNet MobileNetV2), with the same budget; ``reference`` is a plain per-pixel
+retrain) on the ``mobile`` preset (ImageNet MobileNetV2), with the same budget, in float32 (``--amp off``: an AMX CPU's
+``auto`` would pick bf16); ``reference`` is a plain per-pixel
 head on the same trunk and budget (benchmarks/per_pixel.py), which says whether the oracle is undertrained. Every
 run is scored with its final weights (``last.pt``): no checkpoint is picked on the val set it is scored on. Each
 finished run leaves ``WORK/<dataset>/<budget>/seed<N>/<run>/result.json``; the report gathers them into
@@ -93,13 +94,12 @@ def weakshot(*args: object, threads: int) -> float:
 def train_args(budget: dict, iters: int, seed: int = 0) -> list[str]:
     return ["--preset", budget.get("preset", "small"), "--iters", iters, "--batch", budget["batch"],
             "--imgsz", budget["imgsz"], "--device", "cpu", "--workers", 1, "--seed", seed,
-            "--set", f"val_every={max(1, iters // 4)}",
-            "--exist-ok"]
+            "--set", f"val_every={max(1, iters // 4)}", "--amp", "off", "--exist-ok"]
 
 
 def evaluate(ckpt: Path, dataset: Path, work: Path, name: str, threads: int) -> dict:
     weakshot("evaluate", ckpt, dataset, "--split", "val", "--project", work / "runs", "--name", name, "--exist-ok",
-             "--device", "cpu", threads=threads)
+             "--device", "cpu", "--amp", "off", threads=threads)
     metrics = json.loads((work / "runs" / "evaluate" / name / "metrics.json").read_text())
     return {k: metrics[k] for k in ("mIoU", "base_mIoU", "novel_mIoU", "hIoU", "pAcc")} | {
         "class_IoU": {c: round(v["IoU"], 2) for c, v in metrics["classes"].items()}}
@@ -179,7 +179,7 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         pl = work / ("dataset-pl" if mode == "keep" else f"dataset-pl-{source}-{mode}")
         if not (pl / "pseudolabel.json").exists():  # shared by the retrain runs that differ only in their start
             seconds += weakshot("pseudolabel", first, dataset, "-o", pl, "--mode", mode, "--device", "cpu",
-                                "--exist-ok", threads=threads)
+                                "--amp", "off", "--exist-ok", threads=threads)
         start = ["--weights", first] if from_source else []
         seconds += weakshot("retrain", pl, *train_args(budget, budget["retrain_iters"], seed), *flags, *start,
                             "--project", runs, "--name", name, threads=threads)
@@ -274,7 +274,8 @@ def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
     runs = {name: summarise(found[name], oracle_novel) | {"label": RUNS[name][0]} for name in RUNS if name in found}
     _, novel, _, title = DATASETS[dataset_name]
     doc = {"dataset": title, "novel": novel.split(","),
-           "budget": {"name": budget_name, **BUDGETS[budget_name], "backbone": "mobilenet_v2, ImageNet weights"},
+           "budget": {"name": budget_name, **BUDGETS[budget_name], "backbone": "mobilenet_v2, ImageNet weights",
+                      "precision": "float32"},
            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU, one thread per run",
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
            "novel_tags": tag_statistics(next(work.glob("seed*/dataset"), work / "dataset")), "runs": runs}
