@@ -260,15 +260,32 @@ def summarise(per_seed: list[dict], oracle_novel: float | None) -> dict:
     return out
 
 
-def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
+def committed_results(path: Path) -> dict[str, list[dict]]:
+    """The per-seed results inside an earlier report (``summarise`` undone), so that runs finished on another
+    machine or in an earlier session stay in the report when this one adds others."""
+    if not path.exists():
+        return {}
     found: dict[str, list[dict]] = {}
+    for name, r in json.loads(path.read_text())["runs"].items():
+        for i, seed in enumerate(r["seeds"]):
+            result = {"run": name, "label": r["label"], "seed": seed}
+            result |= {k: v["values"][i] for k, v in r.items() if isinstance(v, dict) and "values" in v}
+            result |= {k: v[f"seed{seed}"] for k, v in r.items() if isinstance(v, dict) and f"seed{seed}" in v}
+            found.setdefault(name, []).append(result)
+    return found
+
+
+def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
+    stem = f"quality-{dataset_name}" + ("" if budget_name == "full" else f"-{budget_name}")
+    found = committed_results(out / f"{stem}.json")
     for seed_dir in sorted(work.glob("seed*")):
         for name in RUNS:
             if (seed_dir / name / "result.json").exists():
                 result = json.loads((seed_dir / name / "result.json").read_text())
                 if name != "reference" and name not in RETRAINS:  # the reference records its own curve
                     result["curve"] = val_curve(seed_dir / "runs" / "train" / name / "metrics.jsonl")
-                found.setdefault(name, []).append(result)
+                kept = [r for r in found.get(name, []) if r["seed"] != result["seed"]]  # a rerun replaces its seed
+                found[name] = sorted([*kept, result], key=lambda r: r["seed"])
     oracle = found.get("oracle")
     oracle_novel = float(np.mean([r["novel_mIoU"] for r in oracle])) if oracle else None
     runs = {name: summarise(found[name], oracle_novel) | {"label": RUNS[name][0]} for name in RUNS if name in found}
@@ -278,9 +295,9 @@ def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
                       "precision": "float32"},
            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU, one thread per run",
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-           "novel_tags": tag_statistics(next(work.glob("seed*/dataset"), work / "dataset")), "runs": runs}
+           "novel_tags": tag_statistics(next(work.glob("seed*/dataset"), None) or
+                                         split_dataset(dataset_name, work / "dataset", 1)), "runs": runs}
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"quality-{dataset_name}" + ("" if budget_name == "full" else f"-{budget_name}")
     atomic_write(out / f"{stem}.json", lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
     cell = lambda r, k: f"{r[k]['mean']:.1f} ({', '.join(f'{v:.1f}' for v in r[k]['values'])})"  # noqa: E731
     print("| run | novel mIoU (mean; seeds) | base mIoU | mIoU | novel / oracle | novel region IoU | train time |\n"
