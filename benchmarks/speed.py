@@ -16,6 +16,8 @@ same precision, so neither is timed at one the other is not.
   512x512 up to per-class score maps at full resolution. One process, the same inputs and threads; per task each
   model runs once as a warm-up, then the two alternate --repeats times and the median is kept: seconds, the ratio
   weakshot/transformers, images/s.
+- Method overhead: SimFormer-R50's training step timed (alternating, as above) beside itself without the
+  complementary loss, without SimNet and distillation, and without all three, i.e. plain MaskFormer inside weakshot.
 - mobile preset (MobileNetV2, masked attention) with random weights, so its BatchNorm trains (with the preset's
   ImageNet weights it stays frozen): training step at the preset's batch 8 and 256x256, inference batch 1 at
   256x256 and at --imgsz, timed the same way.
@@ -88,12 +90,17 @@ class Net:
     scores: Callable[[torch.Tensor], object]
 
 
-def weakshot_config(preset: str) -> TrainConfig:
-    return build_config(preset, {"backbone_weights": "none"}, [])
+# SimFormer-R50 with parts of the method off, timed beside it: where the method's own overhead goes
+WITHOUT = {"weakshot-no-comp": ["use_comp=false"], "weakshot-no-simnet": ["use_sim=false", "use_dist=false"],
+           "weakshot-maskformer": ["use_comp=false", "use_sim=false", "use_dist=false"]}
 
 
-def weakshot_net(preset: str, device: torch.device) -> Net:
-    cfg = weakshot_config(preset)
+def weakshot_config(preset: str, sets: list[str] | None = None) -> TrainConfig:
+    return build_config(preset, {"backbone_weights": "none"}, sets or [])
+
+
+def weakshot_net(preset: str, device: torch.device, sets: list[str] | None = None) -> Net:
+    cfg = weakshot_config(preset, sets)
     m = Manifest([f"c{i}" for i in range(K)], base=list(range(8)), novel=[8, 9, 10],
                  splits={"train": [Item("x", "y", [])]})
     torch.manual_seed(0)
@@ -133,8 +140,13 @@ def hf_net(device: torch.device) -> Net:
 
 
 def build_net(name: str, device: torch.device) -> Net:
-    """"weakshot" (SimFormer-R50), "transformers" (MaskFormer-R50) or "mobile" (weakshot's mobile preset)."""
-    return hf_net(device) if name == "transformers" else weakshot_net("r50" if name == "weakshot" else name, device)
+    """"weakshot" (SimFormer-R50), "transformers" (MaskFormer-R50), "mobile" (weakshot's mobile preset) or one of
+    WITHOUT (SimFormer-R50 without some of the method's losses)."""
+    if name == "transformers":
+        return hf_net(device)
+    if name == "mobile":
+        return weakshot_net("mobile", device)
+    return weakshot_net("r50", device, WITHOUT.get(name))
 
 
 def task_fn(net: Net, task: str, device: torch.device, precision: str, batch: int, imgsz: int) -> Callable[[], None]:
@@ -251,7 +263,20 @@ def compare(device: torch.device, precision: str, batch: int, imgsz: int, repeat
                         "weakshot_img_s": round(b / ws, 2), "transformers_img_s": round(b / hf, 2)}
         flops[task] = {"weakshot": work(ws_flops, ws, peak_gflops), "transformers": work(hf_flops, hf, peak_gflops)}
         print(precision, task, result[task], flops[task], flush=True)
-    return {**result, "flops": flops}
+    return {**result, "flops": flops, "method_overhead": method_overhead(device, precision, batch, imgsz, repeats)}
+
+
+def method_overhead(device: torch.device, precision: str, batch: int, imgsz: int, repeats: int) -> dict:
+    """SimFormer-R50's training step beside itself without the complementary loss, without SimNet and distillation,
+    and without all three (plain MaskFormer inside weakshot): seconds, and the share of the full step each saves."""
+    names = ["weakshot", *WITHOUT]
+    res = measure({n: task_fn(build_net(n, device), "train", device, precision, batch, imgsz) for n in names},
+                  device, repeats)
+    full = res["weakshot"][0]
+    out = {n: {"s": round(s, 4), "share_saved": round(1 - s / full, 3), "gflop": round(f / 1e9, 2)}
+           for n, (s, f) in res.items()}
+    print(precision, "method overhead", out, flush=True)
+    return out
 
 
 def mobile_jobs(imgsz: int) -> dict[str, tuple[str, int, int]]:
