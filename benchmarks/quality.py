@@ -52,6 +52,8 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
     "reference": ("per-pixel reference: same trunk, all masks, cross-entropy", None),
     "oracle": ("(a) oracle: all masks, MaskFormer + dense cross-entropy", ["--oracle", *PAPER, *DENSE]),
     "oracle-plain": ("(a0) oracle: all masks, plain MaskFormer", ["--oracle", *PAPER]),
+    "oracle-bn": ("(a1) as (a), the ImageNet backbone's BatchNorm trained (norm=bn; the preset freezes it)",
+                  ["--oracle", *PAPER, *DENSE, "--set", "norm=bn"]),
     "transfer": ("(b) proposal-pixel transfer only", [*PAPER, "--no-sim", "--no-dist", "--no-comp"]),
     "comp": ("(c) + complementary loss", [*PAPER, "--no-sim", "--no-dist"]),
     "full": ("(d) + SimNet and distillation (SimFormer, paper)", PAPER),
