@@ -8,7 +8,7 @@
 
 Every run goes through the weakshot CLI exactly as a user would run it (split, train, evaluate, pseudolabel,
 retrain) on the ``mobile`` preset (ImageNet MobileNetV2), with the same budget, in float32 (``--amp off``: an AMX CPU's
-``auto`` would pick bf16); ``reference`` is a plain per-pixel
+``auto`` would pick bf16; only ``full-bf16`` trains under bf16 autocast); ``reference`` is a plain per-pixel
 head on the same trunk and budget (benchmarks/per_pixel.py), which says whether the oracle is undertrained. Every
 run is scored with its final weights (``last.pt``): no checkpoint is picked on the val set it is scored on. Each
 finished run leaves ``WORK/<dataset>/<budget>/seed<N>/<run>/result.json``; the report gathers them into
@@ -57,6 +57,7 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
     "transfer": ("(b) proposal-pixel transfer only", [*PAPER, "--no-sim", "--no-dist", "--no-comp"]),
     "comp": ("(c) + complementary loss", [*PAPER, "--no-sim", "--no-dist"]),
     "full": ("(d) + SimNet and distillation (SimFormer, paper)", PAPER),
+    "full-bf16": ("(d) trained under bf16 autocast (--amp bf16), scored in float32", [*PAPER, "--amp", "bf16"]),
     "retrain": ("(e) SimFormer + pseudolabel + retrain (paper)", None),
     "retrain-choose": ("(f) SimFormer + choosing pseudolabels + retrain with dense cross-entropy (weakshot)", None),
     "retrain-choose-init": ("(f0) as (f), retrained from ImageNet weights", None),
@@ -194,7 +195,7 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         if seconds is None:
             seconds = weakshot("train", dataset, *train_args(budget, budget["iters"], seed), *RUNS[name][1],
                                "--project", runs, "--name", name, threads=threads)
-        if name in ("full", "semantic", "tags"):
+        if name in ("full", "full-bf16", "semantic", "tags"):
             result["simnet_F1"] = simnet_f1(ckpt, dataset)
     result["train_seconds"] = round(seconds, 1)
     result |= evaluate(ckpt, dataset, work, name, threads)
