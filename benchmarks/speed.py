@@ -146,7 +146,7 @@ def build_net(name: str, device: torch.device) -> Net:
         return hf_net(device)
     if name == "mobile":
         return weakshot_net("mobile", device)
-    return weakshot_net("r50", device, WITHOUT.get(name))
+    return weakshot_net("r50", device, [] if name == "weakshot" else WITHOUT[name])
 
 
 def task_fn(net: Net, task: str, device: torch.device, precision: str, batch: int, imgsz: int) -> Callable[[], None]:
