@@ -54,6 +54,8 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
     "oracle-plain": ("(a0) oracle: all masks, plain MaskFormer", ["--oracle", *PAPER]),
     "oracle-bn": ("(a1) as (a), the ImageNet backbone's BatchNorm trained (norm=bn; the preset freezes it)",
                   ["--oracle", *PAPER, *DENSE, "--set", "norm=bn"]),
+    "oracle-blr": ("(a2) as (a), the backbone at lr 2e-4 like the reference's (backbone_lr_mult 0.4; the preset 0.1)",
+                   ["--oracle", *PAPER, *DENSE, "--set", "backbone_lr_mult=0.4"]),
     "transfer": ("(b) proposal-pixel transfer only", [*PAPER, "--no-sim", "--no-dist", "--no-comp"]),
     "comp": ("(c) + complementary loss", [*PAPER, "--no-sim", "--no-dist"]),
     "full": ("(d) + SimNet and distillation (SimFormer, paper)", PAPER),
