@@ -66,6 +66,8 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
     "semantic": ("(g) SimFormer + dense cross-entropy on base pixels", [*PAPER, *WEAK_DENSE]),
     "tags": ("(h) --method tags: (g) + tag terms, crop tags kept (tag_keep 0), tag pairing, distillation warm-up",
              ["--method", "tags"]),
+    "tags-pp": ("(h1) as (h), the partial-label tag term per pixel (tag_per_pixel)",
+                ["--method", "tags", "--set", "tag_per_pixel=true"]),
     "tags-retrain": ("(i) (h) + choosing pseudolabels + retrain with dense cross-entropy", None),
     "tags-retrain-init": ("(j) as (i), retrained from ImageNet weights", None),
 }
@@ -197,7 +199,7 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         if seconds is None:
             seconds = weakshot("train", dataset, *train_args(budget, budget["iters"], seed), *RUNS[name][1],
                                "--project", runs, "--name", name, threads=threads)
-        if name in ("full", "full-bf16", "semantic", "tags"):
+        if not {"--oracle", "--no-sim"} & set(RUNS[name][1]):  # a run that trains SimNet
             result["simnet_F1"] = simnet_f1(ckpt, dataset)
     result["train_seconds"] = round(seconds, 1)
     result |= evaluate(ckpt, dataset, work, name, threads)

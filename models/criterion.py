@@ -72,7 +72,7 @@ class SimFormerCriterion(nn.Module):
                  num_dist_points: int = 100, use_sim: bool = True, use_dist: bool = True, use_comp: bool = True,
                  detach_sim_features: bool = True, num_points: int = 0, balance_window: int = 25,
                  simnet_width: int = 256, semantic_weight: float = 0.0, tag_weight: float = 0.0,
-                 tag_topk: float = 0.1, dist_start: float = 0.0, dist_warmup: float = 0.0) -> None:
+                 tag_topk: float = 0.1, tag_per_pixel: bool = False, dist_start: float = 0.0, dist_warmup: float = 0.0) -> None:
         super().__init__()
         if dist_func not in ("bce", "cce"):
             raise ValueError(f"dist_func must be 'bce' or 'cce', got {dist_func!r}")
@@ -82,6 +82,7 @@ class SimFormerCriterion(nn.Module):
         self.ce_weight, self.mask_weight, self.dice_weight = ce_weight, mask_weight, dice_weight
         self.comp_weight, self.sim_weight, self.dist_weight = comp_weight, sim_weight, dist_weight
         self.semantic_weight, self.tag_weight, self.tag_topk = semantic_weight, tag_weight, tag_topk
+        self.tag_per_pixel = tag_per_pixel
         self.dist_start, self.dist_warmup = dist_start, dist_warmup
         self.progress = 1.0  # fraction of the run done, set by the training loop: the distillation schedule reads it
         self.ignore_logit = math.log(ignore_prior / (1 - ignore_prior))
@@ -192,6 +193,9 @@ class SimFormerCriterion(nn.Module):
         (multiple-instance pooling): each of those classes must win somewhere, as the mean log-probability of its
         top ``tag_topk`` fraction of the region. Unlike the complementary and distillation losses, both change if
         two novel names are swapped.
+
+        ``tag_per_pixel`` averages the partial-label term over the image's pixels rather than its region, so a small
+        region weighs what its pixels do in the dense cross-entropy beside it, not as much as a whole image.
         """
         sem, pad = self._low_res(targets, masks.shape[-2:])
         log_p = class_log_probs(logits, masks)  # [B, K, hw]
@@ -202,7 +206,8 @@ class SimFormerCriterion(nn.Module):
             if not region.any() or not len(tagged):
                 continue
             lp = log_p[b][:, region]  # [K, n]
-            partial.append(-lp[tagged].logsumexp(0).mean())
+            share = region.sum() / (~pad[b]).sum() if self.tag_per_pixel else 1.0
+            partial.append(-lp[tagged].logsumexp(0).mean() * share)
             k = max(1, math.ceil(self.tag_topk * lp.shape[1]))
             present.append(-lp[tagged].topk(k, dim=1).values.mean(1))
         count = global_mean_count(torch.tensor(float(len(partial)), device=masks.device))  # every process calls it

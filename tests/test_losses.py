@@ -329,6 +329,10 @@ def test_tag_terms_name_the_novel_classes_in_the_not_base_region():
     both = -sum(math.log(r[2] + r[3]) for r in region) / 2 - sum(max(math.log(r[k]) for r in region) for k in (2, 3))
     got = crit(tag_topk=0.5).loss_tags(logits, masks, [weak_target(sem, novel=[2, 3], pad=pad)]).item()
     assert got == pytest.approx(both, rel=1e-4)
+    # per pixel: the partial term counts the region's 2 pixels out of the image's 3 (one is padding)
+    per_pixel = -sum(math.log(r[2]) for r in region) / 3 - max(math.log(r[2]) for r in region)
+    got = crit(tag_per_pixel=True).loss_tags(logits, masks, [weak_target(sem, novel=[2], pad=pad)]).item()
+    assert got == pytest.approx(per_pixel, rel=1e-4)
     # no tag (nothing known about the region) or no region: no term; in forward only for weak-shot, every layer
     assert c.loss_tags(logits, masks, [weak_target(sem, pad=pad)]).item() == 0
     out = model_like_outputs(aux=1)

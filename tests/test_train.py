@@ -209,7 +209,8 @@ def test_methods_set_the_losses_and_paper_is_the_published_simformer(synth, tmp_
 
 # Options beyond the paper's that read labels or tags: the poisoning test trains with all of them on.
 HONESTY_SWITCHES = ("--set", "semantic_weight=1", "--set", "semantic_weak=true", "--set", "tag_weight=1",
-                    "--set", "tag_keep=0", "--set", "pairing=tags", "--set", "dist_warmup=0.5")
+                    "--set", "tag_keep=0", "--set", "pairing=tags", "--set", "dist_warmup=0.5",
+                    "--set", "tag_per_pixel=true")
 
 
 def test_novel_pixels_never_reach_training(synth, tmp_path):

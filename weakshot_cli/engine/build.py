@@ -36,7 +36,7 @@ def build_criterion(cfg: TrainConfig, m: Manifest) -> SimFormerCriterion:
         num_dist_points=cfg.num_dist_points, use_sim=weak and cfg.use_sim, use_dist=weak and cfg.use_dist,
         use_comp=weak and cfg.use_comp, num_points=cfg.num_points, simnet_width=cfg.simnet_width,
         semantic_weight=cfg.semantic_weight if cfg.semantic_weak or not weak else 0.0,
-        tag_weight=cfg.tag_weight if weak else 0.0, tag_topk=cfg.tag_topk,
+        tag_weight=cfg.tag_weight if weak else 0.0, tag_topk=cfg.tag_topk, tag_per_pixel=cfg.tag_per_pixel,
         dist_start=cfg.dist_start, dist_warmup=cfg.dist_warmup, detach_sim_features=cfg.detach_sim_features,
     )
 

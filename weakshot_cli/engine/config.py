@@ -55,6 +55,7 @@ class TrainConfig:
     dist_warmup: float = 0.0  # fraction of the run over which distillation then ramps up to dist_weight (0: at once)
     tag_weight: float = 0.0  # tag terms on the inference scores in the not-base region (0: off, the paper)
     tag_topk: float = 0.1  # present tag: mean of the top fraction of its pixels' log-probabilities (MIL pooling)
+    tag_per_pixel: bool = False  # partial-label tag term averaged over the image's pixels, not its unknown region
     simnet_width: int = 256  # SimNet's hidden width (the paper's 256); its pair grids cost width^2 per pair
     semantic_weight: float = 0.0  # per-pixel cross-entropy of the inference scores on mask-labelled pixels (0: off)
     semantic_weak: bool = False  # ... in weak-shot training too (base pixels), not only on full or pseudo-labels
