@@ -70,6 +70,7 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
                 ["--method", "tags", "--set", "tag_per_pixel=true"]),
     "tags-retrain": ("(i) (h) + choosing pseudolabels + retrain with dense cross-entropy", None),
     "tags-retrain-init": ("(j) as (i), retrained from ImageNet weights", None),
+    "tags-pp-retrain": ("(i1) (h1) + choosing pseudolabels + retrain with dense cross-entropy", None),
 }
 RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode, retrain flags, from its weights)
     "retrain": ("full", "keep", PAPER, True),
@@ -77,6 +78,7 @@ RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode,
     "retrain-choose-init": ("full", "choose", ["--method", "weakshot"], False),
     "tags-retrain": ("tags", "choose", ["--method", "weakshot"], True),
     "tags-retrain-init": ("tags", "choose", ["--method", "weakshot"], False),
+    "tags-pp-retrain": ("tags-pp", "choose", ["--method", "weakshot"], True),
 }
 MOBILE = PRESETS["mobile"]
 BUDGETS = {
