@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from weakshot_cli.data.manifest import load_manifest  # noqa: E402
-from weakshot_cli.engine.checkpoint import load_checkpoint  # noqa: E402
+from weakshot_cli.engine.calibrate import choose_novel_scale  # noqa: E402
+from weakshot_cli.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from weakshot_cli.engine.config import PRESETS  # noqa: E402
 from weakshot_cli.engine.inference import inference_size, model_from_checkpoint  # noqa: E402
 from weakshot_cli.engine.weights import imagenet_file  # noqa: E402
@@ -65,9 +66,10 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
     "retrain-choose-init": ("(f0) as (f), retrained from ImageNet weights", None),
     "semantic": ("(g) SimFormer + dense cross-entropy on base pixels", [*PAPER, *WEAK_DENSE]),
     "tags": ("(h) --method tags: (g) + tag terms, crop tags kept (tag_keep 0), tag pairing, distillation warm-up",
-             ["--method", "tags"]),
+             ["--method", "tags", "--set", "tag_per_pixel=false", "--set", "calibrate=false"]),
     "tags-pp": ("(h1) as (h), the partial-label tag term per pixel (tag_per_pixel)",
-                ["--method", "tags", "--set", "tag_per_pixel=true"]),
+                ["--method", "tags", "--set", "calibrate=false"]),
+    "tags-pp-cal": ("(h2) (h1), novel scores calibrated on base masks (--method tags)", None),
     "tags-retrain": ("(i) (h) + choosing pseudolabels + retrain with dense cross-entropy", None),
     "tags-retrain-init": ("(j) as (i), retrained from ImageNet weights", None),
     "tags-pp-retrain": ("(i1) (h1) + choosing pseudolabels + retrain with dense cross-entropy", None),
@@ -80,6 +82,7 @@ RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode,
     "tags-retrain-init": ("tags", "choose", ["--method", "weakshot"], False),
     "tags-pp-retrain": ("tags-pp", "choose", ["--method", "weakshot"], True),
 }
+CALIBRATED = {"tags-pp-cal": "tags-pp"}  # run: the run whose final weights it calibrates (what train does)
 MOBILE = PRESETS["mobile"]
 BUDGETS = {
     # The mobile preset's own schedule: about 25 minutes per training run on one core of the 2-core CPU.
@@ -179,7 +182,10 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         result |= json.loads(out.read_text())
         atomic_write(work / name / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
         return result
-    if name in RETRAINS:
+    if name in CALIBRATED:
+        ckpt, seconds, result["novel_scale"], result["calibration_mIoU"] = calibrated(work, CALIBRATED[name], name,
+                                                                                     dataset, threads)
+    elif name in RETRAINS:
         source, mode, flags, from_source = RETRAINS[name]
         first = runs / "train" / source / "weights" / "last.pt"
         if not first.exists():
@@ -208,6 +214,22 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
     result |= novel_diagnosis(work / "runs" / "evaluate" / name / "metrics.json")
     atomic_write(work / name / "result.json", lambda p: p.write_text(json.dumps(result, indent=2)))
     return result
+
+
+def calibrated(work: Path, source: str, name: str, dataset: Path, threads: int) -> tuple[Path, float, float, dict]:
+    """A copy of the source run's last.pt with its novel-score factor chosen as training chooses it (calibrate.py);
+    its path, the source's training time plus this, the factor and the criterion per factor."""
+    last = work / "runs" / "train" / source / "weights" / "last.pt"
+    if not last.exists():
+        sys.exit(f"run {name!r} needs the {source!r} run of its seed first")
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    ckpt, cpu = load_checkpoint(last), torch.device("cpu")
+    factor, miou = choose_novel_scale(model_from_checkpoint(ckpt, cpu), load_manifest(dataset),
+                                      inference_size(ckpt, None), cpu, lambda: torch.autocast("cpu", enabled=False))
+    out = save_checkpoint(work / name / "last.pt", ckpt | {"novel_scale": factor})
+    seconds = json.loads((work / source / "result.json").read_text())["train_seconds"] + time.perf_counter() - start
+    return out, seconds, factor, {str(f): round(v, 1) for f, v in miou.items()}
 
 
 def trained_seconds(run: Path, iters: int) -> float | None:
@@ -291,7 +313,7 @@ def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
         for name in RUNS:
             if (seed_dir / name / "result.json").exists():
                 result = json.loads((seed_dir / name / "result.json").read_text())
-                if name != "reference" and name not in RETRAINS:  # the reference records its own curve
+                if RUNS[name][1] is not None:  # a plain train run (the reference records its own curve)
                     result["curve"] = val_curve(seed_dir / "runs" / "train" / name / "metrics.jsonl")
                 kept = [r for r in found.get(name, []) if r["seed"] != result["seed"]]  # a rerun replaces its seed
                 found[name] = sorted([*kept, result], key=lambda r: r["seed"])

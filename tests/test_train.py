@@ -210,7 +210,7 @@ def test_methods_set_the_losses_and_paper_is_the_published_simformer(synth, tmp_
 # Options beyond the paper's that read labels or tags: the poisoning test trains with all of them on.
 HONESTY_SWITCHES = ("--set", "semantic_weight=1", "--set", "semantic_weak=true", "--set", "tag_weight=1",
                     "--set", "tag_keep=0", "--set", "pairing=tags", "--set", "dist_warmup=0.5",
-                    "--set", "tag_per_pixel=true")
+                    "--set", "tag_per_pixel=true", "--set", "calibrate=true")
 
 
 def test_novel_pixels_never_reach_training(synth, tmp_path):
@@ -225,13 +225,16 @@ def test_novel_pixels_never_reach_training(synth, tmp_path):
         full = np.asarray(Image.open(m.resolve(it.full)))
         noisy = np.where(np.isin(full, m.novel), rng.integers(0, 10, full.shape), full).astype(np.uint8)
         Image.fromarray(noisy).save(m.resolve(it.full))
+    calibration = {}
     for name, ds in (("clean", clean), ("poisoned", poisoned)):  # every switch that reads labels is on
         r = run_cli("train", ds, *TINY, "--iters", "2", "--name", name, "--project", tmp_path / "runs",
                     *HONESTY_SWITCHES)
         assert r.returncode == 0, r.stderr
+        calibration[name] = [line for line in r.stdout.splitlines() if "novel scores x" in line]
     a = model_state(tmp_path / "runs" / "train" / "clean")
     b = model_state(tmp_path / "runs" / "train" / "poisoned")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert calibration["clean"] and calibration["clean"] == calibration["poisoned"]  # its criterion to the digit
     # ... whereas the oracle, which does read them, notices
     for name, ds in (("oclean", clean), ("opoisoned", poisoned)):
         assert run_cli("train", ds, *TINY, "--iters", "2", "--oracle", "--name", name,
@@ -375,7 +378,8 @@ def test_without_validation_results_json_is_strict_and_best_pt_the_final_weights
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs" / "train" / "train"
     assert strict_json(run / "results.json") == {"iter": 2, "iters": 2, "best_metric": "mean_base_novel",
-                                                 "best": None, "best_iter": 2, "interrupted": False}
+                                                 "best": None, "best_iter": 2, "interrupted": False,
+                                                 "novel_scale": 1.0}
     assert load_checkpoint(run / "weights" / "best.pt")["iter"] == 2
 
 

@@ -56,6 +56,7 @@ class TrainConfig:
     tag_weight: float = 0.0  # tag terms on the inference scores in the not-base region (0: off, the paper)
     tag_topk: float = 0.1  # present tag: mean of the top fraction of its pixels' log-probabilities (MIL pooling)
     tag_per_pixel: bool = False  # partial-label tag term averaged over the image's pixels, not its unknown region
+    calibrate: bool = False  # after weak-shot training, scale the novel scores by a factor chosen on base masks
     simnet_width: int = 256  # SimNet's hidden width (the paper's 256); its pair grids cost width^2 per pair
     semantic_weight: float = 0.0  # per-pixel cross-entropy of the inference scores on mask-labelled pixels (0: off)
     semantic_weak: bool = False  # ... in weak-shot training too (base pixels), not only on full or pseudo-labels
@@ -133,14 +134,14 @@ PRESETS: dict[str, dict] = {
 # oracle's novel mIoU. "tags" also changes weak-shot training: that loss on base pixels, tag terms, tags kept on
 # every crop with unknown pixels, tag pairing and a late distillation; the best single stage with ImageNet weights
 # (novel 38.0 -> 60.0, two seeds), but from scratch (the demo) it held base mIoU near 0 for most of the run.
-PAPER = dict(semantic_weight=0.0, semantic_weak=False, tag_weight=0.0, tag_keep=0.5, pairing="paper", dist_start=0.0,
-             dist_warmup=0.0)
+PAPER = dict(semantic_weight=0.0, semantic_weak=False, tag_weight=0.0, tag_per_pixel=False, tag_keep=0.5,
+             pairing="paper", dist_start=0.0, dist_warmup=0.0, calibrate=False)
 WEAKSHOT = PAPER | dict(semantic_weight=1.0)
 METHODS: dict[str, dict] = {
     "paper": PAPER,
     "weakshot": WEAKSHOT,
-    "tags": WEAKSHOT | dict(semantic_weak=True, tag_weight=1.0, tag_keep=0.0, pairing="tags", dist_start=0.25,
-                            dist_warmup=0.25),
+    "tags": WEAKSHOT | dict(semantic_weak=True, tag_weight=1.0, tag_per_pixel=True, tag_keep=0.0, pairing="tags",
+                            dist_start=0.25, dist_warmup=0.25, calibrate=True),
 }
 
 

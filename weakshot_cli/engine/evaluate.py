@@ -16,7 +16,8 @@ from weakshot_cli.data.manifest import Manifest, load_manifest
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.checks import check_classes, check_image_sizes
 from weakshot_cli.engine.distributed import resolve_device
-from weakshot_cli.engine.inference import InferenceOptions, evaluate_loader, inference_size, model_from_checkpoint
+from weakshot_cli.engine.inference import (InferenceOptions, evaluate_loader, inference_size, model_from_checkpoint,
+                                           score_scale)
 from weakshot_cli.engine.plots import plot_class_iou, plot_confusion, plot_samples
 from weakshot_cli.engine.progress import image_bar
 from weakshot_cli.engine.runs import provisional_run_dir
@@ -91,11 +92,13 @@ def run_evaluate(o: EvaluateOptions, console: Console) -> dict:
             task = bar.add_task(f"evaluate {o.split}", total=len(loader.dataset))
             metrics, cm = evaluate_loader(model, loader, len(m.classes), m.base, m.novel, dev,
                                           autocast,
-                                          lambda n: bar.advance(task, n), o.flip, o.scales, keep)
+                                          lambda n: bar.advance(task, n), o.flip, o.scales, keep,
+                                          score_scale(ckpt))
         per_class = {name: {"type": "novel" if i in m.novel else "base", "IoU": metrics["IoU"][i],
                             "Acc": metrics["Acc"][i]} for i, name in enumerate(m.classes)}
         result = {"checkpoint": str(o.checkpoint), "dataset": str(o.dataset), "split": o.split,
                   "images": len(loader.dataset), "imgsz": imgsz, "flip": o.flip, "scales": list(o.scales),
+                  "novel_scale": ckpt.get("novel_scale", 1.0),
                   **{k: v for k, v in metrics.items() if k not in ("IoU", "Acc")}, "classes": per_class,
                   "confusion": cm.astype(int).tolist()}
         write_json(run_dir / "metrics.json", finite_or_null(result), allow_nan=False)  # undefined means: null

@@ -66,6 +66,17 @@ def inference_size(ckpt: dict, imgsz: int | None) -> int:
     return imgsz if imgsz is not None else ckpt["config"].get("val_imgsz") or ckpt["config"]["imgsz"]
 
 
+def score_scale(ckpt: dict) -> torch.Tensor | None:
+    """Per-class factors on the inference scores: the checkpoint's novel-score calibration (calibrate.py), or
+    None where it has none."""
+    factor = ckpt.get("novel_scale", 1.0)
+    if factor == 1.0:
+        return None
+    scale = torch.ones(len(ckpt["classes"]))
+    scale[ckpt["novel"]] = factor
+    return scale
+
+
 def _scores_at(model: nn.Module, images: torch.Tensor, flip: bool) -> torch.Tensor:
     size = tuple(images.shape[-2:])
     out = model(images)
@@ -79,10 +90,10 @@ def _scores_at(model: nn.Module, images: torch.Tensor, flip: bool) -> torch.Tens
 @torch.no_grad()
 def class_scores(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, int]],
                  out_sizes: Sequence[tuple[int, int]], flip: bool = False,
-                 scales: Sequence[float] = (1.0,)) -> list[torch.Tensor]:
+                 scales: Sequence[float] = (1.0,), scale: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Per image [K, H, W] scores at ``out_sizes``: sum over queries of class prob x mask prob, computed
-    at the padded input size (and at each extra scale, averaged), cropped to the valid region, then
-    resized bilinearly to the original resolution."""
+    at the padded input size (and at each extra scale, averaged), times the per-class ``scale`` where given,
+    cropped to the valid region, then resized bilinearly to the original resolution."""
     H, W = images.shape[-2:]
     probs = 0
     for s in scales:
@@ -93,6 +104,8 @@ def class_scores(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, 
         if s != 1.0:
             p = F.interpolate(p, size=(H, W), mode="bilinear", align_corners=False)
         probs = probs + p / len(scales)
+    if scale is not None:
+        probs = probs * scale.to(probs.device)[:, None, None]
     results = []
     for p, (h, w), size in zip(probs, sizes, out_sizes):
         p = p[:, :h, :w]
@@ -104,7 +117,8 @@ def class_scores(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, 
 
 def evaluate_loader(model: nn.Module, loader, num_classes: int, base: list[int], novel: list[int],
                     device: torch.device, autocast, progress=None, flip: bool = False,
-                    scales: Sequence[float] = (1.0,), keep=None) -> tuple[dict, np.ndarray]:
+                    scales: Sequence[float] = (1.0,), keep=None,
+                    scale: torch.Tensor | None = None) -> tuple[dict, np.ndarray]:
     """One confusion matrix over the loader at original resolution; ``progress(n)`` per batch and
     ``keep(index, prediction)`` per image when given."""
     was_training = model.training
@@ -113,7 +127,7 @@ def evaluate_loader(model: nn.Module, loader, num_classes: int, base: list[int],
     for batch in loader:
         with autocast():
             scores = class_scores(model, batch["image"].to(device), batch["sizes"],
-                                  [tuple(label.shape) for label in batch["labels"]], flip, scales)
+                                  [tuple(label.shape) for label in batch["labels"]], flip, scales, scale)
         for s, label, index in zip(scores, batch["labels"], batch["index"]):
             pred = s.argmax(0).cpu()
             cm += confusion(pred, label, num_classes)

@@ -21,7 +21,8 @@ from weakshot_cli.data.dataset import check_inference_size, collate_eval, load_r
 from weakshot_cli.data.labels import IMAGE_EXTS
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.distributed import resolve_device
-from weakshot_cli.engine.inference import InferenceOptions, class_scores, inference_size, model_from_checkpoint
+from weakshot_cli.engine.inference import (InferenceOptions, class_scores, inference_size, model_from_checkpoint,
+                                           score_scale)
 from weakshot_cli.engine.progress import image_bar
 from weakshot_cli.engine.runs import provisional_run_dir
 from weakshot_cli.engine.visualise import default_palette, legend_entries, overlay, untinted, with_legend
@@ -163,6 +164,7 @@ def run_predict(o: PredictOptions, console: Console, err: Console | None = None)
     dev = resolve_device(o.device)
     autocast = o.autocast(dev)
     model = model_from_checkpoint(ckpt, dev, str(o.checkpoint))
+    scale = score_scale(ckpt)
     classes = ckpt["classes"]
     palette = ckpt.get("palette") or default_palette(len(classes))
     imgsz = inference_size(ckpt, o.imgsz)
@@ -180,7 +182,7 @@ def run_predict(o: PredictOptions, console: Console, err: Console | None = None)
                     if batch["index"]:
                         with autocast():
                             scores = class_scores(model, batch["image"].to(dev), batch["sizes"],
-                                                  batch["out_sizes"], o.flip, o.scales)
+                                                  batch["out_sizes"], o.flip, o.scales, scale)
                         for s, i, rgb in zip(scores, batch["index"], batch["rgb"]):
                             label = s.argmax(0).to(torch.uint8).cpu().numpy()
                             write_label_png(run_dir / "labels" / f"{stems[i]}.png", label,

@@ -21,9 +21,11 @@ from weakshot_cli.data.manifest import Manifest, load_manifest
 from weakshot_cli.data.pairing import PairBatchSampler
 from weakshot_cli.engine import distributed
 from weakshot_cli.engine.build import TrainStep, amp_dtype, build_criterion, build_model, param_groups
+from weakshot_cli.engine.calibrate import choose_novel_scale
 from weakshot_cli.engine.checks import check_classes
-from weakshot_cli.engine.checkpoint import load_checkpoint, load_training_state
+from weakshot_cli.engine.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from weakshot_cli.engine.config import ARCH_KEYS, TrainConfig, validate as validate_config
+from weakshot_cli.engine.inference import model_from_checkpoint
 from weakshot_cli.engine.loop import Training, save, train_loop
 from weakshot_cli.engine.plots import plot_losses
 from weakshot_cli.engine.runs import provisional_run_dir
@@ -107,17 +109,36 @@ def make_loaders(t: Training, dataset: TrainDataset) -> tuple[DataLoader, DataLo
     return loader, val_loader
 
 
+def calibrate(t: Training) -> float:
+    """Choose the novel-score factor (calibrate.py) of last.pt and of best.pt, and record it in each; returns
+    last.pt's."""
+    chosen: dict[int, float] = {}  # by iteration: best.pt is often last.pt's weights
+    for name in ("last.pt", "best.pt"):
+        path = t.run_dir / "weights" / name
+        ckpt = load_checkpoint(path)
+        if ckpt["iter"] not in chosen:
+            model = t.step.model if ckpt["iter"] == t.it else model_from_checkpoint(ckpt, t.device, str(path))
+            factor, miou = choose_novel_scale(model, t.m, t.cfg.val_imgsz or t.cfg.imgsz, t.device, t.autocast)
+            chosen[ckpt["iter"]] = factor
+            t.console.print(f"{name}: novel scores x{factor:g} (base-vs-unknown mIoU on training images "
+                            f"{miou[factor]:.1f}, {miou[1.0]:.1f} at x1)")
+        save_checkpoint(path, ckpt | {"novel_scale": chosen[ckpt["iter"]]})
+    return chosen[t.it]
+
+
 def finish(t: Training, interrupted: bool) -> dict:
-    """Write the run's outputs (best.pt from the final weights where no validation gave a score, the loss plot,
-    results.json) and return its summary."""
+    """Write the run's outputs (best.pt from the final weights where no validation gave a score, the novel-score
+    calibration where the config asks for it, the loss plot, results.json) and return its summary."""
     if t.ddp.main:
         if t.best is None and not interrupted:  # no validation split, or no validation had a score
             t.best_iter = t.it
             save(t, "best.pt")
+        weak = not (t.cfg.oracle or t.m.novel_masks)
+        novel_scale = calibrate(t) if t.cfg.calibrate and weak and not interrupted else 1.0
         plot_losses(t.run_dir, t.run_dir / "plots" / "losses.png")
         write_json(t.run_dir / "results.json", {"iter": t.it, "iters": t.iters, "best_metric": t.cfg.best_metric,
-                                                "best": t.best, "best_iter": t.best_iter, "interrupted": interrupted},
-                   allow_nan=False)
+                                                "best": t.best, "best_iter": t.best_iter, "interrupted": interrupted,
+                                                "novel_scale": novel_scale}, allow_nan=False)
     t.ddp.barrier()
     distributed.cleanup()
     return {"iter": t.it, "iters": t.iters, "best": t.best, "interrupted": interrupted, "run_dir": str(t.run_dir),

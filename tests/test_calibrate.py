@@ -1,0 +1,79 @@
+"""Novel-score calibration: the factor chosen from base masks, recorded by training, applied by evaluate."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, run_cli, write_dataset
+from weakshot_cli.data.manifest import load_manifest
+from weakshot_cli.engine.build import build_model
+from weakshot_cli.engine.calibrate import FACTORS, choose_novel_scale
+from weakshot_cli.engine.checkpoint import load_checkpoint, save_checkpoint, weights_state
+from weakshot_cli.engine.config import build_config
+
+
+@pytest.fixture
+def base_only(tmp_path: Path) -> Path:
+    """Classes a, b, c (base) and d (novel): every training pixel is base class a; val is half a, half d."""
+    train = {f"t{i}": np.zeros((32, 32), np.uint8) for i in range(3)}
+    val = {"v0": np.repeat(np.array([[0] * 16 + [3] * 16], np.uint8), 32, 0)}
+    images, masks, classes = write_dataset(tmp_path / "src", {"train": train, "val": val}, ["a", "b", "c", "d"])
+    r = run_cli("split", "--images", images, "--masks", masks, "--classes", classes, "--novel", "d",
+                "-o", tmp_path / "ws")
+    assert r.returncode == 0, r.stderr
+    return tmp_path / "ws"
+
+
+def biased_model(probs: list[float]):
+    """A real tiny network whose every query gives class probabilities ``probs`` (K + 1, no-object last), so
+    every pixel's scores S_c are proportional to them."""
+    cfg = build_config("small", {}, [a for a in TINY if a != "--set" and "=" in a])
+    model = build_model(cfg, len(probs) - 1)
+    with torch.no_grad():
+        model.class_embed.weight.zero_()
+        model.class_embed.bias.copy_(torch.tensor([math.log(p) for p in probs]))
+    return cfg, model.eval()
+
+
+def test_the_factor_gives_base_pixels_back_to_a_base_class(base_only):
+    # novel d wins every pixel at x1 (0.5 against a's 0.2), and keeps it down to x0.5; from x0.3 a wins
+    _, model = biased_model([0.2, 0.05, 0.05, 0.5, 0.2])
+    m = load_manifest(base_only)
+    factor, miou = choose_novel_scale(model, m, 32, torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False))
+    assert factor == 0.3  # the largest factor that frees every base pixel
+    assert miou[1.0] == 0 and miou[0.5] == 0 and miou[0.3] == 100 and set(miou) == set(FACTORS)
+
+
+def test_training_records_the_factor_and_evaluate_applies_it(base_only, synth, tmp_path):
+    r = run_cli("train", synth, *TINY, "--iters", "2", "--method", "tags", "--project", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "train" / "train"
+    factor = json.loads((run / "results.json").read_text())["novel_scale"]
+    assert factor in FACTORS and f"novel scores x{factor:g}" in r.stdout
+    assert load_checkpoint(run / "weights" / "last.pt")["novel_scale"] == factor
+    assert "novel_scale" in load_checkpoint(run / "weights" / "best.pt")
+    r = run_cli("train", synth, *TINY, "--iters", "2", "--method", "paper", "--project", tmp_path / "runs")
+    assert json.loads((tmp_path / "runs" / "train" / "train2" / "results.json").read_text())["novel_scale"] == 1.0
+
+    # the biased network calls every val pixel d; scaled by 0.3 it calls them a: the left half right either way
+    cfg, model = biased_model([0.2, 0.05, 0.05, 0.5, 0.2])
+    m = load_manifest(base_only)
+    predicted = {}
+    for scale in (1.0, 0.3):
+        ckpt = tmp_path / f"x{scale}.pt"
+        state = weights_state(model, cfg, m.classes, m.base, m.novel, iteration=0, best=None, best_iter=None,
+                              stage="train")
+        save_checkpoint(ckpt, state | {"novel_scale": scale})
+        r = run_cli("evaluate", ckpt, base_only, "--device", "cpu", "--amp", "off", "--samples", "0",
+                    "--project", tmp_path / "runs", "--name", f"x{scale}")
+        assert r.returncode == 0, r.stderr
+        metrics = json.loads((tmp_path / "runs" / "evaluate" / f"x{scale}" / "metrics.json").read_text())
+        assert metrics["novel_scale"] == scale
+        predicted[scale] = np.array(metrics["confusion"]).sum(0)  # pixels predicted per class
+    assert predicted[1.0][3] == 32 * 32 and predicted[0.3][0] == 32 * 32
