@@ -10,7 +10,9 @@ Every run goes through the weakshot CLI exactly as a user would run it (split, t
 retrain) on the ``mobile`` preset (ImageNet MobileNetV2), with the same budget, in float32 (``--amp off``: an AMX CPU's
 ``auto`` would pick bf16; only ``full-bf16`` trains under bf16 autocast); ``reference`` is a plain per-pixel
 head on the same trunk and budget (benchmarks/per_pixel.py), which says whether the oracle is undertrained. Every
-run is scored with its final weights (``last.pt``): no checkpoint is picked on the val set it is scored on. Each
+run is scored with its final weights (``last.pt``): no checkpoint is picked on the val set it is scored on.
+``tags-pp-cal`` is the one run not trained anew: it applies training's last step, the novel-score calibration
+(calibrate.py), to ``tags-pp``'s final weights, which is what ``--method tags`` with the same seed would save. Each
 finished run leaves ``WORK/<dataset>/<budget>/seed<N>/<run>/result.json``; the report gathers them into
 ``benchmarks/results/quality-<dataset>.json`` and a chart.
 """
@@ -65,14 +67,14 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
     "retrain-choose": ("(f) SimFormer + choosing pseudolabels + retrain with dense cross-entropy (weakshot)", None),
     "retrain-choose-init": ("(f0) as (f), retrained from ImageNet weights", None),
     "semantic": ("(g) SimFormer + dense cross-entropy on base pixels", [*PAPER, *WEAK_DENSE]),
-    "tags": ("(h) --method tags: (g) + tag terms, crop tags kept (tag_keep 0), tag pairing, distillation warm-up",
+    "tags": ("(h) (g) + tag terms, crop tags kept (tag_keep 0), tag pairing, distillation warm-up",
              ["--method", "tags", "--set", "tag_per_pixel=false", "--set", "calibrate=false"]),
-    "tags-pp": ("(h1) as (h), the partial-label tag term per pixel (tag_per_pixel)",
+    "tags-pp": ("(h1) (h) + the partial-label tag term per pixel (tag_per_pixel)",
                 ["--method", "tags", "--set", "calibrate=false"]),
-    "tags-pp-cal": ("(h2) (h1), novel scores calibrated on base masks (--method tags)", None),
+    "tags-pp-cal": ("(h2) (h1) + novel scores calibrated on base masks: --method tags", None),
     "tags-retrain": ("(i) (h) + choosing pseudolabels + retrain with dense cross-entropy", None),
     "tags-retrain-init": ("(j) as (i), retrained from ImageNet weights", None),
-    "tags-pp-retrain": ("(i1) (h1) + choosing pseudolabels + retrain with dense cross-entropy", None),
+    "tags-pp-retrain": ("(i1) (h2) + choosing pseudolabels (from uncalibrated scores) + retrain with dense cross-entropy", None),
 }
 RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode, retrain flags, from its weights)
     "retrain": ("full", "keep", PAPER, True),
