@@ -72,6 +72,8 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
     "tags-pp": ("(h1) (h) + the partial-label tag term per pixel (tag_per_pixel)",
                 ["--method", "tags", "--set", "calibrate=false"]),
     "tags-pp-cal": ("(h2) (h1) + novel scores calibrated on base masks: --method tags", None),
+    "tags-k02": ("(h3) (h2) with the present term on the top 2% of the region (tag_topk 0.02; 0.1 in (h)-(h2))",
+                 ["--method", "tags", "--set", "tag_topk=0.02"]),
     "tags-retrain": ("(i) (h) + choosing pseudolabels + retrain with dense cross-entropy", None),
     "tags-retrain-init": ("(j) as (i), retrained from ImageNet weights", None),
     "tags-pp-retrain": ("(i1) (h2) + choosing pseudolabels (from uncalibrated scores) + retrain with dense cross-entropy", None),
