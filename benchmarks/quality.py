@@ -76,7 +76,8 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
                  ["--method", "tags", "--set", "tag_topk=0.02"]),
     "tags-retrain": ("(i) (h) + choosing pseudolabels + retrain with dense cross-entropy", None),
     "tags-retrain-init": ("(j) as (i), retrained from ImageNet weights", None),
-    "tags-pp-retrain": ("(i1) (h2) + choosing pseudolabels (from uncalibrated scores) + retrain with dense cross-entropy", None),
+    "tags-pp-retrain": ("(i1) (h2) + choosing pseudolabels (uncalibrated scores) + retrain with dense cross-entropy",
+                        None),
 }
 RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode, retrain flags, from its weights)
     "retrain": ("full", "keep", PAPER, True),

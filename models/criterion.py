@@ -72,7 +72,8 @@ class SimFormerCriterion(nn.Module):
                  num_dist_points: int = 100, use_sim: bool = True, use_dist: bool = True, use_comp: bool = True,
                  detach_sim_features: bool = True, num_points: int = 0, balance_window: int = 25,
                  simnet_width: int = 256, semantic_weight: float = 0.0, tag_weight: float = 0.0,
-                 tag_topk: float = 0.1, tag_per_pixel: bool = False, dist_start: float = 0.0, dist_warmup: float = 0.0) -> None:
+                 tag_topk: float = 0.1, tag_per_pixel: bool = False, dist_start: float = 0.0,
+                 dist_warmup: float = 0.0) -> None:
         super().__init__()
         if dist_func not in ("bce", "cce"):
             raise ValueError(f"dist_func must be 'bce' or 'cce', got {dist_func!r}")
