@@ -163,7 +163,8 @@ def split(
 Preset = Annotated[str, typer.Option(help="Model/schedule preset: r50 (the paper's), mobile (pretrained "
                                           "MobileNetV2, for CPUs) or small (from scratch, for tests).")]
 Method = Annotated[str, typer.Option(help="Loss profile: weakshot (default: dense cross-entropy when retraining), tags "
-                                          "(also tag terms in weak-shot training; pretrained backbones) or paper "
+                                          "(also tag terms and novel-score calibration in weak-shot training; "
+                                          "pretrained backbones, varied tags) or paper "
                                           "(SimFormer exactly as published).")]
 Iters = Annotated[
     Optional[int], typer.Option(help="Training iterations (with --resume: continue the run to this many).")
