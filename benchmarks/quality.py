@@ -11,8 +11,9 @@ retrain) on the ``mobile`` preset (ImageNet MobileNetV2), with the same budget, 
 ``auto`` would pick bf16; only ``full-bf16`` trains under bf16 autocast); ``reference`` is a plain per-pixel
 head on the same trunk and budget (benchmarks/per_pixel.py), which says whether the oracle is undertrained. Every
 run is scored with its final weights (``last.pt``): no checkpoint is picked on the val set it is scored on.
-``tags-pp-cal`` is the one run not trained anew: it applies training's last step, the novel-score calibration
-(calibrate.py), to ``tags-pp``'s final weights, which is what ``--method tags`` with the same seed would save. Each
+``tags-pp-cal`` and ``full-cal`` are not trained anew: they apply training's last step, the novel-score calibration
+(calibrate.py), to ``tags-pp``'s and ``full``'s final weights, which is what training with ``calibrate`` on would
+save. Each
 finished run leaves ``WORK/<dataset>/<budget>/seed<N>/<run>/result.json``; the report gathers them into
 ``benchmarks/results/quality-<dataset>.json`` and a chart.
 """
@@ -62,6 +63,7 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
     "transfer": ("(b) proposal-pixel transfer only", [*PAPER, "--no-sim", "--no-dist", "--no-comp"]),
     "comp": ("(c) + complementary loss", [*PAPER, "--no-sim", "--no-dist"]),
     "full": ("(d) + SimNet and distillation (SimFormer, paper)", PAPER),
+    "full-cal": ("(d1) (d) + novel scores calibrated on base masks (--set calibrate=true)", None),
     "full-bf16": ("(d) trained under bf16 autocast (--amp bf16), scored in float32", [*PAPER, "--amp", "bf16"]),
     "retrain": ("(e) SimFormer + pseudolabel + retrain (paper)", None),
     "retrain-choose": ("(f) SimFormer + choosing pseudolabels + retrain with dense cross-entropy (weakshot)", None),
@@ -87,7 +89,7 @@ RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode,
     "tags-retrain-init": ("tags", "choose", ["--method", "weakshot"], False),
     "tags-pp-retrain": ("tags-pp", "choose", ["--method", "weakshot"], True),
 }
-CALIBRATED = {"tags-pp-cal": "tags-pp"}  # run: the run whose final weights it calibrates (what train does)
+CALIBRATED = {"tags-pp-cal": "tags-pp", "full-cal": "full"}  # run: the run whose final weights it calibrates (what train does)
 MOBILE = PRESETS["mobile"]
 BUDGETS = {
     # The mobile preset's own schedule: about 25 minutes per training run on one core of the 2-core CPU.
