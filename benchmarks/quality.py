@@ -89,7 +89,8 @@ RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode,
     "tags-retrain-init": ("tags", "choose", ["--method", "weakshot"], False),
     "tags-pp-retrain": ("tags-pp", "choose", ["--method", "weakshot"], True),
 }
-CALIBRATED = {"tags-pp-cal": "tags-pp", "full-cal": "full"}  # run: the run whose final weights it calibrates (what train does)
+# run: the run whose final weights it calibrates (what training does with calibrate on)
+CALIBRATED = {"tags-pp-cal": "tags-pp", "full-cal": "full"}
 MOBILE = PRESETS["mobile"]
 BUDGETS = {
     # The mobile preset's own schedule: about 25 minutes per training run on one core of the 2-core CPU.
