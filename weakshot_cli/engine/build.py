@@ -24,9 +24,14 @@ def build_model(cfg: TrainConfig, num_classes: int) -> SimFormer:
     return model.to(memory_format=torch.channels_last)
 
 
+def weak_shot(cfg: TrainConfig, m: Manifest) -> bool:
+    """Whether the run learns novel classes from tags; the oracle and retraining (full or pseudo masks) do not."""
+    return not (cfg.oracle or m.novel_masks)
+
+
 def build_criterion(cfg: TrainConfig, m: Manifest) -> SimFormerCriterion:
     """The config's losses over the dataset's base and novel classes."""
-    weak = not (cfg.oracle or m.novel_masks)  # oracle and retraining: MaskFormer, no weak-shot terms
+    weak = weak_shot(cfg, m)  # oracle and retraining: MaskFormer, no weak-shot terms
     return SimFormerCriterion(
         len(m.classes), m.base, m.novel, mask_dim=cfg.mask_dim, no_object_weight=cfg.no_object_weight,
         ce_weight=cfg.ce_weight, mask_weight=cfg.mask_weight, dice_weight=cfg.dice_weight,

@@ -37,9 +37,9 @@ def choose_novel_scale(model: nn.Module, m: Manifest, imgsz: int, device: torch.
     loader = DataLoader(Subset(EvalDataset(m, "train", imgsz or None), picked), batch_size=batch,
                         collate_fn=collate_eval)
     k = len(m.classes)
-    novel = torch.tensor(m.novel, dtype=torch.long)
+    base, novel = torch.tensor(m.base, dtype=torch.long), torch.tensor(m.novel, dtype=torch.long)
     merged = torch.full((256,), k, dtype=torch.long)  # every label but a base class is "unknown" (k)
-    merged[torch.tensor(m.base, dtype=torch.long)] = torch.tensor(m.base, dtype=torch.long)
+    merged[base] = base
     counts = {f: torch.zeros(k + 1, k + 1, dtype=torch.long) for f in FACTORS}
     was_training = model.training
     model.eval()
@@ -48,11 +48,15 @@ def choose_novel_scale(model: nn.Module, m: Manifest, imgsz: int, device: torch.
             scores = class_scores(model, b["image"].to(device), b["sizes"], [tuple(x.shape) for x in b["labels"]])
         for s, label in zip(scores, b["labels"]):
             s, gt = s.float().cpu(), merged[label.long()]
+            # a factor only decides, per pixel, between the best base class and the best novel one ("unknown");
+            # an exact tie goes to the lower class id, as an argmax over the scaled scores would give it
+            base_best, base_at = s[base].max(0)
+            novel_best, novel_at = s[novel].max(0)
+            base_id, novel_first = base[base_at], novel[novel_at] < base[base_at]
             for f in FACTORS:
-                scaled = s.clone()
-                scaled[novel] *= f
-                pred = scaled.argmax(0)
-                counts[f] += confusion(torch.where(torch.isin(pred, novel), k, pred), gt, k + 1)
+                scaled = novel_best * f
+                novel_wins = (scaled > base_best) | ((scaled == base_best) & novel_first)
+                counts[f] += confusion(torch.where(novel_wins, k, base_id), gt, k + 1)
     model.train(was_training)
     miou = {f: compute_metrics(cm.numpy(), [*m.base, k], [])["base_mIoU"] for f, cm in counts.items()}
     best = max(FACTORS, key=lambda f: (miou[f], f))

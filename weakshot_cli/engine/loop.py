@@ -20,7 +20,7 @@ from models import LOSS_KEYS
 from weakshot_cli.data.dataset import build_targets
 from weakshot_cli.data.manifest import Manifest
 from weakshot_cli.engine import distributed
-from weakshot_cli.engine.build import TrainStep
+from weakshot_cli.engine.build import TrainStep, weak_shot
 from weakshot_cli.engine.checkpoint import save_checkpoint, training_state, weights_state
 from weakshot_cli.engine.config import TrainConfig
 from weakshot_cli.engine.inference import evaluate_loader
@@ -143,7 +143,7 @@ def optimise(t: Training, loss: torch.Tensor) -> None:
 
 def train_iteration(t: Training, batch: dict) -> dict[str, float]:
     """One optimiser step on a batch; returns the loss and its terms."""
-    targets = build_targets(batch, t.m.base, t.m.novel, t.cfg.oracle or t.m.novel_masks)
+    targets = build_targets(batch, t.m.base, t.m.novel, not weak_shot(t.cfg, t.m))
     targets = [{k: v.to(t.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in target.items()}
                for target in targets]
     t.step.criterion.progress = t.it / t.iters

@@ -20,7 +20,7 @@ from weakshot_cli.data.dataset import AugConfig, EvalDataset, TrainDataset, coll
 from weakshot_cli.data.manifest import Manifest, load_manifest
 from weakshot_cli.data.pairing import PairBatchSampler
 from weakshot_cli.engine import distributed
-from weakshot_cli.engine.build import TrainStep, amp_dtype, build_criterion, build_model, param_groups
+from weakshot_cli.engine.build import TrainStep, amp_dtype, build_criterion, build_model, param_groups, weak_shot
 from weakshot_cli.engine.calibrate import choose_novel_scale
 from weakshot_cli.engine.checks import check_classes
 from weakshot_cli.engine.checkpoint import load_checkpoint, load_training_state, save_checkpoint
@@ -133,8 +133,7 @@ def finish(t: Training, interrupted: bool) -> dict:
         if t.best is None and not interrupted:  # no validation split, or no validation had a score
             t.best_iter = t.it
             save(t, "best.pt")
-        weak = not (t.cfg.oracle or t.m.novel_masks)
-        novel_scale = calibrate(t) if t.cfg.calibrate and weak and not interrupted else 1.0
+        novel_scale = calibrate(t) if t.cfg.calibrate and weak_shot(t.cfg, t.m) and not interrupted else 1.0
         plot_losses(t.run_dir, t.run_dir / "plots" / "losses.png")
         write_json(t.run_dir / "results.json", {"iter": t.it, "iters": t.iters, "best_metric": t.cfg.best_metric,
                                                 "best": t.best, "best_iter": t.best_iter, "interrupted": interrupted,
