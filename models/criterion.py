@@ -266,7 +266,7 @@ class SimFormerCriterion(nn.Module):
         """SimNet's logits of every grid pair, its matmuls under the training step's autocast dtype (None: float32).
 
         The pair MLP is most of the method's own work (on ``mobile``, more than the whole network's), and it is the
-        part that bf16 units speed up most; BatchNorm and the losses after it stay in float32.
+        part that bf16 units speed up most; its logits return to float32 for the softmax and the losses.
         """
         if amp is None:
             return self.simnet.grid_logits(grids)
