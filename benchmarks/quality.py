@@ -21,6 +21,7 @@ finished run leaves ``WORK/<dataset>/<budget>/seed<N>/<run>/result.json``; the r
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -150,11 +151,15 @@ def simnet_f1(last: Path, dataset: Path, pixels_per_class: int = 20, seed: int =
     data = EvalDataset(m, "val", inference_size(ckpt, None))
     g = torch.Generator().manual_seed(seed)
 
-    def sample(index: int, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    @functools.lru_cache(maxsize=2)  # each image serves two pairs, each for base and novel classes
+    def features(index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = data[index]
         feats = model(x["image"][None])["pixel_features"][0]  # [C, h, w]
         label = x["label"][None, None].float()
-        label = torch.nn.functional.interpolate(label, size=feats.shape[-2:], mode="nearest")[0, 0].long()
+        return feats, torch.nn.functional.interpolate(label, size=feats.shape[-2:], mode="nearest")[0, 0].long()
+
+    def sample(index: int, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, label = features(index)
         picked = []
         for c in classes:
             where = (label == c).flatten().nonzero()[:, 0]
@@ -200,7 +205,7 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         return result
     if name in CALIBRATED:
         ckpt, seconds, result["novel_scale"], result["calibration_mIoU"] = calibrated(work, CALIBRATED[name], name,
-                                                                                     dataset, threads)
+                                                                                     dataset)
     elif name in RETRAINS:
         source, mode, flags, from_source = RETRAINS[name]
         first = runs / "train" / source / "weights" / "last.pt"
@@ -232,13 +237,12 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
     return result
 
 
-def calibrated(work: Path, source: str, name: str, dataset: Path, threads: int) -> tuple[Path, float, float, dict]:
+def calibrated(work: Path, source: str, name: str, dataset: Path) -> tuple[Path, float, float, dict]:
     """A copy of the source run's last.pt with its novel-score factor chosen as training chooses it (calibrate.py);
     its path, the source's training time plus this, the factor and the criterion per factor."""
     last = work / "runs" / "train" / source / "weights" / "last.pt"
     if not last.exists():
         sys.exit(f"run {name!r} needs the {source!r} run of its seed first")
-    torch.set_num_threads(threads)
     start = time.perf_counter()
     ckpt, cpu = load_checkpoint(last), torch.device("cpu")
     factor, miou = choose_novel_scale(model_from_checkpoint(ckpt, cpu), load_manifest(dataset),
@@ -436,6 +440,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report", action="store_true", help="only gather finished runs into the results")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)  # the in-process scoring (SimNet F1, calibration) keeps to its share too
     budget_name = "quick" if args.quick else "full"
     work = args.work / args.dataset / budget_name
     names = selected_runs(args.runs, RUNS)
