@@ -33,8 +33,8 @@ def dice_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def float32(outputs: dict) -> dict:
-    """Network outputs (of a mixed-precision forward) as float32: the losses, their reductions and the matcher's
-    costs (scipy takes float32 or float64 only) need its range and precision."""
+    """Network outputs (of a mixed-precision forward) as float32: the losses, their reductions, the SimNet teacher
+    and the matcher's costs (scipy takes float32 or float64 only) need its range and precision."""
     return {k: [float32(a) for a in v] if k == "aux_outputs" else v.float() for k, v in outputs.items()}
 
 
@@ -262,18 +262,7 @@ class SimFormerCriterion(nn.Module):
             total = pos_total + neg_total
         return neg_total / total, pos_total / total
 
-    def _pair_logits(self, grids: list[tuple[Tensor, Tensor]], amp: torch.dtype | None) -> Tensor:
-        """SimNet's logits of every grid pair, its matmuls under the training step's autocast dtype (None: float32).
-
-        The pair MLP is most of the method's own work (on ``mobile``, more than the whole network's), and it is the
-        part that bf16 units speed up most; its logits return to float32 for the softmax and the losses.
-        """
-        if amp is None:
-            return self.simnet.grid_logits(grids)
-        with torch.autocast(grids[0][0].device.type, dtype=amp):
-            return self.simnet.grid_logits(grids).float()
-
-    def loss_sim(self, outputs: dict, targets: list[dict], amp: torch.dtype | None = None) -> Tensor:
+    def loss_sim(self, outputs: dict, targets: list[dict]) -> Tensor:
         """Balanced BCE of SimNet on cross-image pixel pairs whose same/different label is known."""
         feats = outputs["pixel_features"]
         if self.detach_sim_features:
@@ -298,10 +287,10 @@ class SimFormerCriterion(nn.Module):
             return sum((p.sum() * 0.0 for p in self.simnet.parameters()), outputs["pixel_features"].sum() * 0.0)
         # every grid pair goes through SimNet (its BatchNorm sees the whole grid, as in the release); the loss
         # keeps the valid ones
-        log_p = self._pair_logits(grids, amp).log_softmax(-1)[valid]
+        log_p = self.simnet.grid_logits(grids).log_softmax(-1)[valid]
         return -torch.where(same, w_pos * log_p[:, 1], w_neg * log_p[:, 0]).mean()
 
-    def loss_dist(self, outputs: dict, targets: list[dict], amp: torch.dtype | None = None) -> Tensor:
+    def loss_dist(self, outputs: dict, targets: list[dict]) -> Tensor:
         """Student: ReLU(cos) of novel-class score vectors; teacher: SimNet on the same (cross-image) pixel pairs."""
         logits, masks = outputs["pred_logits"], outputs["pred_masks"]
         zero = (logits.sum() + masks.sum()) * 0.0
@@ -327,7 +316,7 @@ class SimFormerCriterion(nn.Module):
         if not student:
             return zero
         with torch.no_grad():
-            teacher = self._pair_logits(grids, amp).softmax(-1)[:, 1]
+            teacher = self.simnet.grid_logits(grids).softmax(-1)[:, 1]
         s = torch.cat(student)
         if self.dist_func == "bce":
             s = s.clamp(0.01, 0.99)
@@ -354,16 +343,12 @@ class SimFormerCriterion(nn.Module):
         """Weighted losses (ce/mask/dice/sem/tags/comp summed over final + aux layers; sim/dist final only), and sum.
 
         num_masks overrides the batch count of has-mask targets (the normaliser of mask and dice losses);
-        left None it is all-reduced when torch.distributed is initialised. Under autocast, everything but SimNet's
-        pair MLP computes in float32.
+        left None it is all-reduced when torch.distributed is initialised.
         """
-        device = outputs["pred_logits"].device.type
-        amp = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        with torch.autocast(device, enabled=False):
-            return self._losses(float32(outputs), targets, num_masks, amp)
+        with torch.autocast(outputs["pred_logits"].device.type, enabled=False):
+            return self._losses(float32(outputs), targets, num_masks)
 
-    def _losses(self, outputs: dict, targets: list[dict], num_masks: float | None,
-                amp: torch.dtype | None) -> dict[str, Tensor]:
+    def _losses(self, outputs: dict, targets: list[dict], num_masks: float | None) -> dict[str, Tensor]:
         num_masks = self._num_masks(targets, outputs["pred_logits"].device, num_masks)
         zero = outputs["pred_logits"].sum() * 0.0
         losses = dict.fromkeys(LOSS_KEYS, zero)
@@ -383,8 +368,8 @@ class SimFormerCriterion(nn.Module):
             for key, value in terms.items():
                 losses[key] = losses[key] + value
         if self.use_sim:
-            losses["loss_sim"] = self.sim_weight * self.loss_sim(outputs, targets, amp)
+            losses["loss_sim"] = self.sim_weight * self.loss_sim(outputs, targets)
         if self.use_dist:
-            losses["loss_dist"] = self.dist_weight * self.dist_ramp() * self.loss_dist(outputs, targets, amp)
+            losses["loss_dist"] = self.dist_weight * self.dist_ramp() * self.loss_dist(outputs, targets)
         losses["loss"] = sum(losses[k] for k in LOSS_KEYS)
         return losses
