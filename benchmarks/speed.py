@@ -378,11 +378,10 @@ def cpu_peaks(threads: int) -> dict[str, dict]:
            f"fp32 lanes of {isa} x 2 FLOPs per FMA; a turbo clock above the one reported would lower the true "
            f"fraction")
     if "amx_bf16" in flags:
-        bf16 = used * mhz / 1e3 * 1024
-        bf16, bf16_how = round(bf16, 1), (f"{used} cores x {mhz:.0f} MHz x 1024 bf16 FLOPs per cycle per core: "
-                                          "the AMX tile unit's rate (amx_bf16) that Intel gives for 4th-generation "
-                                          "Xeon; oneDNN runs bf16 matmuls and convolutions on it, everything else "
-                                          "runs at AVX-512 rates, so the fraction is far below 1 by design")
+        bf16 = round(used * mhz / 1e3 * 1024, 1)
+        bf16_how = (f"{used} cores x {mhz:.0f} MHz x 1024 bf16 FLOPs per cycle per core: the AMX tile unit's rate "
+                    "(amx_bf16) that Intel gives for 4th-generation Xeon; oneDNN runs bf16 matmuls and convolutions "
+                    "on it, everything else runs at AVX-512 rates, so the fraction is far below 1 by design")
     elif "avx512_bf16" in flags:
         bf16, bf16_how = round(2 * fp32, 1), ("2x the fp32 peak: vdpbf16ps (avx512_bf16) does two bf16 products per "
                                               f"fp32 lane per FMA; fp32: {how}")

@@ -31,7 +31,7 @@ def weak_shot(cfg: TrainConfig, m: Manifest) -> bool:
 
 def build_criterion(cfg: TrainConfig, m: Manifest) -> SimFormerCriterion:
     """The config's losses over the dataset's base and novel classes."""
-    weak = weak_shot(cfg, m)  # oracle and retraining: MaskFormer, no weak-shot terms
+    weak = weak_shot(cfg, m)
     return SimFormerCriterion(
         len(m.classes), m.base, m.novel, mask_dim=cfg.mask_dim, no_object_weight=cfg.no_object_weight,
         ce_weight=cfg.ce_weight, mask_weight=cfg.mask_weight, dice_weight=cfg.dice_weight,
