@@ -69,6 +69,8 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
                     ["--oracle", *PAPER, "--set", "semantic_weight=3"]),
     "oracle-drop0": ("(a6) as (a), no dropout in the decoder, as in Mask2Former (the preset 0.1)",
                      ["--oracle", *PAPER, *DENSE, "--set", "dropout=0"]),
+    "oracle-ce2-sem3": ("(a7) as (a), class loss weight 2 and the dense cross-entropy at weight 3 ((a4) and (a5))",
+                        ["--oracle", *PAPER, "--set", "ce_weight=2", "--set", "semantic_weight=3"]),
     "transfer": ("(b) proposal-pixel transfer only", [*PAPER, "--no-sim", "--no-dist", "--no-comp"]),
     "comp": ("(c) + complementary loss", [*PAPER, "--no-sim", "--no-dist"]),
     "full": ("(d) + SimNet and distillation (SimFormer, paper)", PAPER),
