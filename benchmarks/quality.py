@@ -71,9 +71,7 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
                      ["--oracle", *PAPER, *DENSE, "--set", "dropout=0"]),
     "oracle-ce2-sem3": ("(a7) as (a), class loss weight 2 and the dense cross-entropy at weight 3 ((a4) and (a5))",
                         ["--oracle", *PAPER, "--set", "ce_weight=2", "--set", "semantic_weight=3"]),
-    "oracle-res5": ("(a8) as (a), the decoder's queries attend to res5 (MobileNetV2's last, 1280-channel features; the "
-                    "preset res4)", ["--oracle", *PAPER, *DENSE, "--set", "transformer_in=res5"]),
-    "oracle-md128": ("(a9) as (a), the pixel decoder and mask embeddings 128 wide (the preset 64)",
+    "oracle-md128": ("(a8) as (a), the pixel decoder and mask embeddings 128 wide (the preset 64)",
                      ["--oracle", *PAPER, *DENSE, "--set", "mask_dim=128"]),
     "transfer": ("(b) proposal-pixel transfer only", [*PAPER, "--no-sim", "--no-dist", "--no-comp"]),
     "comp": ("(c) + complementary loss", [*PAPER, "--no-sim", "--no-dist"]),
@@ -349,6 +347,7 @@ def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
     _, novel, _, title = DATASETS[dataset_name]
     doc = {"dataset": title, "novel": novel.split(","),
            "budget": {"name": budget_name, **BUDGETS[budget_name], "backbone": "mobilenet_v2, ImageNet weights",
+                      "transformer_in": MOBILE["transformer_in"],
                       "precision": "float32"},
            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU, one thread per run",
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
