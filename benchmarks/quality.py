@@ -309,7 +309,7 @@ def summarise(per_seed: list[dict], oracle_novel: float | None) -> dict:
     if "novel_region_IoU" in first:
         out["novel_region_IoU"] = _mean([r["novel_region_IoU"] for r in per_seed])
     out["novel_vs_oracle"] = round(out["novel_mIoU"]["mean"] / oracle_novel, 3) if oracle_novel else None
-    for key in ("novel_pixels_predicted_as", "class_IoU", "simnet_F1", "pseudolabels", "curve"):
+    for key in ("novel_pixels_predicted_as", "class_IoU", "simnet_F1", "pseudolabels", "novel_scale", "curve"):
         if key in first:
             out[key] = {f"seed{r['seed']}": r[key] for r in per_seed}
     return out
