@@ -53,6 +53,7 @@ DATASETS = {  # name: (data folder, novel classes, ignore index, title)
 }
 PAPER, DENSE = ["--method", "paper"], ["--set", "semantic_weight=1"]
 WEAK_DENSE = [*DENSE, "--set", "semantic_weak=true"]  # on base pixels in weak-shot training too
+TAGS_PP = ["--method", "tags", "--set", "calibrate=false"]  # --method tags, scored without the calibration
 RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one)
     "reference": ("per-pixel reference: same trunk, all masks, cross-entropy", None),
     "oracle": ("(a) oracle: all masks, MaskFormer + dense cross-entropy", ["--oracle", *PAPER, *DENSE]),
@@ -85,9 +86,16 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
     "semantic": ("(g) SimFormer + dense cross-entropy on base pixels", [*PAPER, *WEAK_DENSE]),
     "tags": ("(h) (g) + tag terms, crop tags kept (tag_keep 0), tag pairing, distillation warm-up",
              ["--method", "tags", "--set", "tag_per_pixel=false", "--set", "calibrate=false"]),
-    "tags-pp": ("(h1) (h) + the partial-label tag term per pixel (tag_per_pixel)",
-                ["--method", "tags", "--set", "calibrate=false"]),
+    "tags-pp": ("(h1) (h) + the partial-label tag term per pixel (tag_per_pixel)", TAGS_PP),
     "tags-pp-cal": ("(h2) (h1) + novel scores calibrated on base masks: --method tags", None),
+    # (h1) less one switch each: what each contributes to the best single stage
+    "tags-pp-no-sem": ("(h1) without the dense loss on base pixels (semantic_weak false)",
+                       [*TAGS_PP, "--set", "semantic_weak=false"]),
+    "tags-pp-no-tags": ("(h1) without the tag terms (tag_weight 0)", [*TAGS_PP, "--set", "tag_weight=0"]),
+    "tags-pp-no-keep": ("(h1) with the paper's crop tags (tag_keep 0.5)", [*TAGS_PP, "--set", "tag_keep=0.5"]),
+    "tags-pp-no-pair": ("(h1) with the paper's pairing (pairing paper)", [*TAGS_PP, "--set", "pairing=paper"]),
+    "tags-pp-no-warm": ("(h1) with distillation from the start (dist_start 0, dist_warmup 0)",
+                        [*TAGS_PP, "--set", "dist_start=0", "--set", "dist_warmup=0"]),
     "tags-k02": ("(h3) (h2) with the present term on the top 2% of the region (tag_topk 0.02; 0.1 in (h)-(h2))",
                  ["--method", "tags", "--set", "tag_topk=0.02"]),
     "tags-retrain": ("(i) (h) + choosing pseudolabels + retrain with dense cross-entropy", None),
