@@ -207,6 +207,20 @@ def test_methods_set_the_losses_and_paper_is_the_published_simformer(synth, tmp_
     assert not (tmp_path / "runs").exists()
 
 
+
+def test_the_default_method_follows_the_backbone_a_user_trains():
+    """Tags on a pretrained backbone (best measured with ImageNet weights), weakshot from scratch (where the tag
+    profile's loss on base pixels cost the base classes); an explicit --method always wins."""
+    from weakshot_cli.engine.config import build_config
+
+    assert build_config("mobile", {}, []).method == "tags" and build_config("r50", {}, []).method == "tags"
+    assert build_config("small", {}, []).method == "weakshot"
+    assert build_config("mobile", {"backbone_weights": "none"}, []).method == "weakshot"
+    assert build_config("r50", {}, ["backbone_weights=none"]).method == "weakshot"
+    assert build_config("small", {"backbone_weights": "imagenet"}, []).method == "tags"
+    explicit = build_config("mobile", {}, [], "paper")
+    assert explicit.method == "paper" and explicit.tag_weight == 0 and not explicit.calibrate
+
 # Options beyond the paper's that read labels or tags: the poisoning test trains with all of them on.
 HONESTY_SWITCHES = ("--set", "semantic_weight=1", "--set", "semantic_weak=true", "--set", "tag_weight=1",
                     "--set", "tag_keep=0", "--set", "pairing=tags", "--set", "dist_warmup=0.5",

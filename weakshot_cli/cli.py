@@ -162,10 +162,10 @@ def split(
 # Options shared by train and retrain.
 Preset = Annotated[str, typer.Option(help="Model/schedule preset: r50 (the paper's), mobile (pretrained "
                                           "MobileNetV2, for CPUs) or small (from scratch, for tests).")]
-Method = Annotated[str, typer.Option(help="Loss profile: weakshot (default: dense cross-entropy when retraining), tags "
-                                          "(also tag terms and novel-score calibration in weak-shot training; "
-                                          "pretrained backbones, varied tags) or paper "
-                                          "(SimFormer exactly as published).")]
+Method = Annotated[Optional[str], typer.Option(
+    help="Loss profile: tags (tag terms and novel-score calibration in weak-shot training; train's default on a "
+         "pretrained backbone), weakshot (dense cross-entropy where every pixel is labelled; train's default from "
+         "scratch, retrain's default) or paper (SimFormer exactly as published).", show_default=False)]
 Iters = Annotated[
     Optional[int], typer.Option(help="Training iterations (with --resume: continue the run to this many).")
 ]
@@ -256,7 +256,7 @@ def _train(ctx: typer.Context, stage: str, **train_only: Optional[bool]) -> None
 def train(
     ctx: typer.Context,
     dataset: Annotated[Optional[Path], typer.Argument(help="Weak-shot dataset folder made by 'weakshot split'.")] = None,
-    preset: Preset = "r50", method: Method = "weakshot", iters: Iters = None, epochs: Epochs = None,
+    preset: Preset = "r50", method: Method = None, iters: Iters = None, epochs: Epochs = None,
     batch: Batch = None, imgsz: ImgSize = None,
     device: Device = None, workers: Workers = None, backbone: Backbone = None,
     backbone_weights: BackboneWeights = None, lr: Lr = None, seed: Seed = None, amp: Amp = None,

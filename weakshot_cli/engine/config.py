@@ -128,13 +128,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# Loss profiles, applied over the preset (measured on MSRC-21 with benchmarks/quality.py; README). "paper" is
-# SimFormer as published (spec). "weakshot" adds the dense cross-entropy of the inference scores where every pixel
-# is labelled (retraining on pseudo-labels, the oracle): with choosing pseudo-labels, retraining reaches the
-# oracle's novel mIoU. "tags" also changes weak-shot training: that loss on base pixels, per-pixel tag terms, tags
-# kept on every crop with unknown pixels, tag pairing, a late distillation and the novel-score calibration; the
-# best single stage with ImageNet weights (MSRC novel 38.0 -> 72.5, two seeds), but worse than the paper's losses
-# on CamVid (whose tags hardly vary) and, for base classes, from scratch (the demo).
+# Loss profiles, applied over the preset (measured on MSRC-21 and CamVid with benchmarks/quality.py; README). "paper"
+# is SimFormer as published (spec). "weakshot" adds the dense cross-entropy of the inference scores where every
+# pixel is labelled (retraining on pseudo-labels, the oracle). "tags" also changes weak-shot training: that loss on
+# base pixels, per-pixel tag terms, tags kept on every crop with unknown pixels, tag pairing, a late distillation
+# and the novel-score calibration. With an ImageNet backbone, "tags" then choosing pseudo-labels and retraining is
+# the best measured recipe (MSRC, mobile preset); from scratch (the demo) its loss on base pixels costs the base
+# classes, so there the default is "weakshot".
 PAPER = dict(semantic_weight=0.0, semantic_weak=False, tag_weight=0.0, tag_per_pixel=False, tag_keep=0.5,
              pairing="paper", dist_start=0.0, dist_warmup=0.0, calibrate=False)
 WEAKSHOT = PAPER | dict(semantic_weight=1.0)
@@ -144,6 +144,7 @@ METHODS: dict[str, dict] = {
     "tags": WEAKSHOT | dict(semantic_weak=True, tag_weight=1.0, tag_per_pixel=True, tag_keep=0.0, pairing="tags",
                             dist_start=0.25, dist_warmup=0.25, calibrate=True),
 }
+DEFAULT_METHOD = {True: "tags", False: "weakshot"}  # keyed by: is the backbone pretrained?
 
 
 def _coerce(name: str, raw: str, current: object) -> object:
@@ -163,11 +164,14 @@ def _coerce(name: str, raw: str, current: object) -> object:
     return raw
 
 
-def build_config(preset: str, overrides: dict[str, object], sets: list[str], method: str = "weakshot") -> TrainConfig:
+def build_config(preset: str, overrides: dict[str, object], sets: list[str], method: str | None = None) -> TrainConfig:
     """Preset, then the method's loss profile, then explicit CLI options, then ``--set key=value`` pairs (last
-    wins)."""
+    wins). Without a method: "tags" on a pretrained backbone, "weakshot" from scratch (DEFAULT_METHOD)."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    if method is None:
+        pretrained = build_config(preset, overrides, sets, "weakshot").backbone_weights != "none"
+        method = DEFAULT_METHOD[pretrained]
     if method not in METHODS:
         raise UserError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     cfg = TrainConfig(**PRESETS[preset], **METHODS[method], method=method)
