@@ -207,7 +207,6 @@ def test_methods_set_the_losses_and_paper_is_the_published_simformer(synth, tmp_
     assert not (tmp_path / "runs").exists()
 
 
-
 def test_the_default_method_follows_the_backbone_a_user_trains():
     """Tags on a pretrained backbone (best measured with ImageNet weights), weakshot from scratch (where the tag
     profile's loss on base pixels cost the base classes); an explicit --method always wins."""
@@ -220,6 +219,7 @@ def test_the_default_method_follows_the_backbone_a_user_trains():
     assert build_config("small", {"backbone_weights": "imagenet"}, []).method == "tags"
     explicit = build_config("mobile", {}, [], "paper")
     assert explicit.method == "paper" and explicit.tag_weight == 0 and not explicit.calibrate
+
 
 # Options beyond the paper's that read labels or tags: the poisoning test trains with all of them on.
 HONESTY_SWITCHES = ("--set", "semantic_weight=1", "--set", "semantic_weak=true", "--set", "tag_weight=1",

@@ -144,7 +144,6 @@ METHODS: dict[str, dict] = {
     "tags": WEAKSHOT | dict(semantic_weak=True, tag_weight=1.0, tag_per_pixel=True, tag_keep=0.0, pairing="tags",
                             dist_start=0.25, dist_warmup=0.25, calibrate=True),
 }
-DEFAULT_METHOD = {True: "tags", False: "weakshot"}  # keyed by: is the backbone pretrained?
 
 
 def _coerce(name: str, raw: str, current: object) -> object:
@@ -166,12 +165,12 @@ def _coerce(name: str, raw: str, current: object) -> object:
 
 def build_config(preset: str, overrides: dict[str, object], sets: list[str], method: str | None = None) -> TrainConfig:
     """Preset, then the method's loss profile, then explicit CLI options, then ``--set key=value`` pairs (last
-    wins). Without a method: "tags" on a pretrained backbone, "weakshot" from scratch (DEFAULT_METHOD)."""
+    wins). Without a method: "tags" on a pretrained backbone, "weakshot" from scratch (see the loss profiles)."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     if method is None:
         pretrained = build_config(preset, overrides, sets, "weakshot").backbone_weights != "none"
-        method = DEFAULT_METHOD[pretrained]
+        method = "tags" if pretrained else "weakshot"
     if method not in METHODS:
         raise UserError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     cfg = TrainConfig(**PRESETS[preset], **METHODS[method], method=method)
