@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
 from torchvision.transforms.v2 import functional as TF
@@ -20,7 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 from conftest import ROOT, assert_user_error, interruptible, run_cli
 from weakshot_cli.data.dataset import collate_eval, normalise
 from weakshot_cli.engine.checkpoint import load_checkpoint
-from weakshot_cli.engine.inference import class_scores, model_from_checkpoint
+from weakshot_cli.engine.inference import ScoreMap, class_scores, model_from_checkpoint
 from weakshot_cli.engine.predict import find_images, rle_results
 from weakshot_cli.engine.visualise import default_palette, legend_entries, overlay, untinted, with_legend
 
@@ -64,7 +65,7 @@ def test_odd_modes_and_sizes_keep_the_displayed_size(ckpt, tmp_path):
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs" / "predict" / "predict"
     assert f"9 images written to {run}, 0 skipped" in r.stdout
-    assert sorted(p.name for p in run.iterdir()) == ["labels"]
+    assert sorted(p.name for p in run.iterdir()) == [".weakshot", "labels"]
     labels = labels_of(run)
     assert {k: v.shape for k, v in labels.items()} == expected
     assert all(Image.open(run / "labels" / k).mode == "L" for k in labels)
@@ -140,16 +141,18 @@ def test_prediction_is_the_models_and_outputs_agree(ckpt, tmp_path):
 
 
 def test_rle_results_decode_to_each_class_mask():
-    """A barely trained model predicts one class; this checks the encoding on a map with several."""
-    label = np.zeros((7, 11), dtype=np.uint8)
-    label[2:5, 3:9], label[:, 10] = 2, 5
+    """A barely trained model predicts one class; this checks the encoding on a map with several, read from
+    network-size scores at twice the size as predict reads them."""
     scores = torch.rand(6, 7, 11)
-    results = rle_results(scores, label, "x/y", "x/y.jpg", list("abcdef"))
-    assert [x["category_id"] for x in results] == [0, 2, 5]
+    label, mean_score = ScoreMap(scores, (14, 22)).argmax()
+    label = label.numpy()
+    results = rle_results(mean_score, label, "x/y", "x/y.jpg", list("abcdef"))
+    assert [x["category_id"] for x in results] == np.unique(label).tolist() and len(results) > 2
+    full = F.interpolate(scores[None], size=(14, 22), mode="bilinear", align_corners=False)[0]
     for x in results:
         mask = mask_utils.decode(x["segmentation"]).astype(bool)
         assert np.array_equal(mask, label == x["category_id"]) and x["area"] == mask.sum()
-        assert x["score"] == pytest.approx(float(scores[x["category_id"]][torch.from_numpy(mask)].mean()))
+        assert x["score"] == pytest.approx(float(full[x["category_id"]][torch.from_numpy(mask)].mean()))
     json.dumps(results)
 
 

@@ -45,7 +45,7 @@ def test_split_refuses_a_non_empty_folder_that_is_not_a_dataset(tmp_path):
     (out / "labels" / "notes.txt").write_text("my notes")
     (out / "full").mkdir()
     before = snapshot(tmp_path)
-    assert_user_error(run_cli(*args, "-o", out), str(out), "not empty and holds no weak-shot dataset")
+    assert_user_error(run_cli(*args, "-o", out), str(out), "not empty and was not made by weakshot split")
     assert snapshot(tmp_path) == before
 
 

@@ -61,10 +61,12 @@ SCALE_MAX = 4
 def _scales(value: Optional[str]) -> tuple[float, ...]:
     """--scales 0.75,1,1.25 for test-time augmentation; default one scale."""
     try:
-        scales = tuple(float(v) for v in _csv(value) or ["1"])
+        scales = tuple(float(v) for v in _csv(value)) if value is not None else (1.0,)
+        if not scales:
+            raise ValueError
     except ValueError:
         raise UserError(f"--scales {value}: expected comma-separated numbers such as 0.75,1,1.25") from None
-    if not scales or not all(0 < s <= SCALE_MAX for s in scales):  # also refuses nan and inf
+    if not all(0 < s <= SCALE_MAX for s in scales):  # also refuses nan and inf
         raise UserError(f"--scales {value}: scales must be positive finite numbers up to {SCALE_MAX}")
     return scales
 
@@ -416,7 +418,8 @@ def pseudolabel(
 
     report = run_pseudolabel(PseudolabelOptions(checkpoint=checkpoint, dataset=dataset, out=out, min_score=min_score,
                                                 mode=mode, device=device, imgsz=imgsz, batch=batch, workers=workers,
-                                                flip=flip, scales=_scales(scales), exist_ok=exist_ok, amp=amp), console)
+                                                flip=flip, scales=_scales(scales), exist_ok=exist_ok, amp=amp), console,
+                             err_console)
     for table in pseudolabel_tables(report):
         console.print(table)
 

@@ -53,12 +53,6 @@ class WriteError(UserError):
 _TMP_SUFFIX = ".tmp"
 
 
-def remove_interrupted_writes(folder: Path) -> None:
-    """Delete the temporary files that atomic writes into ``folder`` left when a kill interrupted them."""
-    for tmp in folder.glob(f".*{_TMP_SUFFIX}"):
-        tmp.unlink()
-
-
 def append_line(path: Path, line: str) -> None:
     """Append one line to a log; a failed write is a WriteError naming the file, as for atomic writes."""
     try:
@@ -70,7 +64,7 @@ def append_line(path: Path, line: str) -> None:
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place. A process killed
-    mid-write can leave a ``.NAME.*.tmp`` file beside ``path`` (see remove_interrupted_writes), never a
+    mid-write can leave a ``.NAME.*.tmp`` file beside ``path`` (see folders.remove_interrupted_writes), never a
     half-written ``path``."""
     path = Path(path)
     tmp = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def _index(root: Path, exts: tuple[str, ...], suffix: str, kind: str) -> dict[tu
         if not stem:  # its outputs would be hidden files named '.png'
             option = "--img-suffix" if kind == "image" else "--mask-suffix"
             raise UserError(f"{option} {suffix!r} is the whole file stem, leaving an empty name", p)
-        key = (_split_of(p.relative_to(root)), stem)
+        # a macOS copy may store a name decomposed (e + combining accent): pair names as they read, not as bytes
+        key = (_split_of(p.relative_to(root)), unicodedata.normalize("NFC", stem))
         if key in found:
             raise UserError(f"duplicate {kind} stem {stem!r} in split {key[0]!r} (also {found[key]})", p)
         found[key] = p

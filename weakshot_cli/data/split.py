@@ -7,15 +7,10 @@ source files are only ever read.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import signal
-import tempfile
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import track
 
+from weakshot_cli import folders
 from weakshot_cli.data import coco
 from weakshot_cli.data.labels import IGNORE, LabelConvention, open_image, read_class_names, read_label_map, \
     read_raw_label
@@ -117,13 +113,7 @@ def _check_out(opts: SplitOptions) -> set[Path]:
         src = src.resolve()
         if out == src or out.is_relative_to(src) or src.is_relative_to(out):
             raise UserError(f"output folder overlaps the source folder {src}; choose another -o", opts.out)
-    if not opts.out.exists():
-        return set()
-    if not opts.out.is_dir():
-        raise UserError("output path exists and is not a folder", opts.out)
-    if not (opts.out / MANIFEST).exists():
-        if any(opts.out.iterdir()):
-            raise UserError("folder is not empty and holds no weak-shot dataset; choose a new or empty -o", opts.out)
+    if folders.claim(opts.out, "split", mark_new=False):
         return set()
     if not opts.exist_ok:
         raise UserError("already holds a weak-shot dataset; pass --exist-ok to replace it", opts.out)
@@ -197,7 +187,7 @@ def _coco_pairs(opts: SplitOptions, staging: Path, warn: Warnings) -> tuple[Disc
 def _usable(found: Discovery, tags: Tags | None, images: Path, warn: Warnings) -> list[Pair]:
     """The pairs, and in real mode each training image with tags but no label PNG as a tag-only image; any
     other image without a label is skipped, with a warning. A dataset without training images is refused."""
-    kept = [p for p in found.unlabelled if tags is not None and p.split == "train" and _tags_of(tags, p) is not None]
+    kept = [p for p in found.unlabelled if tags is not None and p.split == "train" and _tags_of(tags, p)]
     usable = found.pairs + kept
     if not usable:
         raise UserError("empty dataset: no image has a matching label" + (" or tags" if tags else ""), images)
@@ -206,7 +196,8 @@ def _usable(found: Discovery, tags: Tags | None, images: Path, warn: Warnings) -
                         "image and mask names match (they are compared exactly, case included)?", images)
     skipped = [p.image for p in found.unlabelled if p not in kept]
     if skipped:
-        why = "without tags or outside train" if tags is not None else "(give --tags to train on them as tag-only)"
+        why = ("without tags (or with an empty tag list) or outside train" if tags is not None
+               else "(give --tags to train on them as tag-only)")
         warn(f"{len(skipped)} image(s) have no label PNG and are skipped {why} (first: {skipped[0]})")
     if found.orphan_labels:
         warn(f"{len(found.orphan_labels)} label PNG(s) have no image (first: {found.orphan_labels[0]})")
@@ -371,42 +362,6 @@ def _real_mode(opts: SplitOptions, scanned: list[Scanned], classes: list[str], t
     return novel, unused
 
 
-def _commit(staging: Path, out: Path, replaced: set[Path]) -> None:
-    """Move staged files into ``out``, removing only ``replaced`` (the old dataset's own files): a staged file
-    that would land on anything else is refused before anything moves. The old manifest goes first and the
-    new one last, so a crash never leaves a valid-looking dataset with missing or mixed labels."""
-    root = out.resolve()
-    staged = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
-    for src in staged:
-        target = root / src.relative_to(staging)
-        if (target.exists() or target.is_symlink()) and target not in replaced:
-            raise UserError("would overwrite a file this dataset did not make; move it away or choose another -o",
-                            out / src.relative_to(staging))
-    for old in sorted(replaced, key=lambda p: p.name != MANIFEST):
-        old.unlink(missing_ok=True)
-        for folder in old.parents:  # folders the old dataset's files leave empty
-            if folder == root or not folder.is_relative_to(root) or any(folder.iterdir()):
-                break
-            folder.rmdir()
-    for src in staged:
-        target = root / src.relative_to(staging)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        src.replace(target)
-
-
-@contextlib.contextmanager
-def _uninterruptible() -> Iterator[None]:
-    """Ctrl-C is ignored while the staged dataset moves into place (renames: a moment), so it never lands half."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
 def run_split(opts: SplitOptions, console: Console, argv: list[str] | None = None, err: Console | None = None,
               show_values: Callable[[LabelValues], None] | None = None) -> Manifest:
     """``console`` gets the progress bars, ``err`` (default stderr) the warnings; ``show_values`` gets the label
@@ -417,12 +372,15 @@ def run_split(opts: SplitOptions, console: Console, argv: list[str] | None = Non
     coco_mode = bool(opts.coco)
     if not opts.images.is_dir():
         raise UserError("image folder not found", opts.images)
-    parent = opts.out.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{opts.out.name}.staging-", dir=parent))
-    except OSError as e:
-        raise UserError(f"cannot write the output folder ({e.strerror})", opts.out) from None
+    with folders.staging_folder(opts.out) as staging:
+        manifest = _stage(opts, staging, replaced, coco_mode, warn, console, argv, show_values)
+    manifest.root = opts.out
+    return manifest
+
+
+def _stage(opts: SplitOptions, staging: Path, replaced: set[Path], coco_mode: bool, warn: Warnings,
+           console: Console, argv: list[str] | None, show_values: Callable[[LabelValues], None] | None) -> Manifest:
+    """Build the dataset in ``staging``, then move it into --out."""
     try:
         if coco_mode:
             found, classes = _coco_pairs(opts, staging, warn)
@@ -450,17 +408,13 @@ def run_split(opts: SplitOptions, console: Console, argv: list[str] | None = Non
                       f"are kept as unused base classes: {', '.join(classes[c] for c in unused)}")
         manifest = _write(opts, staging, scanned, classes, novel, unused, tags or {}, convention, argv, warn,
                           console)
-        with _uninterruptible():
-            _commit(staging, opts.out, replaced)
+        folders.commit(staging, opts.out, "split", replaced, last=MANIFEST)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: nothing was written to {opts.out}") from None
     except WriteError as e:  # name the file where it was going, not its staging copy
         raise UserError(f"cannot write ({e.reason})", opts.out / Path(e.path).relative_to(staging)) from None
     except OSError as e:
         raise UserError(f"cannot write the output folder ({e.strerror})", opts.out) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    manifest.root = opts.out
     return manifest
 
 
@@ -474,6 +428,10 @@ def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: l
     train = [i for i, s in enumerate(scanned) if s.pair.split == "train"]
     rng = np.random.default_rng(opts.seed)
     simulated = set(rng.choice(train, round(len(train) * opts.tag_only_fraction), replace=False).tolist())
+    if all(scanned[i].pair.label is None or i in simulated for i in train):
+        why = (f"--tag-only-fraction {opts.tag_only_fraction} takes the mask of every one of the {len(train)} "
+               "training images" if simulated else "no training image has a mask (masks in val/ or test/ only)")
+        raise UserError(f"{why}; weak-shot training learns the base classes from training masks", opts.out)
     splits: dict[str, list[Item]] = {}
     for i, s in enumerate(track(scanned, description="Writing labels", console=console, transient=True,
                                 disable=not console.is_terminal)):

@@ -6,6 +6,7 @@ import csv
 import io
 import math
 import pickle
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,7 @@ def _stem(key: object, path: Path) -> str:
     name = Path(key.strip()).name
     if name != key.strip() or name in (".", ".."):
         raise UserError(f"tag key {key!r} must be an image name, not a path", path)
+    name = unicodedata.normalize("NFC", name)  # as image names are paired (sources.py)
     return Path(name).stem if Path(name).suffix.lower() in IMAGE_EXTS else name
 
 

@@ -13,14 +13,11 @@ from torch.utils.data import DataLoader
 from weakshot_cli.data.dataset import EvalDataset, collate_eval, load_rgb
 from weakshot_cli.data.labels import read_raw_label
 from weakshot_cli.data.manifest import Manifest, load_manifest
-from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.checks import check_classes, check_image_sizes
-from weakshot_cli.engine.distributed import resolve_device
-from weakshot_cli.engine.inference import (InferenceOptions, evaluate_loader, inference_size, model_from_checkpoint,
-                                           score_scale)
+from weakshot_cli.engine.inference import Inference, InferenceOptions, evaluate_loader
 from weakshot_cli.engine.plots import plot_class_iou, plot_confusion, plot_samples
 from weakshot_cli.engine.progress import image_bar
-from weakshot_cli.engine.runs import provisional_run_dir
+from weakshot_cli.folders import provisional_run_dir
 from weakshot_cli.engine.visualise import default_palette, legend_entries, overlay, untinted
 from weakshot_cli.errors import UserError
 from weakshot_cli.io import finite_or_null, write_json
@@ -70,15 +67,12 @@ def run_evaluate(o: EvaluateOptions, console: Console) -> dict:
     """Check everything before the run folder exists, then score the split; returns metrics.json's content and
     the run folder (the CLI prints it as a table)."""
     o.check()
-    ckpt = load_checkpoint(o.checkpoint)
+    run = Inference.load(o)
+    ckpt, imgsz = run.ckpt, run.imgsz
     m = load_manifest(o.dataset)
     check_classes(ckpt, m, o.checkpoint)
     check_split(m, o.split, o.dataset)
-    imgsz = inference_size(ckpt, o.imgsz)
     check_image_sizes(m, o.split, imgsz, o.scales)
-    dev = resolve_device(o.device)
-    autocast = o.autocast(dev)
-    model = model_from_checkpoint(ckpt, dev, str(o.checkpoint))
     loader = DataLoader(EvalDataset(m, o.split, imgsz or None, full=True), batch_size=o.batch,
                         collate_fn=collate_eval, num_workers=o.workers)
     kept: dict[int, torch.Tensor] = {}
@@ -90,10 +84,9 @@ def run_evaluate(o: EvaluateOptions, console: Console) -> dict:
     with provisional_run_dir(o.project, "evaluate", o.name, o.exist_ok) as run_dir:
         with image_bar(console) as bar:
             task = bar.add_task(f"evaluate {o.split}", total=len(loader.dataset))
-            metrics, cm = evaluate_loader(model, loader, len(m.classes), m.base, m.novel, dev,
-                                          autocast,
-                                          lambda n: bar.advance(task, n), o.flip, o.scales, keep,
-                                          score_scale(ckpt))
+            metrics, cm = evaluate_loader(run.model, loader, len(m.classes), m.base, m.novel, run.device,
+                                          run.autocast, lambda n: bar.advance(task, n), o.flip, o.scales, keep,
+                                          run.scale)
         per_class = {name: {"type": "novel" if i in m.novel else "base", "IoU": metrics["IoU"][i],
                             "Acc": metrics["Acc"][i]} for i, name in enumerate(m.classes)}
         result = {"checkpoint": str(o.checkpoint), "dataset": str(o.dataset), "split": o.split,

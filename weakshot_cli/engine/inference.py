@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,9 @@ from torch import nn
 from models import SimFormer, semantic_probs
 from weakshot_cli.data.dataset import scaled_size
 from weakshot_cli.engine.build import amp_dtype, build_model
+from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.config import AMP_MODES, IMGSZ_MAX, TrainConfig
+from weakshot_cli.engine.distributed import resolve_device
 from weakshot_cli.engine.metrics import compute_metrics, confusion
 from weakshot_cli.errors import UserError
 
@@ -87,13 +89,62 @@ def _scores_at(model: nn.Module, images: torch.Tensor, flip: bool) -> torch.Tens
     return probs
 
 
+# Elements of one full-resolution strip of scores (classes x rows x width): 64 MB in float32 whatever the image.
+STRIP_ELEMENTS = 1 << 24
+
+
+@dataclass
+class ScoreMap:
+    """One image's class scores at network resolution (``low``, [K, h, w]), read at its original ``size`` strip by
+    strip: all classes of a 9000x9000 image at once would take K x 324 MB."""
+
+    low: torch.Tensor
+    size: tuple[int, int]
+
+    def strips(self, elements: int = STRIP_ELEMENTS) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, [K, rows, W] scores) down the image: bilinear (align_corners false), as F.interpolate of the
+        whole map gives it, computed one band of output rows at a time."""
+        k, h, w = self.low.shape
+        H, W = self.size
+        wide = self.low if w == W else F.interpolate(self.low[None], size=(h, W), mode="bilinear",
+                                                     align_corners=False)[0]
+        rows = max(1, elements // (k * W))
+        for y0 in range(0, H, rows):
+            y = torch.arange(y0, min(H, y0 + rows), device=wide.device, dtype=torch.float64)
+            if h == H:
+                yield y0, wide[:, y0:y0 + len(y)]
+                continue
+            src = ((y + 0.5) * (h / H) - 0.5).clamp(min=0)
+            top = src.floor().long().clamp(max=h - 1)
+            t = (src - top).to(wide.dtype)[:, None]
+            yield y0, wide[:, top] * (1 - t) + wide[:, (top + 1).clamp(max=h - 1)] * t
+
+    def full(self) -> torch.Tensor:
+        """All scores at the original size, [K, H, W] (for small images)."""
+        return torch.cat([strip for _, strip in self.strips()], 1)
+
+    def argmax(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The winning class per pixel ([H, W] uint8 on the CPU) and each class's mean score over the pixels it wins
+        (nan for a class that wins none)."""
+        k = self.low.shape[0]
+        label = torch.empty(self.size, dtype=torch.uint8)
+        total, count = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+        for y0, strip in self.strips():
+            best, at = strip.max(0)
+            at, best = at.cpu(), best.cpu().double()
+            label[y0:y0 + len(at)] = at.to(torch.uint8)
+            total += torch.bincount(at.flatten(), weights=best.flatten(), minlength=k)
+            count += torch.bincount(at.flatten(), minlength=k)
+        return label, total / count
+
+
 @torch.no_grad()
-def class_scores(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, int]],
-                 out_sizes: Sequence[tuple[int, int]], flip: bool = False,
-                 scales: Sequence[float] = (1.0,), scale: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """Per image [K, H, W] scores at ``out_sizes``: sum over queries of class prob x mask prob, computed
-    at the padded input size (and at each extra scale, averaged), times the per-class ``scale`` where given,
-    cropped to the valid region, then resized bilinearly to the original resolution."""
+def score_maps(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, int]],
+               out_sizes: Sequence[tuple[int, int]], flip: bool = False,
+               scales: Sequence[float] = (1.0,), scale: torch.Tensor | None = None) -> list[ScoreMap]:
+    """Per image the sum over queries of class prob x mask prob, computed at the padded input size (and at each
+    extra scale, averaged), times the per-class ``scale`` where given, cropped to the valid region; read at the
+    original resolution ``out_sizes`` through ScoreMap."""
     H, W = images.shape[-2:]
     probs = 0
     for s in scales:
@@ -106,13 +157,42 @@ def class_scores(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, 
         probs = probs + p / len(scales)
     if scale is not None:
         probs = probs * scale.to(probs.device)[:, None, None]
-    results = []
-    for p, (h, w), size in zip(probs, sizes, out_sizes):
-        p = p[:, :h, :w]
-        if (h, w) != tuple(size):
-            p = F.interpolate(p[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
-        results.append(p)
-    return results
+    return [ScoreMap(p[:, :h, :w], tuple(size)) for p, (h, w), size in zip(probs, sizes, out_sizes)]
+
+
+def class_scores(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, int]],
+                 out_sizes: Sequence[tuple[int, int]], flip: bool = False,
+                 scales: Sequence[float] = (1.0,), scale: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """score_maps at the original resolution, [K, H, W] per image: for images small enough to hold whole."""
+    return [m.full() for m in score_maps(model, images, sizes, out_sizes, flip, scales, scale)]
+
+
+@dataclass
+class Inference:
+    """A checkpoint ready to run, as evaluate, predict and pseudolabel run it: the model on its device, with the
+    precision, input size, test-time augmentation and score calibration the options and checkpoint ask for."""
+
+    ckpt: dict
+    model: SimFormer
+    device: torch.device
+    autocast: Callable[[], torch.autocast]
+    imgsz: int
+    flip: bool
+    scales: Sequence[float]
+    scale: torch.Tensor | None
+
+    @classmethod
+    def load(cls, o: InferenceOptions) -> Inference:
+        ckpt = load_checkpoint(o.checkpoint)
+        device = resolve_device(o.device)
+        return cls(ckpt, model_from_checkpoint(ckpt, device, str(o.checkpoint)), device, o.autocast(device),
+                   inference_size(ckpt, o.imgsz), o.flip, o.scales, score_scale(ckpt))
+
+    def __call__(self, images: torch.Tensor, sizes: list[tuple[int, int]],
+                 out_sizes: Sequence[tuple[int, int]]) -> list[ScoreMap]:
+        with self.autocast():
+            return score_maps(self.model, images.to(self.device), sizes, out_sizes, self.flip, self.scales,
+                              self.scale)
 
 
 def evaluate_loader(model: nn.Module, loader, num_classes: int, base: list[int], novel: list[int],
@@ -126,10 +206,10 @@ def evaluate_loader(model: nn.Module, loader, num_classes: int, base: list[int],
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for batch in loader:
         with autocast():
-            scores = class_scores(model, batch["image"].to(device), batch["sizes"],
-                                  [tuple(label.shape) for label in batch["labels"]], flip, scales, scale)
+            scores = score_maps(model, batch["image"].to(device), batch["sizes"],
+                                [tuple(label.shape) for label in batch["labels"]], flip, scales, scale)
         for s, label, index in zip(scores, batch["labels"], batch["index"]):
-            pred = s.argmax(0).cpu()
+            pred = s.argmax()[0]
             cm += confusion(pred, label, num_classes)
             if keep is not None:
                 keep(index, pred)

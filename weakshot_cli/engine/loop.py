@@ -26,6 +26,7 @@ from weakshot_cli.engine.config import TrainConfig
 from weakshot_cli.engine.inference import evaluate_loader
 from weakshot_cli.engine.progress import TrainProgress, figure
 from weakshot_cli.errors import UserError
+from weakshot_cli.folders import run_stage
 from weakshot_cli.io import append_line, finite_or_null
 
 
@@ -121,7 +122,7 @@ def log_record(run_dir: Path, record: dict) -> None:
 def save(t: Training, name: str) -> None:
     """weights/last.pt with the training state --resume needs, or weights/best.pt with the weights only."""
     state = weights_state(t.step.model, t.cfg, t.m.classes, t.m.base, t.m.novel, iteration=t.it, best=t.best,
-                          best_iter=t.best_iter, stage=t.run_dir.parent.name)
+                          best_iter=t.best_iter, stage=run_stage(t.run_dir))
     if name == "last.pt":
         state |= training_state(t.step.criterion, t.optimizer, t.scheduler, t.scaler, t.device)
     save_checkpoint(t.run_dir / "weights" / name, state)

@@ -19,12 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from weakshot_cli.data.dataset import check_inference_size, collate_eval, load_rgb, normalise, resize_short
 from weakshot_cli.data.labels import IMAGE_EXTS
-from weakshot_cli.engine.checkpoint import load_checkpoint
-from weakshot_cli.engine.distributed import resolve_device
-from weakshot_cli.engine.inference import (InferenceOptions, class_scores, inference_size, model_from_checkpoint,
-                                           score_scale)
+from weakshot_cli.engine.inference import Inference, InferenceOptions
 from weakshot_cli.engine.progress import image_bar
-from weakshot_cli.engine.runs import provisional_run_dir
+from weakshot_cli.folders import provisional_run_dir
 from weakshot_cli.engine.visualise import default_palette, legend_entries, overlay, untinted, with_legend
 from weakshot_cli.errors import Interrupted, UserError
 from weakshot_cli.io import atomic_write, write_json, write_label_png
@@ -53,6 +50,19 @@ def _relative(path: Path, base: Path) -> PurePosixPath:
     return PurePosixPath(rel.as_posix()) if ".." not in rel.parts else PurePosixPath(path.name)
 
 
+def _unique(files: list[Path]) -> list[Path]:
+    """One path per file: '**' follows links to folders, so a link loop reaches one image along many paths; the
+    shortest one is kept."""
+    seen: set[str] = set()
+    kept = []
+    for f in sorted(files, key=lambda p: (len(p.parts), str(p))):
+        real = os.path.realpath(f)
+        if real not in seen:
+            seen.add(real)
+            kept.append(f)
+    return kept
+
+
 def is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTS
 
@@ -63,7 +73,7 @@ def find_images(source: str, recursive: bool = False) -> list[tuple[Path, PurePo
     if not path.exists() and any(c in source for c in "*?["):
         parts = path.parts
         base = Path(*parts[:next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))])
-        files = [Path(p) for p in glob.glob(source, recursive=recursive) if is_image(Path(p))]
+        files = _unique([Path(p) for p in glob.glob(source, recursive=recursive) if is_image(Path(p))])
     elif path.is_dir():
         base = path
         files = [p for p in (path.rglob("*") if recursive else path.iterdir()) if is_image(p)]
@@ -136,15 +146,16 @@ def collate_predict(batch: list[dict]) -> dict:
             "rgb": [b["rgb"] for b in ok], "errors": [b["error"] for b in batch if "error" in b]}
 
 
-def rle_results(scores: torch.Tensor, label: np.ndarray, image_id: str, file_name: str, classes: list[str]) -> list:
-    """COCO-style results, one per predicted class; score is the mean class probability over its mask."""
+def rle_results(mean_score: torch.Tensor, label: np.ndarray, image_id: str, file_name: str,
+                classes: list[str]) -> list:
+    """COCO-style results, one per predicted class; ``mean_score[c]`` is class c's mean score over its mask."""
     results = []
     for c in np.unique(label).tolist():
         mask = label == c
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
         results.append({"image_id": image_id, "file_name": file_name, "category_id": c, "category_name": classes[c],
-                        "segmentation": rle, "score": float(scores[c][torch.from_numpy(mask)].mean()),
+                        "segmentation": rle, "score": float(mean_score[c]),
                         "area": int(mask.sum())})
     return results
 
@@ -155,19 +166,15 @@ def run_predict(o: PredictOptions, console: Console, err: Console | None = None)
     ends in its one error line alone."""
     err = err or Console(stderr=True, highlight=False)
     o.check()
-    ckpt = load_checkpoint(o.checkpoint)
+    run = Inference.load(o)
     images = find_images(o.source, o.recursive)
     nested = images_in_subfolders(o.source, o.recursive)
     if nested:
         err.print(f"[yellow]warning:[/] skipped {nested} images in subfolders of {escape(o.source)}; pass "
                       "--recursive to include them", soft_wrap=True)
-    dev = resolve_device(o.device)
-    autocast = o.autocast(dev)
-    model = model_from_checkpoint(ckpt, dev, str(o.checkpoint))
-    scale = score_scale(ckpt)
-    classes = ckpt["classes"]
-    palette = ckpt.get("palette") or default_palette(len(classes))
-    imgsz = inference_size(ckpt, o.imgsz)
+    classes = run.ckpt["classes"]
+    palette = run.ckpt.get("palette") or default_palette(len(classes))
+    imgsz = run.imgsz
     stems = output_stems([rel for _, rel in images])
     loader = DataLoader(PredictDataset([p for p, _ in images], imgsz or None, o.save_overlay, o.scales),
                         batch_size=o.batch, collate_fn=collate_predict, num_workers=o.workers)
@@ -180,11 +187,10 @@ def run_predict(o: PredictOptions, console: Console, err: Console | None = None)
                 for batch in loader:
                     errors += batch["errors"]
                     if batch["index"]:
-                        with autocast():
-                            scores = class_scores(model, batch["image"].to(dev), batch["sizes"],
-                                                  batch["out_sizes"], o.flip, o.scales, scale)
+                        scores = run(batch["image"], batch["sizes"], batch["out_sizes"])
                         for s, i, rgb in zip(scores, batch["index"], batch["rgb"]):
-                            label = s.argmax(0).to(torch.uint8).cpu().numpy()
+                            label, mean_score = s.argmax()
+                            label = label.numpy()
                             write_label_png(run_dir / "labels" / f"{stems[i]}.png", label,
                                             palette if o.palette else None)
                             written += 1  # counted as soon as its label is on disk: what Ctrl-C reports
@@ -194,7 +200,7 @@ def run_predict(o: PredictOptions, console: Console, err: Console | None = None)
                                 atomic_write(run_dir / "overlays" / f"{stems[i]}.jpg",
                                              lambda p, im=blend: im.save(p, format="JPEG", quality=90))
                             if o.json:
-                                results += rle_results(s.cpu(), label, stems[i], str(images[i][0]), classes)
+                                results += rle_results(mean_score, label, stems[i], str(images[i][0]), classes)
                     bar.advance(task, len(batch["index"]) + len(batch["errors"]))
             if not written:
                 raise UserError(f"no image could be read ({len(errors)} skipped; first: {errors[0]})", o.source)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,20 +16,18 @@ import numpy as np
 import torch
 from PIL import Image
 from rich.console import Console
-from torch import nn
 from torch.utils.data import DataLoader
 
+from weakshot_cli import folders
 from weakshot_cli.data.dataset import EvalDataset, collate_eval
 from weakshot_cli.data.labels import IGNORE, read_raw_label
 from weakshot_cli.data.manifest import MANIFEST, Item, Manifest, load_manifest
-from weakshot_cli.engine.checkpoint import load_checkpoint
-from weakshot_cli.engine.distributed import resolve_device
 from weakshot_cli.engine.checks import check_classes, check_image_sizes
-from weakshot_cli.engine.inference import InferenceOptions, class_scores, inference_size, model_from_checkpoint
+from weakshot_cli.engine.inference import Inference, InferenceOptions, ScoreMap
 from weakshot_cli.engine.metrics import confusion
 from weakshot_cli.engine.progress import image_bar
 from weakshot_cli.errors import Interrupted, UserError
-from weakshot_cli.io import remove_interrupted_writes, write_json, write_label_png
+from weakshot_cli.io import write_json, write_label_png
 
 STATE = ".pseudolabel-state.json"
 REPORT = "pseudolabel.json"
@@ -158,19 +156,19 @@ def _batches(m: Manifest, indices: list[int], batch: int) -> list[list[int]]:
 
 
 def _prepare(out: Path, root: Path, state: dict, exist_ok: bool) -> None:
-    """Start, resume (same options) or, with --exist-ok, start over; never write into the input."""
+    """Start, resume (same options) or, with --exist-ok, start over; never write into the input, and never into a
+    folder pseudolabel did not make."""
     src, dst = root.resolve(), out.resolve()
     if dst == src or dst.is_relative_to(src):
         raise UserError("the output folder may not be the input dataset or lie inside it", out)
-    if out.exists() and not out.is_dir():
-        raise UserError("output path exists and is not a folder", out)
     state_path = out / STATE
-    if exist_ok:
-        for name in (MANIFEST, REPORT, STATE):
-            (out / name).unlink(missing_ok=True)
+    if folders.claim(out, "pseudolabel"):
+        pass  # a new folder
+    elif exist_ok:
+        own = [out / name for name in (MANIFEST, REPORT, STATE)]
         for folder, pattern in (("labels", "*.png"), ("stats", "*.json")):
-            for f in (out / folder / "train").glob(pattern) if (out / folder / "train").is_dir() else []:
-                f.unlink()
+            own += (out / folder / "train").glob(pattern)
+        folders.remove_own(out, "pseudolabel", own)
     elif (out / MANIFEST).exists():
         raise UserError("already holds a finished dataset; pass --exist-ok to redo it or choose another -o", out)
     elif state_path.exists():
@@ -179,13 +177,13 @@ def _prepare(out: Path, root: Path, state: dict, exist_ok: bool) -> None:
         except (OSError, ValueError):
             previous = None
         if previous != state:
-            raise UserError("holds an unfinished pseudo-labelling run with other options; rerun with the same "
-                            "options to resume, pass --exist-ok to start over, or choose another -o", out)
-    elif out.exists() and any(out.iterdir()):
-        raise UserError("folder exists and is not a pseudo-labelling run; choose another -o", out)
+            changed = sorted(k for k in state if not isinstance(previous, dict) or previous.get(k) != state[k])
+            raise UserError("holds an unfinished pseudo-labelling run with other options "
+                            f"({', '.join(changed[:3]) or 'unreadable'}); rerun with the same options to resume, "
+                            "pass --exist-ok to start over, or choose another -o", out)
     write_json(state_path, state)
     for folder in ("labels", "stats"):
-        remove_interrupted_writes(out / folder / "train")
+        folders.remove_interrupted_writes(out / folder / "train")
 
 
 def quality(cm: np.ndarray, m: Manifest) -> dict:
@@ -204,32 +202,54 @@ def quality(cm: np.ndarray, m: Manifest) -> dict:
 
 
 def _run_state(o: PseudolabelOptions, imgsz: int) -> dict:
-    """What a run resumes only with: the same checkpoint file (path, size, time), dataset and label options."""
+    """What a run resumes only with: the same checkpoint file (path, size, time), dataset, label options, and what
+    changes the scores: precision and batch (an image's padded batch neighbours)."""
     checkpoint = Path(o.checkpoint)
     stat = os.stat(checkpoint if checkpoint.is_file() else checkpoint / "weights" / "last.pt")
     return {"checkpoint": str(checkpoint.resolve()), "checkpoint_bytes": stat.st_size,
             "checkpoint_mtime_ns": stat.st_mtime_ns, "dataset": str(o.dataset.resolve()), "imgsz": imgsz,
-            "min_score": o.min_score, "mode": o.mode, "flip": o.flip, "scales": list(o.scales)}
+            "min_score": o.min_score, "mode": o.mode, "flip": o.flip, "scales": list(o.scales), "amp": o.amp,
+            "batch": o.batch}
 
 
-def _label_images(model: nn.Module, dev: torch.device, autocast: Callable[[], torch.autocast], loader: DataLoader,
-                  m: Manifest, names: list[str], todo: set[int], o: PseudolabelOptions, console: Console) -> None:
+def label_image(scores: ScoreMap, base: np.ndarray, item: Item, m: Manifest, min_score: float,
+                mode: str) -> tuple[np.ndarray, dict]:
+    """pseudo_label and image_stats of one image, a strip of rows at a time (scores at full size can take GBs)."""
+    pseudo = np.empty_like(base)
+    parts = []
+    for y0, strip in scores.strips():
+        rows = slice(y0, y0 + strip.shape[1])
+        strip = strip.cpu()
+        pseudo[rows] = pseudo_label(strip, base[rows], keep_classes(item, m.novel), min_score, mode)
+        parts.append(image_stats(strip, base[rows], pseudo[rows], m.classes, m.novel, min_score))
+    return pseudo, merge_stats(parts, [m.classes[c] for c in m.novel])
+
+
+def merge_stats(parts: Sequence[dict], novel_names: Sequence[str]) -> dict:
+    """The image_stats of a whole image from those of its strips."""
+    pseudo = {}
+    for name in novel_names:
+        found = [p["pseudo"][name] for p in parts if name in p["pseudo"]]
+        if found:
+            pseudo[name] = {"pixels": sum(f["pixels"] for f in found), "score_sum": sum(f["score_sum"] for f in found)}
+    return {"unknown": sum(p["unknown"] for p in parts), "labelled": sum(p["labelled"] for p in parts),
+            "pseudo": pseudo, "predicted": [n for n in novel_names if any(n in p["predicted"] for p in parts)]}
+
+
+def _label_images(run: Inference, loader: DataLoader, m: Manifest, names: list[str], todo: set[int],
+                  o: PseudolabelOptions, console: Console) -> None:
     """Pseudo-label the images in ``todo``; each image's statistics are written before its label, so a label on
     disk always has its statistics beside it."""
     items = m.splits["train"]
     with image_bar(console) as bar:
         task = bar.add_task("pseudo-label", total=len(items), completed=len(items) - len(todo))
         for b in loader:
-            with autocast():
-                scores = class_scores(model, b["image"].to(dev), b["sizes"], [x.shape for x in b["labels"]], o.flip,
-                                      o.scales)
+            scores = run(b["image"], b["sizes"], [x.shape for x in b["labels"]])
             for s, base_label, i in zip(scores, b["labels"], b["index"]):
                 if i not in todo:
                     continue
-                s, base = s.cpu(), base_label.numpy().astype(np.uint8)
-                pseudo = pseudo_label(s, base, keep_classes(items[i], m.novel), o.min_score, o.mode)
-                write_json(o.out / _stats_name(names[i]), image_stats(s, base, pseudo, m.classes, m.novel,
-                                                                     o.min_score))
+                pseudo, stats = label_image(s, base_label.numpy().astype(np.uint8), items[i], m, o.min_score, o.mode)
+                write_json(o.out / _stats_name(names[i]), stats)
                 write_label_png(o.out / names[i], pseudo)
                 bar.advance(task)
 
@@ -253,31 +273,30 @@ def _report(o: PseudolabelOptions, m: Manifest, names: list[str]) -> dict:
     return report
 
 
-def _pseudo_manifest(m: Manifest, names: list[str], state: dict) -> Manifest:
+def _pseudo_manifest(m: Manifest, names: list[str], state: dict, novel_pixels: int) -> Manifest:
     """The input dataset with absolute paths, its training labels replaced by the pseudo-labels in ``names``."""
     absolute = lambda rel: str(m.resolve(rel)) if rel is not None else None  # noqa: E731
     splits = {name: [Item(absolute(it.image), absolute(it.label), it.tags, absolute(it.full))
                      for it in split_items] for name, split_items in m.splits.items()}
     splits["train"] = [Item(absolute(it.image), name, it.tags, absolute(it.full))
                        for it, name in zip(m.splits["train"], names)]
-    return Manifest(m.classes, m.base, m.novel, splits, novel_masks=True, source={"command": "pseudolabel", **state})
+    return Manifest(m.classes, m.base, m.novel, splits, novel_masks=True,
+                    source={"command": "pseudolabel", **state, "novel_pixels": novel_pixels})
 
 
-def run_pseudolabel(o: PseudolabelOptions, console: Console) -> dict:
+def run_pseudolabel(o: PseudolabelOptions, console: Console, err: Console | None = None) -> dict:
     """Check everything before the output folder is touched, label the images an earlier run left, then write the
-    report and the new dataset; returns the report (the CLI prints it as tables)."""
+    report and the new dataset; returns the report (the CLI prints it as tables). Warnings go to ``err`` (default
+    stderr)."""
     o.check()
-    ckpt = load_checkpoint(o.checkpoint)
+    run = Inference.load(o)
+    ckpt, imgsz = run.ckpt, run.imgsz
     m = load_manifest(o.dataset)
     check_classes(ckpt, m, o.checkpoint)
     if not m.splits.get("train"):
         raise UserError("the dataset has no training images to pseudo-label", o.dataset)
-    imgsz = inference_size(ckpt, o.imgsz)
     state = _run_state(o, imgsz)
     check_image_sizes(m, "train", imgsz, o.scales)
-    dev = resolve_device(o.device)
-    autocast = o.autocast(dev)
-    model = model_from_checkpoint(ckpt, dev, str(o.checkpoint))
     _prepare(o.out, m.root, state, o.exist_ok)
     items = m.splits["train"]
     names = _label_names(items)
@@ -288,9 +307,10 @@ def run_pseudolabel(o: PseudolabelOptions, console: Console) -> dict:
     loader = DataLoader(EvalDataset(m, "train", imgsz or None), batch_sampler=batches, collate_fn=collate_eval,
                         num_workers=o.workers)
     try:
-        _label_images(model, dev, autocast, loader, m, names, todo, o, console)
+        _label_images(run, loader, m, names, todo, o, console)
         report = _report(o, m, names)
-        new = _pseudo_manifest(m, names, state)
+        per_class = report["tag_check"]["per_class"]
+        new = _pseudo_manifest(m, names, state, sum(c["pixels"] for c in per_class.values()))
         write_json(o.out / REPORT, report)
         new.save(o.out)  # last: its presence marks a finished dataset
     except KeyboardInterrupt:
@@ -299,4 +319,10 @@ def run_pseudolabel(o: PseudolabelOptions, console: Console) -> dict:
                           "command to resume") from None
     console.print(f"Pseudo-labelled {len(items)} training images ({len(items) - len(todo)} from an earlier run); "
                   f"dataset: [bold]{o.out / MANIFEST}[/]")
+    empty = [name for name, c in per_class.items() if c["tagged_images"] and not c["pixels"]]
+    if empty:
+        err = err or Console(stderr=True, highlight=False)
+        err.print(f"[yellow]warning:[/] {len(empty)} of {len(per_class)} novel classes got no pixel "
+                  f"({', '.join(empty)}){' at --min-score ' + str(o.min_score) if o.min_score else ''}; retrain "
+                  "cannot learn them", soft_wrap=True)
     return report

@@ -28,10 +28,10 @@ from weakshot_cli.engine.config import ARCH_KEYS, TrainConfig, validate as valid
 from weakshot_cli.engine.inference import model_from_checkpoint
 from weakshot_cli.engine.loop import Training, save, train_loop
 from weakshot_cli.engine.plots import plot_losses
-from weakshot_cli.engine.runs import provisional_run_dir
+from weakshot_cli.folders import provisional_run_dir, remove_interrupted_writes, run_stage
 from weakshot_cli.engine.weights import init_backbone
 from weakshot_cli.errors import Interrupted, UserError
-from weakshot_cli.io import finite_or_null, read_json, remove_interrupted_writes, write_json, write_text
+from weakshot_cli.io import finite_or_null, read_json, write_json, write_text
 
 
 def poly_schedule(iters: int, power: float) -> Callable[[int], float]:
@@ -176,6 +176,9 @@ def check_run(cfg: TrainConfig, m: Manifest, dataset: Path, world: int, stage: s
     if stage == "retrain" and not m.novel_masks:
         raise UserError("retrain needs a pseudo-labelled dataset (made by 'weakshot pseudolabel'); "
                         "this one hides the novel classes, train it with 'weakshot train'", dataset)
+    if stage == "retrain" and m.source.get("novel_pixels") == 0:
+        raise UserError("the pseudo-labels hold no novel-class pixel, so retraining cannot learn a novel class; "
+                        "pseudo-label again (a lower --min-score, or a better checkpoint)", dataset)
     if cfg.oracle and any(it.full is None for it in m.splits["train"]):
         raise UserError("--oracle needs a benchmark-mode dataset (made by 'weakshot split --novel', "
                         "whose training items keep their full masks)", dataset)
@@ -209,7 +212,7 @@ def run_train(dataset: Path | None, cfg_builder: Callable[[], TrainConfig], proj
     if resume is not None and weights is not None:
         raise UserError("--resume continues a run, --weights starts a new one from a checkpoint: use one")
     if resume is not None:
-        return resume_run(resume, dataset, resume_with or {}, console)
+        return resume_run(resume, dataset, resume_with or {}, console, stage)
     if dataset is None:
         raise UserError("give a DATASET folder (made by 'weakshot split'), or --resume RUN")
     m = load_manifest(dataset)
@@ -246,13 +249,18 @@ def read_run_config(run_dir: Path) -> tuple[TrainConfig, Path]:
         raise UserError(f"not a run's config.json ({e.__class__.__name__}: {e})", path) from None
 
 
-def resume_run(resume: Path, dataset: Path | None, resume_with: dict[str, object], console: Console) -> dict:
-    """--resume: continue a run from its last.pt (or its folder) with its own config, changed only by the
-    RESUME_OPTIONS given in ``resume_with``."""
+def resume_run(resume: Path, dataset: Path | None, resume_with: dict[str, object], console: Console,
+               stage: str = "train") -> dict:
+    """--resume: continue a run of ``stage`` from its last.pt (or its folder) with its own config, changed only by
+    the RESUME_OPTIONS given in ``resume_with``."""
     ckpt = load_checkpoint(resume)
     if "optimizer" not in ckpt:
         raise UserError("this checkpoint holds weights only (best.pt); resume from weights/last.pt", resume)
     run_dir = resume if resume.is_dir() else resume.parent.parent
+    made_by = run_stage(run_dir)
+    if made_by != stage and made_by in ("train", "retrain"):
+        raise UserError(f"this is a 'weakshot {made_by}' run; continue it with weakshot {made_by} --resume {resume}",
+                        resume)
     cfg, run_dataset = read_run_config(run_dir)
     if dataset is not None and dataset.resolve() != run_dataset.resolve():
         raise UserError(f"DATASET differs from the dataset of the run --resume continues ({run_dataset}); "
@@ -265,8 +273,8 @@ def resume_run(resume: Path, dataset: Path | None, resume_with: dict[str, object
     validate_config(cfg)
     m = load_manifest(run_dataset)
     ddp, device = distributed.setup(cfg.device)
-    check_run(cfg, m, run_dataset, ddp.world, run_dir.parent.name)
+    check_run(cfg, m, run_dataset, ddp.world, stage)
     if ddp.main:
         length = f"{cfg.epochs} epochs" if cfg.epochs > 0 else f"{cfg.iters} iterations"
         console.print(f"Resuming {run_dir} from iteration {ckpt['iter']} (of {length})")
-    return finished(train(cfg, m, run_dir, console, ddp, device, resume=ckpt), run_dir.parent.name)
+    return finished(train(cfg, m, run_dir, console, ddp, device, resume=ckpt), stage)
