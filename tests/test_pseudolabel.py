@@ -321,6 +321,10 @@ def test_interrupted_run_resumes_to_the_same_output(labelled, ckpt, synth, tmp_p
                               *IMGSZ), "other options")
     assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", partial, *IMGSZ),
                       "other options")
+    before = digest(partial)
+    assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", partial, "--mode", "keep", *IMGSZ[:-1], "bf16"),
+                      "other options (amp)")
+    assert digest(partial) == before
     assert_user_error(run_cli("pseudolabel", ckpt, synth, "-o", labelled, *IMGSZ), "--exist-ok")
 
 

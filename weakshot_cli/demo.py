@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from weakshot_cli import folders
 from weakshot_cli.data.split import SplitOptions, run_split
 from weakshot_cli.data.synthetic import DEMO_NOVEL, make_synthetic
 from weakshot_cli.engine.config import TrainConfig, build_config
@@ -35,6 +36,7 @@ def _check_options(out: Path, exist_ok: bool, seed: int, iters: int, retrain_ite
         raise UserError("exists and is not a folder; choose another -o", out)
     if out.exists() and any(out.iterdir()) and not exist_ok:
         raise UserError("demo folder already exists; pass --exist-ok to reuse it or choose another -o", out)
+    folders.claim(out, "demo")
     return train_cfg, retrain_cfg
 
 
