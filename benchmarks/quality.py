@@ -149,8 +149,11 @@ def evaluate(ckpt: Path, dataset: Path, work: Path, name: str, threads: int) -> 
     weakshot("evaluate", ckpt, dataset, "--split", "val", "--project", work / "runs", "--name", name, "--exist-ok",
              "--device", "cpu", "--amp", "off", threads=threads)
     metrics = json.loads((work / "runs" / "evaluate" / name / "metrics.json").read_text())
-    return {k: metrics[k] for k in ("mIoU", "base_mIoU", "novel_mIoU", "hIoU", "pAcc")} | {
-        "class_IoU": {c: round(v["IoU"], 2) for c, v in metrics["classes"].items()}}
+    rounded = lambda v: None if v is None else round(v, 2)  # noqa: E731
+    return {k: metrics.get(k) for k in ("mIoU", "base_mIoU", "novel_mIoU", "hIoU", "pAcc", "novel_precision")} | {
+        "class_IoU": {c: rounded(v["IoU"]) for c, v in metrics["classes"].items()},
+        "class_precision": {c: rounded(v.get("Precision")) for c, v in metrics["classes"].items()},
+        "class_recall": {c: rounded(v["Acc"]) for c, v in metrics["classes"].items()}}
 
 
 @torch.no_grad()
@@ -235,9 +238,13 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         if not (pl / "pseudolabel.json").exists():  # shared by the retrain runs that differ only in their start
             seconds += weakshot("pseudolabel", first, dataset, "-o", pl, "--mode", mode, "--device", "cpu",
                                 "--amp", "off", "--exist-ok", threads=threads)
-        start = ["--weights", first] if from_source else []
-        seconds += weakshot("retrain", pl, *train_args(budget, budget["retrain_iters"], seed), *flags, *start,
-                            "--project", runs, "--name", name, threads=threads)
+        # from the source run: the README's command, whose defaults start from the checkpoint that made the
+        # pseudo-labels for half the preset's iterations; else from ImageNet for the same iterations
+        args = train_args(budget, budget["retrain_iters"], seed)
+        if from_source and budget["retrain_iters"] == MOBILE["iters"] // 2:
+            del args[args.index("--iters"):args.index("--iters") + 2]
+        start = [] if from_source else ["--backbone-weights", "imagenet", "--iters", budget["retrain_iters"]]
+        seconds += weakshot("retrain", pl, *args, *flags, *start, "--project", runs, "--name", name, threads=threads)
         quality = json.loads((pl / "pseudolabel.json").read_text())
         result["pseudolabels"] = {k: v for k, v in quality.items() if not isinstance(v, (dict, list))}
         ckpt = runs / "retrain" / name / "weights" / "last.pt"
@@ -323,8 +330,11 @@ def summarise(per_seed: list[dict], oracle_novel: float | None) -> dict:
            **{k: _mean([r[k] for r in per_seed]) for k in ("novel_mIoU", "base_mIoU", "mIoU", "train_seconds")}}
     if "novel_region_IoU" in first:
         out["novel_region_IoU"] = _mean([r["novel_region_IoU"] for r in per_seed])
+    if all(r.get("novel_precision") is not None for r in per_seed):
+        out["novel_precision"] = _mean([r["novel_precision"] for r in per_seed])
     out["novel_vs_oracle"] = round(out["novel_mIoU"]["mean"] / oracle_novel, 3) if oracle_novel else None
-    for key in ("novel_pixels_predicted_as", "class_IoU", "simnet_F1", "pseudolabels", "novel_scale", "curve"):
+    for key in ("novel_pixels_predicted_as", "class_IoU", "class_precision", "class_recall", "simnet_F1",
+                "pseudolabels", "novel_scale", "curve"):
         if key in first:
             out[key] = {f"seed{r['seed']}": r[key] for r in per_seed}
     return out
@@ -380,6 +390,54 @@ def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
               f"{region} | {r['train_seconds']['mean'] / 60:.0f} min |")
     if runs:
         chart(runs, f"{title.split(' (')[0]}, novel = {novel.replace(',', ', ')}", out / f"{stem}.png")
+
+
+# What the summary over splits reads from each split's report: the oracle, `train` with its defaults (one stage) and
+# the README's whole path (pseudolabel + retrain with their defaults), and SimFormer as published.
+SPLIT_RUNS = {"oracle": "oracle", "single": "tags-pp-cal", "default": "tags-pp-retrain", "paper": "full"}
+
+
+def splits_report(out: Path) -> None:
+    """quality-msrc-splits.json from the MSRC reports (open split and msrc-s1..s3): per split and seed the novel
+    mIoU, base mIoU and novel precision of SPLIT_RUNS; then a table of novel / oracle per split, the mean over
+    splits and the worst split."""
+    rows = []
+    for name in ("msrc", *(f"msrc-s{i}" for i in range(1, len(MSRC_SPLITS) + 1))):
+        path = out / f"quality-{name}.json"
+        if not path.exists():
+            continue
+        runs = json.loads(path.read_text())["runs"]
+        seeds = sorted(set.intersection(*(set(runs[r]["seeds"]) for r in SPLIT_RUNS.values() if r in runs)))
+        for seed in seeds:
+            row = {"split": name, "novel": DATASETS[name][1].split(","), "seed": seed}
+            for key, run in SPLIT_RUNS.items():
+                if run in runs and seed in runs[run]["seeds"]:
+                    i = runs[run]["seeds"].index(seed)
+                    row[key] = runs[run]["novel_mIoU"]["values"][i]
+                    row[f"{key}_base"] = runs[run]["base_mIoU"]["values"][i]
+                    if "novel_precision" in runs[run]:
+                        row[f"{key}_precision"] = runs[run]["novel_precision"]["values"][i]
+            rows.append(row)
+    atomic_write(out / "quality-msrc-splits.json",
+                 lambda p: p.write_text(json.dumps({"splits": rows, "runs": SPLIT_RUNS}, indent=2) + "\n"))
+    print("| split (novel classes) | seeds | oracle novel | one stage / oracle | whole path / oracle | paper / oracle "
+          "| whole path base / oracle base |\n|---|---|---|---|---|---|---|")
+    ratios: dict[str, list[float]] = {k: [] for k in ("single", "default", "paper", "base")}
+    for name in dict.fromkeys(r["split"] for r in rows):
+        mine = [r for r in rows if r["split"] == name]
+        mean = lambda key: float(np.mean([r[key] for r in mine])) if all(key in r for r in mine) else None  # noqa
+        oracle, cells = mean("oracle"), []
+        for key, num, den in (("single", "single", oracle), ("default", "default", oracle),
+                              ("paper", "paper", oracle), ("base", "default_base", mean("oracle_base"))):
+            value = mean(num)
+            if value is None or not den:
+                cells.append("-")
+                continue
+            ratios[key].append(value / den)
+            cells.append(f"{100 * value / den:.0f}% ({value:.1f})")
+        print(f"| {name} ({', '.join(mine[0]['novel'])}) | {len(mine)} | {oracle:.1f} | {' | '.join(cells)} |")
+    summary = " | ".join(f"{100 * np.mean(v):.0f}% (worst {100 * min(v):.0f}%)" if v else "-" for v in ratios.values())
+    print(f"| **mean over splits** | | | {summary} |")
 
 
 def chart(runs: dict, title: str, path: Path) -> None:
@@ -459,7 +517,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="20 iterations per run: a smoke test of the pipeline")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report", action="store_true", help="only gather finished runs into the results")
+    ap.add_argument("--splits-report", action="store_true",
+                    help="only summarise the MSRC reports over splits into quality-msrc-splits.json")
     args = ap.parse_args()
+    if args.splits_report:
+        return splits_report(args.out)
     torch.set_num_threads(args.threads)  # the in-process scoring (SimNet F1, calibration) keeps to its share too
     budget_name = "quick" if args.quick else "full"
     work = args.work / args.dataset / budget_name

@@ -428,3 +428,23 @@ def test_retrain_reads_the_pseudo_labelled_dataset(labelled, tmp_path):
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in logged if x["type"] == "train"]
     assert train and all(x["loss_comp"] == x["loss_sim"] == x["loss_dist"] == 0 for x in train)  # plain MaskFormer
+
+
+def test_retrain_starts_from_the_checkpoint_that_made_the_pseudo_labels(labelled, ckpt, tmp_path):
+    """By default, for half the preset's iterations; --backbone-weights starts as train does, for the preset's."""
+    from weakshot_cli.engine.config import PRESETS
+    from weakshot_cli.engine.train import retrain_start
+
+    r = run_cli("retrain", labelled, *TINY, "--iters", "1", "--project", tmp_path / "runs")
+    assert r.returncode == 0, r.stderr
+    config = json.loads((tmp_path / "runs" / "retrain" / "retrain" / "config.json").read_text())
+    assert config["weights"] == str(Path(ckpt).resolve())
+    half = PRESETS["small"]["iters"] // 2
+    assert retrain_start(labelled, {"iters": None}, [], None, PRESETS["small"]["iters"]) == ({"iters": half},
+                                                                                             Path(ckpt).resolve())
+    assert retrain_start(labelled, {"iters": 7}, [], None, 10)[0] == {"iters": 7}
+    assert retrain_start(labelled, {"iters": None}, ["backbone_weights=none"], None, 10) == ({"iters": None}, None)
+    r = run_cli("retrain", labelled, *TINY, "--iters", "1", "--backbone-weights", "none", "--project",
+                tmp_path / "runs", "--name", "scratch")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "runs" / "retrain" / "scratch" / "config.json").read_text())["weights"] is None

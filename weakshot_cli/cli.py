@@ -225,12 +225,14 @@ def _train(ctx: typer.Context, stage: str, **train_only: Optional[bool]) -> None
     ``train_only`` (the fields only train sets: --oracle and the ablations) override the preset."""
     import torch
 
-    from weakshot_cli.engine.config import TrainConfig, build_config
-    from weakshot_cli.engine.train import RESUME_OPTIONS, run_train
+    from weakshot_cli.engine.config import PRESETS, TrainConfig, build_config
+    from weakshot_cli.engine.train import RESUME_OPTIONS, retrain_start, run_train
 
     p = ctx.params
-    dataset, preset, resume = p["dataset"], p["preset"], p["resume"]
+    dataset, preset, resume, weights = p["dataset"], p["preset"], p["resume"], p["weights"]
     overrides = {**{key: p[key] for key in CONFIG_OPTIONS}, **train_only}
+    if stage == "retrain" and resume is None and dataset is not None and preset in PRESETS:
+        overrides, weights = retrain_start(dataset, overrides, p["set_"] or [], weights, PRESETS[preset]["iters"])
     if resume is not None:  # DATASET and --weights are checked against the run by run_train
         changes = [typed for key, typed in _typed(ctx).items()
                    if key not in (*RESUME_OPTIONS, "resume", "dataset", "weights")]
@@ -245,7 +247,7 @@ def _train(ctx: typer.Context, stage: str, **train_only: Optional[bool]) -> None
                             "machine pass --preset small (or --device cpu to train r50 on the CPU anyway)")
         return cfg
 
-    summary = run_train(dataset, config, p["project"], p["name"], p["exist_ok"], resume, p["weights"], console,
+    summary = run_train(dataset, config, p["project"], p["name"], p["exist_ok"], resume, weights, console,
                         stage, resume_with={key: overrides[key] for key in RESUME_OPTIONS})
     if summary["interrupted"]:  # on a process other than the main one, which has said so (run_train)
         raise typer.Exit(130)
@@ -438,8 +440,9 @@ def retrain(
     exist_ok: ExistOk = False, resume: Resume = None, weights: Weights = None,
 ) -> None:
     """Train a plain MaskFormer on pseudo-labelled data (novel classes now have masks; no SimNet, distillation
-    or complementary loss); writes runs/retrain/NAME. Starts from the same backbone initialisation as
-    train (--backbone-weights), or from a checkpoint's weights with --weights.
+    or complementary loss); writes runs/retrain/NAME. Starts, by default, from the weights of the checkpoint that
+    made the pseudo-labels, for half the preset's iterations; --weights CKPT starts from another checkpoint,
+    --backbone-weights from a backbone initialisation as train does (both keep the preset's iterations).
 
     Example: weakshot retrain camvid-pl --preset small --iters 2000
     """

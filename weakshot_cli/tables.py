@@ -56,17 +56,20 @@ def dataset_table(m: Manifest) -> Table:
 
 
 def metrics_table(result: dict) -> Table:
-    """Per-class IoU and accuracy of an evaluation (what run_evaluate returns), then its means."""
+    """Per-class IoU, accuracy (recall) and precision of an evaluation (what run_evaluate returns), then its means:
+    a novel class predicted far beyond its objects shows as high recall and low precision."""
     table = Table(title=f"{result['split']}: {result['images']} images (%)")
-    for col, justify in (("class", "left"), ("type", "left"), ("IoU", "right"), ("Acc", "right")):
+    for col, justify in (("class", "left"), ("type", "left"), ("IoU", "right"), ("Acc", "right"),
+                         ("Precision", "right")):
         table.add_column(col, justify=justify)
     for name, r in result["classes"].items():
         kind = "[orange3]novel[/]" if r["type"] == "novel" else "base"
-        table.add_row(name, kind, figure(r["IoU"]), figure(r["Acc"]))
+        table.add_row(name, kind, figure(r["IoU"]), figure(r["Acc"]), figure(r.get("Precision")))
     table.add_section()
     for key, label in (("mIoU", "mIoU (all)"), ("base_mIoU", "base mIoU"), ("novel_mIoU", "[bold]novel mIoU[/]"),
-                       ("hIoU", "harmonic mean"), ("pAcc", "pixel accuracy"), ("mAcc", "mean accuracy")):
-        table.add_row(label, "", figure(result[key]), "")
+                       ("hIoU", "harmonic mean"), ("pAcc", "pixel accuracy"), ("mAcc", "mean accuracy"),
+                       ("novel_precision", "novel mean precision")):
+        table.add_row(label, "", figure(result.get(key)), "", "")
     return table
 
 

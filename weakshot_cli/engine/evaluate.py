@@ -88,11 +88,12 @@ def run_evaluate(o: EvaluateOptions, console: Console) -> dict:
                                           run.autocast, lambda n: bar.advance(task, n), o.flip, o.scales, keep,
                                           run.scale)
         per_class = {name: {"type": "novel" if i in m.novel else "base", "IoU": metrics["IoU"][i],
-                            "Acc": metrics["Acc"][i]} for i, name in enumerate(m.classes)}
+                            "Acc": metrics["Acc"][i], "Precision": metrics["Precision"][i]}
+                     for i, name in enumerate(m.classes)}
         result = {"checkpoint": str(o.checkpoint), "dataset": str(o.dataset), "split": o.split,
                   "images": len(loader.dataset), "imgsz": imgsz, "flip": o.flip, "scales": list(o.scales),
                   "novel_scale": ckpt.get("novel_scale", 1.0),
-                  **{k: v for k, v in metrics.items() if k not in ("IoU", "Acc")}, "classes": per_class,
+                  **{k: v for k, v in metrics.items() if k not in ("IoU", "Acc", "Precision")}, "classes": per_class,
                   "confusion": cm.astype(int).tolist()}
         write_json(run_dir / "metrics.json", finite_or_null(result), allow_nan=False)  # undefined means: null
         palette = ckpt.get("palette") or default_palette(len(m.classes))

@@ -165,7 +165,7 @@ def validate(t: Training, val_loader: DataLoader, progress: TrainProgress) -> bo
     improved = improves(score, t.best)
     if improved:
         t.best, t.best_iter = score, t.it
-    figures = {k: v for k, v in metrics.items() if k not in ("IoU", "Acc")}
+    figures = {k: v for k, v in metrics.items() if k not in ("IoU", "Acc", "Precision")}
     log_record(t.run_dir, {"type": "val", "iter": t.it, **figures, "IoU": metrics["IoU"]})
     progress.note(f"val @ {t.it}: mIoU {figure(metrics['mIoU'])} base {figure(metrics['base_mIoU'])} "
                   f"novel {figure(metrics['novel_mIoU'])}" + (f" (best {t.cfg.best_metric})" if improved else ""))

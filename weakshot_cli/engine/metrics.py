@@ -32,6 +32,7 @@ def compute_metrics(cm: np.ndarray | torch.Tensor, base: list[int], novel: list[
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, tp / union, np.nan)
         acc = np.where(gt > 0, tp / gt, np.nan)
+        precision = np.where(pred > 0, tp / pred, np.nan)
     base_miou, novel_miou = _mean(iou[base]), _mean(iou[novel]) if novel else float("nan")
     hiou = 2 * base_miou * novel_miou / (base_miou + novel_miou) if base_miou + novel_miou > 0 else 0.0
     return {
@@ -43,4 +44,6 @@ def compute_metrics(cm: np.ndarray | torch.Tensor, base: list[int], novel: list[
         "mAcc": 100 * _mean(acc),
         "IoU": [None if np.isnan(v) else 100 * float(v) for v in iou],
         "Acc": [None if np.isnan(v) else 100 * float(v) for v in acc],
+        "Precision": [None if np.isnan(v) else 100 * float(v) for v in precision],
+        "novel_precision": 100 * _mean(precision[novel]) if novel else float("nan"),
     }
