@@ -149,11 +149,8 @@ def evaluate(ckpt: Path, dataset: Path, work: Path, name: str, threads: int) -> 
     weakshot("evaluate", ckpt, dataset, "--split", "val", "--project", work / "runs", "--name", name, "--exist-ok",
              "--device", "cpu", "--amp", "off", threads=threads)
     metrics = json.loads((work / "runs" / "evaluate" / name / "metrics.json").read_text())
-    rounded = lambda v: None if v is None else round(v, 2)  # noqa: E731
-    return {k: metrics.get(k) for k in ("mIoU", "base_mIoU", "novel_mIoU", "hIoU", "pAcc", "novel_precision")} | {
-        "class_IoU": {c: rounded(v["IoU"]) for c, v in metrics["classes"].items()},
-        "class_precision": {c: rounded(v.get("Precision")) for c, v in metrics["classes"].items()},
-        "class_recall": {c: rounded(v["Acc"]) for c, v in metrics["classes"].items()}}
+    return {k: metrics[k] for k in ("mIoU", "base_mIoU", "novel_mIoU", "hIoU", "pAcc")} | {
+        "class_IoU": {c: None if v["IoU"] is None else round(v["IoU"], 2) for c, v in metrics["classes"].items()}}
 
 
 @torch.no_grad()
@@ -305,7 +302,12 @@ def novel_diagnosis(metrics_file: Path) -> dict:
     region = 100 * tp / (cm[inside].sum() + cm[:, inside].sum() - tp)
     where = {names[c]: {names[t]: round(100 * cm[c, t] / cm[c].sum(), 1) for t in np.argsort(cm[c])[::-1][:3]}
              for c in novel}
-    return {"novel_region_IoU": round(float(region), 1), "novel_pixels_predicted_as": where}
+    pct = lambda a, b: round(100 * float(a) / float(b), 2) if b else None  # noqa: E731
+    precision = {names[c]: pct(cm[c, c], cm[:, c].sum()) for c in range(k)}
+    found = [precision[names[c]] for c in novel if precision[names[c]] is not None]
+    return {"novel_region_IoU": round(float(region), 1), "novel_pixels_predicted_as": where,
+            "class_precision": precision, "class_recall": {names[c]: pct(cm[c, c], cm[c].sum()) for c in range(k)},
+            "novel_precision": round(float(np.mean(found)), 2) if found else None}
 
 
 def tag_statistics(dataset: Path) -> dict:
@@ -362,6 +364,9 @@ def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
         for name in RUNS:
             if (seed_dir / name / "result.json").exists():
                 result = json.loads((seed_dir / name / "result.json").read_text())
+                scored = seed_dir / "runs" / "evaluate" / name / "metrics.json"
+                if scored.exists():  # precision and recall, also for runs scored before they were kept
+                    result |= novel_diagnosis(scored)
                 if RUNS[name][1] is not None:  # a plain train run (the reference records its own curve)
                     result["curve"] = val_curve(seed_dir / "runs" / "train" / name / "metrics.jsonl")
                 kept = [r for r in found.get(name, []) if r["seed"] != result["seed"]]  # a rerun replaces its seed
