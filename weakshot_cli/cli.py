@@ -146,7 +146,7 @@ def split(
         --classes data/camvid/classes.txt --ignore-index 11 --novel tree,car,sign_symbol -o camvid-ws
     """
     from weakshot_cli.data.split import SplitOptions, run_split
-    from weakshot_cli.tables import dataset_table, value_table
+    from weakshot_cli.tables import dataset_table, identifiability_table, value_table
 
     opts = SplitOptions(
         out=out, images=images, masks=masks, coco=coco or [], classes=classes, ignore_index=ignore_index,
@@ -158,6 +158,9 @@ def split(
     manifest = run_split(opts, console, argv=sys.argv[1:], err=err_console,
                          show_values=lambda values: console.print(value_table(values)))
     console.print(dataset_table(manifest))
+    pairs = identifiability_table(manifest)
+    if pairs is not None:
+        console.print(pairs)
     console.print(f"Wrote [bold]{out / 'weakshot.json'}[/]")
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from weakshot_cli.data.identify import SEPARATING_SHARE
 from weakshot_cli.data.manifest import Manifest, image_counts
 from weakshot_cli.engine.progress import figure
 
@@ -55,6 +56,23 @@ def dataset_table(m: Manifest) -> Table:
     return table
 
 
+def identifiability_table(m: Manifest, rows: int = 5) -> Table | None:
+    """The novel-class pairs whose tags differ in the fewest training images (split's warning flags those below
+    identify.SEPARATING_SHARE); None where no two classes share a tag."""
+    pairs = m.source.get("identifiability") or []
+    if not pairs:
+        return None
+    table = Table(title="Can the tags name the novel classes? (training images; weakest pairs)",
+                  caption=f"separating: images tagged with one of the two and not the other; flagged below "
+                          f"{SEPARATING_SHARE:.0%} of the rarer class's images")
+    for col in ("novel class", "other class", "tagged", "both", "separating", ""):
+        table.add_column(col, justify="left" if col in ("novel class", "other class", "") else "right")
+    for p in pairs[:rows]:
+        table.add_row(p["novel"], p["other"], f"{p['tagged'][0]} / {p['tagged'][1]}", str(p["together"]),
+                      str(p["separating"]), "[red]confusable[/]" if p["share"] < SEPARATING_SHARE else "")
+    return table
+
+
 def metrics_table(result: dict) -> Table:
     """Per-class IoU, accuracy (recall) and precision of an evaluation (what run_evaluate returns), then its means:
     a novel class predicted far beyond its objects shows as high recall and low precision."""
@@ -87,14 +105,17 @@ def pseudolabel_tables(report: dict) -> list[Table]:
                   caption="found: % of its tagged images with pixels of it; predicted: % of its untagged images "
                           "where the model predicted it (the tag filter refused it); coverage: % of its tagged images' "
                           "unknown pixels")
-    for col in ("novel class", "tagged", "found", "untagged", "predicted", "coverage", "mean score"):
-        table.add_column(col, justify="left" if col == "novel class" else "right")
+    confusable = any("tags_cannot_separate" in r for r in check["per_class"].values())
+    columns = ("novel class", "tagged", "found", "untagged", "predicted", "coverage", "mean score")
+    for col in (*columns, "tags cannot separate it from") if confusable else columns:
+        table.add_column(col, justify="right" if col in columns[1:] else "left")
     for name, r in check["per_class"].items():
-        table.add_row(name, str(r["tagged_images"]), figure(r["found_pct"]), str(r["untagged_images"]),
-                      figure(r["untagged_predicted_pct"]), figure(r["coverage_pct"]),
-                      "-" if r["mean_score"] is None else f"{r['mean_score']:.3f}")
+        row = [name, str(r["tagged_images"]), figure(r["found_pct"]), str(r["untagged_images"]),
+               figure(r["untagged_predicted_pct"]), figure(r["coverage_pct"]),
+               "-" if r["mean_score"] is None else f"{r['mean_score']:.3f}"]
+        table.add_row(*row, *([", ".join(r.get("tags_cannot_separate", []))] if confusable else []))
     table.add_section()
-    table.add_row("all unknown pixels", "", "", "", "", figure(check["labelled_pct"]), "")
+    table.add_row("all unknown pixels", "", "", "", "", figure(check["labelled_pct"]), "", *([""] if confusable else []))
     tables = [table]
     if report.get("novel_mIoU") is not None:
         table = Table(title="pseudo-labels vs full masks, training images (%)")

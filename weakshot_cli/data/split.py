@@ -21,6 +21,7 @@ from rich.progress import track
 
 from weakshot_cli import folders
 from weakshot_cli.data import coco
+from weakshot_cli.data.identify import flagged, tag_pairs
 from weakshot_cli.data.labels import IGNORE, LabelConvention, open_image, read_class_names, read_label_map, \
     read_raw_label
 from weakshot_cli.data.manifest import MANIFEST, Item, Manifest, image_counts
@@ -453,6 +454,12 @@ def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: l
             rel = f"labels/{split}/{s.pair.stem}.png"
             write_label_png(staging / rel, label)
         splits.setdefault(split, []).append(Item(str(s.pair.image.resolve()), rel, sorted(item_tags), full))
+    train_items = splits.get("train", [])
+    pairs = tag_pairs([set(it.tags) for it in train_items], [it.label is None for it in train_items], classes, novel)
+    for p in flagged(pairs):
+        warn(f"tags cannot tell {p['novel']} from {p['other']}: {p['separating']} of {len(train_items)} training "
+             f"images separate them ({p['together']} are tagged with both); expect their names to be confused, or "
+             "add masks that label them")
     for c in novel:
         if not any(c in it.tags for it in splits.get("train", [])):
             warn(f"novel class {classes[c]!r} is tagged in no training image; it cannot be learned")
@@ -476,6 +483,7 @@ def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: l
             "label_convention": convention.as_dict(),
             "unused": unused,
             "counts": {name: image_counts(items) for name, items in splits.items()},
+            "identifiability": pairs,
         },
     )
     manifest.save(staging)

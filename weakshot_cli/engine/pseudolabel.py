@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from weakshot_cli import folders
 from weakshot_cli.data.dataset import EvalDataset, collate_eval
+from weakshot_cli.data.identify import flagged
 from weakshot_cli.data.labels import IGNORE, read_raw_label
 from weakshot_cli.data.manifest import MANIFEST, Item, Manifest, load_manifest
 from weakshot_cli.engine.checks import check_classes, check_image_sizes
@@ -262,6 +263,10 @@ def _report(o: PseudolabelOptions, m: Manifest, names: list[str]) -> dict:
     report: dict = {"mode": o.mode, "min_score": o.min_score, "images": len(items),
                     "tag_only_images": sum(it.label is None for it in items),
                     "tag_check": tag_check(stats, [it.tags for it in items], m.classes, m.novel)}
+    for p in flagged(m.source.get("identifiability") or []):  # split's warning, beside the check it explains
+        for name, other in ((p["novel"], p["other"]), (p["other"], p["novel"])):
+            if name in report["tag_check"]["per_class"]:
+                report["tag_check"]["per_class"][name].setdefault("tags_cannot_separate", []).append(other)
     if all(it.full for it in items):  # benchmark mode: score against the kept full masks
         k = len(m.classes)
         cm = torch.zeros(k + 1, k + 1, dtype=torch.long)
