@@ -448,3 +448,28 @@ def test_retrain_starts_from_the_checkpoint_that_made_the_pseudo_labels(labelled
                 tmp_path / "runs", "--name", "scratch")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "runs" / "retrain" / "scratch" / "config.json").read_text())["weights"] is None
+
+
+def test_coco_output_reads_back_to_the_same_labels(ckpt, synth, tmp_path):
+    """--coco: one stuff-style COCO JSON that pycocotools decodes, and split --coco reads, to the label PNGs."""
+    from pycocotools import mask as mask_utils
+
+    out = tmp_path / "pl"
+    r = run_cli("pseudolabel", ckpt, synth, "-o", out, "--coco", *IMGSZ)
+    assert r.returncode == 0, r.stderr
+    data = json.loads((out / "coco.json").read_text())
+    new = load_manifest(out)
+    assert [c["name"] for c in data["categories"]] == new.classes
+    labels = {Path(it.image).name: np.asarray(Image.open(new.resolve(it.label))) for it in new.splits["train"]}
+    assert len(data["images"]) == len(labels)
+    for im in data["images"]:
+        decoded = np.full((im["height"], im["width"]), 255, np.uint8)
+        for ann in (a for a in data["annotations"] if a["image_id"] == im["id"]):
+            decoded[mask_utils.decode(ann["segmentation"]).astype(bool)] = ann["category_id"] - 1
+        np.testing.assert_array_equal(decoded, labels[Path(im["file_name"]).name])
+    back = tmp_path / "back"
+    r = run_cli("split", "--images", data["info"]["images"], "--coco", f"train={out / 'coco.json'}", "--novel",
+                "star", "-o", back)
+    assert r.returncode == 0, r.stderr
+    for it in load_manifest(back).splits["train"]:
+        np.testing.assert_array_equal(np.asarray(Image.open(back / it.full)), labels[Path(it.image).name])

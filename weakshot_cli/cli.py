@@ -404,6 +404,8 @@ def pseudolabel(
     scales: Scales = None,
     amp: InferAmp = "auto",
     exist_ok: Annotated[bool, typer.Option(help="Redo a pseudo-labelled dataset already in --out.")] = False,
+    coco: Annotated[bool, typer.Option(help="Also write the expanded training labels as one COCO stuff JSON, "
+                                            "coco.json (one RLE per image and class), for other tools.")] = False,
 ) -> None:
     """Pseudo-label the novel classes on the training images and write a new dataset for 'weakshot retrain'.
 
@@ -423,8 +425,8 @@ def pseudolabel(
 
     report = run_pseudolabel(PseudolabelOptions(checkpoint=checkpoint, dataset=dataset, out=out, min_score=min_score,
                                                 mode=mode, device=device, imgsz=imgsz, batch=batch, workers=workers,
-                                                flip=flip, scales=_scales(scales), exist_ok=exist_ok, amp=amp), console,
-                             err_console)
+                                                flip=flip, scales=_scales(scales), exist_ok=exist_ok, amp=amp, coco=coco),
+                             console, err_console)
     for table in pseudolabel_tables(report):
         console.print(table)
 

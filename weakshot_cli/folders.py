@@ -28,7 +28,8 @@ MARKER = ".weakshot"
 # has. Such a folder is recognised when it holds that entry and nothing but these.
 WRITES: dict[str, tuple[frozenset[str], str]] = {
     "split": (frozenset({"weakshot.json", "labels", "full"}), "weakshot.json"),
-    "pseudolabel": (frozenset({"weakshot.json", "pseudolabel.json", ".pseudolabel-state.json", "labels", "stats"}),
+    "pseudolabel": (frozenset({"weakshot.json", "pseudolabel.json", ".pseudolabel-state.json", "labels", "stats",
+                               "coco.json"}),
                     ".pseudolabel-state.json"),
     "train": (frozenset({"config.json", "log.txt", "metrics.jsonl", "results.json", "weights", "plots"}),
               "config.json"),

@@ -6,6 +6,7 @@ rule); crowd regions are painted as ignore (255) in the same order.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,3 +163,29 @@ def rasterise(data: dict, path: Path, cat_to_id: dict[int, int], background: int
             label[m] = IGNORE if ann.get("iscrowd", 0) else cat_to_id[ann["category_id"]]
         labels[image_id] = label
     return labels
+
+
+def stuff_annotations(label: np.ndarray, image_id: int, first_id: int) -> list[dict]:
+    """A semantic label map as COCO stuff annotations: one compressed RLE per class present (ignore left out),
+    category id = class id + 1 (COCO ids start at 1)."""
+    annotations = []
+    for c in np.unique(label).tolist():
+        if c == IGNORE:
+            continue
+        rle = mask_utils.encode(np.asfortranarray(label == c, dtype=np.uint8))
+        annotations.append({"id": first_id + len(annotations), "image_id": image_id, "category_id": c + 1,
+                            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                            "area": int(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                            "iscrowd": 0})
+    return annotations
+
+
+def stuff_coco(images: Iterable[tuple[str, np.ndarray]], classes: list[str], info: dict) -> dict:
+    """COCO JSON for (file_name, label map) pairs: what ``split --coco`` reads back to the same label maps."""
+    data: dict = {"info": info, "images": [], "annotations": [],
+                  "categories": [{"id": i + 1, "name": name} for i, name in enumerate(classes)]}
+    for image_id, (file_name, label) in enumerate(images, 1):
+        data["images"].append({"id": image_id, "file_name": file_name, "height": int(label.shape[0]),
+                               "width": int(label.shape[1])})
+        data["annotations"] += stuff_annotations(label, image_id, len(data["annotations"]) + 1)
+    return data

@@ -19,6 +19,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader
 
 from weakshot_cli import folders
+from weakshot_cli.data.coco import stuff_coco
 from weakshot_cli.data.dataset import EvalDataset, collate_eval
 from weakshot_cli.data.identify import flagged
 from weakshot_cli.data.labels import IGNORE, read_raw_label
@@ -32,6 +33,7 @@ from weakshot_cli.io import write_json, write_label_png
 
 STATE = ".pseudolabel-state.json"
 REPORT = "pseudolabel.json"
+COCO = "coco.json"
 MODES = ("keep", "choose")
 
 
@@ -42,6 +44,7 @@ class PseudolabelOptions(InferenceOptions):
     min_score: float = 0.0
     mode: str = "choose"
     exist_ok: bool = False
+    coco: bool = False
 
     def check(self) -> None:
         if not 0 <= self.min_score < float("inf"):  # also refuses nan; inf would drop every novel pixel
@@ -166,7 +169,7 @@ def _prepare(out: Path, root: Path, state: dict, exist_ok: bool) -> None:
     if folders.claim(out, "pseudolabel"):
         pass  # a new folder
     elif exist_ok:
-        own = [out / name for name in (MANIFEST, REPORT, STATE)]
+        own = [out / name for name in (MANIFEST, REPORT, STATE, COCO)]
         for folder, pattern in (("labels", "*.png"), ("stats", "*.json")):
             own += (out / folder / "train").glob(pattern)
         folders.remove_own(out, "pseudolabel", own)
@@ -289,6 +292,16 @@ def _pseudo_manifest(m: Manifest, names: list[str], state: dict, novel_pixels: i
                     source={"command": "pseudolabel", **state, "novel_pixels": novel_pixels})
 
 
+def _write_coco(out: Path, m: Manifest, names: list[str]) -> None:
+    """The expanded training labels as one COCO stuff JSON; file names are relative to the folder all training
+    images lie below (``info.images``), so that ``split --images THAT --coco coco.json`` reads them back."""
+    images = [m.resolve(it.image) for it in m.splits["train"]]
+    root = Path(os.path.commonpath([p.parent for p in images]))
+    labels = ((p.relative_to(root).as_posix(), read_raw_label(out / name)) for p, name in zip(images, names))
+    write_json(out / COCO, stuff_coco(labels, m.classes, {"description": "weakshot pseudolabel: training labels",
+                                                          "images": str(root)}))
+
+
 def run_pseudolabel(o: PseudolabelOptions, console: Console, err: Console | None = None) -> dict:
     """Check everything before the output folder is touched, label the images an earlier run left, then write the
     report and the new dataset; returns the report (the CLI prints it as tables). Warnings go to ``err`` (default
@@ -317,13 +330,15 @@ def run_pseudolabel(o: PseudolabelOptions, console: Console, err: Console | None
         per_class = report["tag_check"]["per_class"]
         new = _pseudo_manifest(m, names, state, sum(c["pixels"] for c in per_class.values()))
         write_json(o.out / REPORT, report)
+        if o.coco:
+            _write_coco(o.out, m, names)
         new.save(o.out)  # last: its presence marks a finished dataset
     except KeyboardInterrupt:
         kept = len(items) - len(_unfinished(o.out, names))
         raise Interrupted(f"interrupted: {kept} of {len(items)} pseudo-labels kept in {o.out}; rerun the same "
                           "command to resume") from None
     console.print(f"Pseudo-labelled {len(items)} training images ({len(items) - len(todo)} from an earlier run); "
-                  f"dataset: [bold]{o.out / MANIFEST}[/]")
+                  f"dataset: [bold]{o.out / MANIFEST}[/]" + (f", COCO: {o.out / COCO}" if o.coco else ""))
     empty = [name for name, c in per_class.items() if c["tagged_images"] and not c["pixels"]]
     if empty:
         err = err or Console(stderr=True, highlight=False)
