@@ -455,6 +455,28 @@ def retrain(
 
 
 @app.command()
+def export(
+    checkpoint: Checkpoint,
+    format_: Annotated[str, typer.Option("--format", "-f", help="onnx (onnxruntime, any runtime that reads ONNX) or "
+                                                                "torchscript (torch.jit.load).")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output file (default: beside the checkpoint, "
+                                                                    "best.onnx or best.torchscript).")] = None,
+    exist_ok: Annotated[bool, typer.Option(help="Replace an export already at the output path.")] = False,
+) -> None:
+    """Export a checkpoint as one file that runs without weakshot: RGB images in (float 0..255, [B, 3, H, W], any
+    size; normalisation inside), per-class scores and labels at the input size out, the novel-score calibration
+    inside; class names, colours and the inference size in its metadata. 'weakshot predict model.onnx' runs it.
+    ONNX needs the onnx extra: pip install 'weakshot[onnx]'.
+
+    Example: weakshot export runs/retrain/retrain/weights/last.pt --format onnx
+    """
+    from weakshot_cli.engine.export import run_export
+
+    path = run_export(checkpoint, format_, out, exist_ok)
+    console.print(f"Exported [bold]{path}[/]")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Working folder for the demo.")] = Path("runs/demo"),
     seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset and of training.")] = 0,

@@ -84,9 +84,8 @@ def run_evaluate(o: EvaluateOptions, console: Console) -> dict:
     with provisional_run_dir(o.project, "evaluate", o.name, o.exist_ok) as run_dir:
         with image_bar(console) as bar:
             task = bar.add_task(f"evaluate {o.split}", total=len(loader.dataset))
-            metrics, cm = evaluate_loader(run.model, loader, len(m.classes), m.base, m.novel, run.device,
-                                          run.autocast, lambda n: bar.advance(task, n), o.flip, o.scales, keep,
-                                          run.scale)
+            metrics, cm = evaluate_loader(run, loader, len(m.classes), m.base, m.novel,
+                                          lambda n: bar.advance(task, n), keep)
         per_class = {name: {"type": "novel" if i in m.novel else "base", "IoU": metrics["IoU"][i],
                             "Acc": metrics["Acc"][i], "Precision": metrics["Precision"][i]}
                      for i, name in enumerate(m.classes)}

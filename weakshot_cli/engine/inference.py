@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,14 +81,13 @@ def score_scale(ckpt: dict) -> torch.Tensor | None:
     return scale
 
 
-def _scores_at(model: nn.Module, images: torch.Tensor, flip: bool) -> torch.Tensor:
-    size = tuple(images.shape[-2:])
-    out = model(images)
-    probs = semantic_probs(out["pred_logits"], out["pred_masks"], size)
-    if flip:
-        out_f = model(images.flip(-1))
-        probs = (probs + semantic_probs(out_f["pred_logits"], out_f["pred_masks"], size).flip(-1)) / 2
-    return probs
+def model_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The network as score_maps reads it: normalised, padded images -> class scores [B, K, H, W] at their size."""
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        out = model(images)
+        return semantic_probs(out["pred_logits"], out["pred_masks"], tuple(images.shape[-2:]))
+
+    return forward
 
 
 # Elements of one full-resolution strip of scores (classes x rows x width): 64 MB in float32 whatever the image.
@@ -139,19 +140,21 @@ class ScoreMap:
 
 
 @torch.no_grad()
-def score_maps(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, int]],
+def score_maps(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, sizes: list[tuple[int, int]],
                out_sizes: Sequence[tuple[int, int]], flip: bool = False,
                scales: Sequence[float] = (1.0,), scale: torch.Tensor | None = None) -> list[ScoreMap]:
-    """Per image the sum over queries of class prob x mask prob, computed at the padded input size (and at each
-    extra scale, averaged), times the per-class ``scale`` where given, cropped to the valid region; read at the
-    original resolution ``out_sizes`` through ScoreMap."""
+    """Per image the scores ``forward`` gives (model_forward: the sum over queries of class prob x mask prob) at
+    the padded input size (and at each extra scale, and mirrored, averaged), times the per-class ``scale`` where
+    given, cropped to the valid region; read at the original resolution ``out_sizes`` through ScoreMap."""
     H, W = images.shape[-2:]
     probs = 0
     for s in scales:
         x = images
         if s != 1.0:
             x = F.interpolate(images, size=scaled_size(H, W, s), mode="bilinear", align_corners=False)
-        p = _scores_at(model, x, flip).float()
+        p = forward(x).float()
+        if flip:
+            p = (p + forward(x.flip(-1)).float().flip(-1)) / 2
         if s != 1.0:
             p = F.interpolate(p, size=(H, W), mode="bilinear", align_corners=False)
         probs = probs + p / len(scales)
@@ -163,57 +166,59 @@ def score_maps(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, in
 def class_scores(model: nn.Module, images: torch.Tensor, sizes: list[tuple[int, int]],
                  out_sizes: Sequence[tuple[int, int]], flip: bool = False,
                  scales: Sequence[float] = (1.0,), scale: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """score_maps at the original resolution, [K, H, W] per image: for images small enough to hold whole."""
-    return [m.full() for m in score_maps(model, images, sizes, out_sizes, flip, scales, scale)]
+    """score_maps of ``model`` at the original resolution, [K, H, W] per image: for images small enough to hold
+    whole."""
+    return [m.full() for m in score_maps(model_forward(model), images, sizes, out_sizes, flip, scales, scale)]
 
 
 @dataclass
 class Inference:
-    """A checkpoint ready to run, as evaluate, predict and pseudolabel run it: the model on its device, with the
-    precision, input size, test-time augmentation and score calibration the options and checkpoint ask for."""
+    """A model ready to run, as evaluate, predict and pseudolabel run it: a checkpoint's network (or an exported
+    ONNX model) on its device, with the precision, input size, test-time augmentation and score calibration the
+    options and checkpoint ask for. ``ckpt`` holds the checkpoint, or an ONNX model's metadata in its shape."""
 
     ckpt: dict
-    model: SimFormer
+    forward: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device
-    autocast: Callable[[], torch.autocast]
+    autocast: Callable[[], AbstractContextManager]
     imgsz: int
-    flip: bool
-    scales: Sequence[float]
-    scale: torch.Tensor | None
+    flip: bool = False
+    scales: Sequence[float] = (1.0,)
+    scale: torch.Tensor | None = None
 
     @classmethod
     def load(cls, o: InferenceOptions) -> Inference:
+        if Path(o.checkpoint).suffix.lower() == ".onnx":
+            from weakshot_cli.engine.export import onnx_forward
+
+            meta, forward = onnx_forward(Path(o.checkpoint), o.device)
+            return cls(meta, forward, torch.device("cpu"), contextlib.nullcontext, inference_size(meta, o.imgsz),
+                       o.flip, o.scales)
         ckpt = load_checkpoint(o.checkpoint)
         device = resolve_device(o.device)
-        return cls(ckpt, model_from_checkpoint(ckpt, device, str(o.checkpoint)), device, o.autocast(device),
-                   inference_size(ckpt, o.imgsz), o.flip, o.scales, score_scale(ckpt))
+        model = model_from_checkpoint(ckpt, device, str(o.checkpoint))
+        return cls(ckpt, model_forward(model), device, o.autocast(device), inference_size(ckpt, o.imgsz), o.flip,
+                   o.scales, score_scale(ckpt))
 
     def __call__(self, images: torch.Tensor, sizes: list[tuple[int, int]],
                  out_sizes: Sequence[tuple[int, int]]) -> list[ScoreMap]:
         with self.autocast():
-            return score_maps(self.model, images.to(self.device), sizes, out_sizes, self.flip, self.scales,
+            return score_maps(self.forward, images.to(self.device), sizes, out_sizes, self.flip, self.scales,
                               self.scale)
 
 
-def evaluate_loader(model: nn.Module, loader, num_classes: int, base: list[int], novel: list[int],
-                    device: torch.device, autocast, progress=None, flip: bool = False,
-                    scales: Sequence[float] = (1.0,), keep=None,
-                    scale: torch.Tensor | None = None) -> tuple[dict, np.ndarray]:
-    """One confusion matrix over the loader at original resolution; ``progress(n)`` per batch and
-    ``keep(index, prediction)`` per image when given."""
-    was_training = model.training
-    model.eval()
+def evaluate_loader(scores: Callable[..., list[ScoreMap]], loader, num_classes: int, base: list[int],
+                    novel: list[int], progress=None, keep=None) -> tuple[dict, np.ndarray]:
+    """One confusion matrix over the loader at original resolution, from ``scores(images, sizes, out_sizes)`` (an
+    Inference); ``progress(n)`` per batch and ``keep(index, prediction)`` per image when given."""
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
     for batch in loader:
-        with autocast():
-            scores = score_maps(model, batch["image"].to(device), batch["sizes"],
-                                [tuple(label.shape) for label in batch["labels"]], flip, scales, scale)
-        for s, label, index in zip(scores, batch["labels"], batch["index"]):
+        maps = scores(batch["image"], batch["sizes"], [tuple(label.shape) for label in batch["labels"]])
+        for s, label, index in zip(maps, batch["labels"], batch["index"]):
             pred = s.argmax()[0]
             cm += confusion(pred, label, num_classes)
             if keep is not None:
                 keep(index, pred)
         if progress is not None:
             progress(len(batch["labels"]))
-    model.train(was_training)
     return compute_metrics(cm.numpy(), base, novel), cm.numpy()

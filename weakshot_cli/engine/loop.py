@@ -23,7 +23,7 @@ from weakshot_cli.engine import distributed
 from weakshot_cli.engine.build import TrainStep, weak_shot
 from weakshot_cli.engine.checkpoint import save_checkpoint, training_state, weights_state
 from weakshot_cli.engine.config import TrainConfig
-from weakshot_cli.engine.inference import evaluate_loader
+from weakshot_cli.engine.inference import Inference, evaluate_loader, model_forward
 from weakshot_cli.engine.progress import TrainProgress, figure
 from weakshot_cli.errors import UserError
 from weakshot_cli.folders import run_stage
@@ -159,8 +159,12 @@ def train_iteration(t: Training, batch: dict) -> dict[str, float]:
 def validate(t: Training, val_loader: DataLoader, progress: TrainProgress) -> bool:
     """Score the validation split, log it, and keep the best score (best.pt rule: see improves); True when
     this validation is the new best."""
-    metrics, _ = evaluate_loader(t.step.model, val_loader, len(t.m.classes), t.m.base, t.m.novel, t.device,
-                                 t.autocast)
+    model = t.step.model
+    was_training = model.training
+    model.eval()
+    scores = Inference(None, model_forward(model), t.device, t.autocast, t.cfg.val_imgsz or t.cfg.imgsz)
+    metrics, _ = evaluate_loader(scores, val_loader, len(t.m.classes), t.m.base, t.m.novel)
+    model.train(was_training)
     score = best_score(metrics, t.cfg.best_metric)
     improved = improves(score, t.best)
     if improved:
