@@ -31,6 +31,8 @@ same precision, so neither is timed at one the other is not.
   precision); on CUDA no peak is assumed.
 - Peak memory: each model, task and precision in a fresh subprocess (peak RSS on the CPU, which includes the
   interpreter and libraries; peak allocated on CUDA), so no run's peak hides another's.
+- ONNX: the mobile preset exported as ``weakshot export`` writes it, run by onnxruntime beside the same module in
+  PyTorch, float32, batch 1 at 256 and 512 (``--only-onnx`` runs this alone and adds it to speed.json).
 - Throughput: ``weakshot predict`` on the CamVid val images and ``weakshot pseudolabel`` on its training split,
   as subprocesses, end to end, at the CLI's default precision (--no-throughput skips it).
 
@@ -297,6 +299,49 @@ def mobile(device: torch.device, precision: str, imgsz: int, repeats: int, peak_
     return result
 
 
+def onnx_vs_torch(threads: int, repeats: int, sizes: tuple[int, ...] = (256, 512)) -> dict:
+    """The mobile preset (random weights) exported as `weakshot export` writes it, run by onnxruntime, beside the
+    same module in PyTorch (float32, no autograd), batch 1 of RGB 0..255 at each size: median seconds and the
+    ratio onnxruntime / PyTorch."""
+    import onnxruntime as ort
+
+    from models.deploy import Segmenter
+    from weakshot_cli.data.dataset import MEAN, STD
+    from weakshot_cli.engine.export import _write_onnx
+
+    net = build_net("mobile", torch.device("cpu"))
+    seg = Segmenter(net.model.eval(), MEAN, STD, torch.ones(K)).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mobile.onnx"
+        _write_onnx(seg, {}, path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        result = {}
+        for size in sizes:
+            x = torch.rand(1, 3, size, size) * 255
+
+            def pytorch() -> None:
+                with torch.no_grad():
+                    seg(x)
+
+            def onnxruntime() -> None:
+                session.run(["scores"], {"images": x.numpy()})
+
+            fns = {"pytorch": pytorch, "onnxruntime": onnxruntime}
+            times: dict[str, list[float]] = {n: [] for n in fns}
+            for fn in fns.values():
+                fn()  # warm-up
+            for _ in range(repeats):
+                for n, fn in fns.items():
+                    times[n].append(timed(fn, torch.device("cpu")))
+            pt, ox = (statistics.median(times[n]) for n in fns)
+            result[f"infer_{size}"] = {"pytorch_s": round(pt, 4), "onnxruntime_s": round(ox, 4),
+                                       "ratio": round(ox / pt, 3)}
+            print("onnx", size, result[f"infer_{size}"], flush=True)
+    return {"preset": "mobile", "precision": "fp32", "threads": threads, "onnxruntime": ort.__version__, **result}
+
+
 def peak_memory(name: str, task: str, device: str, precision: str, batch: int, imgsz: int, threads: int) -> float:
     """GiB at the peak of two runs of ``task`` in a fresh process."""
     code = (f"import sys; sys.argv=['speed.py']; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import speed; "
@@ -438,6 +483,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", type=Path, default=CAMVID)
     ap.add_argument("--no-throughput", action="store_true", help="skip the CamVid predict/pseudolabel runs")
+    ap.add_argument("--only-onnx", action="store_true",
+                    help="only the ONNX Runtime vs PyTorch inference of the mobile preset, added to speed.json")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
                     help="folder for speed.json (CPU) or speed-cuda.json")
     a = ap.parse_args()
@@ -454,6 +501,13 @@ def main() -> None:
     a = parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
+    if a.only_onnx:
+        path = a.out / "speed.json"
+        result = json.loads(path.read_text()) if path.exists() else {}
+        result["onnx"] = onnx_vs_torch(a.threads, a.repeats) | {"date": time.strftime("%Y-%m-%d"),
+                                                                "cpu": cpu_facts()["model"]}
+        atomic_write(path, lambda p: p.write_text(json.dumps(result, indent=2)))
+        return
     import transformers
 
     mob = weakshot_config("mobile")
@@ -474,6 +528,9 @@ def main() -> None:
         entry["peak_memory_gib"], mob_entry["peak_memory_gib"] = memories(a.device, p, a.batch, a.imgsz, a.threads)
         result["precisions"][p], result["mobile"]["precisions"][p] = entry, mob_entry
         save()  # after each precision, so a long run that is stopped keeps what it measured
+    if device.type == "cpu":
+        result["onnx"] = onnx_vs_torch(a.threads, a.repeats)
+        save()
     if not a.no_throughput and a.data.exists():
         result["throughput"] = throughput(a.device, a.threads, a.data)
         print("throughput", result["throughput"], flush=True)
