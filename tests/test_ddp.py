@@ -33,10 +33,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args) -> subprocess.CompletedProcess:
+def torchrun(*args, command: str = "train", nproc: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc-per-node", "2", "--master-port",
-           str(free_port()), "-m", "weakshot_cli", "train", *map(str, args)]
+    cmd = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc-per-node", str(nproc),
+           "--master-port", str(free_port()), "-m", "weakshot_cli", command, *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -65,3 +65,42 @@ def test_batch_must_split_evenly_across_processes(synth, tmp_path):
     assert "error: --batch 3 is not divisible by the 2 torchrun processes" in r.stderr
     assert "UserError" not in r.stderr and "weakshot_cli/" not in r.stderr  # torchrun's own traceback only
     assert not (tmp_path / "runs").exists()
+
+
+def _files(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@needs_torchrun
+def test_pseudolabel_predict_and_evaluate_on_two_processes_write_what_one_writes(tiny_ckpt, synth, tmp_path):
+    """Each process takes every second batch (batch 3: the processes' shares differ in size); the label files,
+    statistics, reports, predictions.json and metrics are byte for byte those of one process."""
+    fast = ["--device", "cpu", "--imgsz", "64", "--amp", "off", "--batch", "3"]
+    out = {}
+    for n in (1, 2):
+        pl, runs = tmp_path / f"pl{n}", tmp_path / f"runs{n}"
+        jobs = (("pseudolabel", [synth, "-o", pl]), ("predict", [synth.parent / "src" / "images" / "val", "--json"]),
+                ("evaluate", [synth]))
+        for command, args in jobs:
+            args = [tiny_ckpt, *args, *fast, *(["--project", runs] if command != "pseudolabel" else [])]
+            if n == 1:  # one process, one thread as each torchrun process has: the reference, run here
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    r = run_cli(command, *args)
+                finally:
+                    torch.set_num_threads(threads)
+            else:
+                r = torchrun(*args, command=command, nproc=n)
+            assert r.returncode == 0, r.stderr[-3000:]
+            if command == "pseudolabel":
+                assert r.stdout.count("Pseudo-labelled 12 training images") == 1  # the first process reports
+        out[n] = {**{f"pl/{k}": v for k, v in _files(pl).items() if k not in (".pseudolabel-state.json", ".weakshot")},
+                  **{f"runs/{k}": v for k, v in _files(runs).items() if k.endswith((".png", ".json")) and "plots" not in k}}
+    assert out[1].keys() == out[2].keys() and len(out[1]) > 30
+    for key in out[1]:
+        a, b = out[1][key], out[2][key]
+        if key.endswith("weakshot.json") or key.endswith("metrics.json"):  # they name their own folders
+            a, b = (x.replace(str(tmp_path / f"pl{n}").encode(), b"PL").replace(str(tmp_path / f"runs{n}").encode(),
+                    b"RUNS") for x, n in ((a, 1), (b, 2)))
+        assert a == b, key

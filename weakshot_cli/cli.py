@@ -339,7 +339,8 @@ def evaluate(
                                           name=name, exist_ok=exist_ok, device=device, imgsz=imgsz, batch=batch,
                                           workers=workers, flip=flip, scales=_scales(scales), samples=samples,
                                           amp=amp), console)
-    print_evaluation(console, result)
+    if result:  # processes other than the first under torchrun report nothing
+        print_evaluation(console, result)
 
 
 @app.command()
@@ -427,7 +428,7 @@ def pseudolabel(
                                                 mode=mode, device=device, imgsz=imgsz, batch=batch, workers=workers,
                                                 flip=flip, scales=_scales(scales), exist_ok=exist_ok, amp=amp, coco=coco),
                              console, err_console)
-    for table in pseudolabel_tables(report):
+    for table in pseudolabel_tables(report) if report else []:  # processes other than the first report nothing
         console.print(table)
 
 

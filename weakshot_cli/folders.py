@@ -176,23 +176,30 @@ def run_stage(run_dir: Path) -> str:
 
 @contextmanager
 def provisional_run_dir(project: Path, stage: str, name: str | None, exist_ok: bool,
-                        keep: Callable[[Path], bool] = lambda run_dir: False) -> Iterator[Path]:
+                        keep: Callable[[Path], bool] = lambda run_dir: False, ddp: object = None) -> Iterator[Path]:
     """A new run folder that disappears again, with the parents made for it, if the block raises an error
     (bad input found mid-run, a full disk) and ``keep(run_dir)`` is false: a failed run leaves nothing behind.
-    Ctrl-C keeps what is there."""
+    Ctrl-C keeps what is there. Under torchrun (``ddp``: engine.distributed.Dist) the first process makes the
+    folder and every process gets its path, or its error."""
+    main = ddp is None or ddp.main
     made = [p for p in (project / stage, *(project / stage).parents) if not p.exists()]
-    try:
-        run_dir = new_run_dir(project, stage, name, exist_ok)
-    except Exception:
-        _remove_empty(made)
-        raise
-    fresh = {p.name for p in run_dir.iterdir()} == {MARKER}
+
+    def claim_run_dir() -> str:
+        try:
+            return str(new_run_dir(project, stage, name, exist_ok))
+        except Exception:
+            _remove_empty(made)
+            raise
+
+    run_dir = Path(claim_run_dir() if ddp is None else ddp.on_main(claim_run_dir))
+    fresh = main and {p.name for p in run_dir.iterdir()} == {MARKER}
     try:
         yield run_dir
     except Exception:
         if fresh and not keep(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
-        _remove_empty(made)
+        if main:
+            _remove_empty(made)
         raise
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,33 @@ class Dist:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    def shard(self, items: list) -> list:
+        """This process's share of ``items`` (every world-th, from its rank): with items cut the same way on every
+        process, each item is handled exactly as one process would handle it."""
+        return items[self.rank::self.world]
+
+    def gather(self, value: object) -> list:
+        """Every process's ``value``, in rank order, on every process."""
+        if self.world == 1:
+            return [value]
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    def on_main(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` on rank 0 alone (claiming a folder, say) while the others wait; its result, or its UserError
+        (raised on every process, so none waits forever), on all."""
+        outcome: tuple[str, object] = ("ok", None)
+        if self.main:
+            try:
+                outcome = ("ok", fn())
+            except UserError as e:
+                outcome = ("error", str(e))
+        kind, value = self.broadcast(outcome)
+        if kind == "error":
+            raise UserError(value)
+        return value
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

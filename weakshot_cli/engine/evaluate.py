@@ -14,7 +14,8 @@ from weakshot_cli.data.dataset import EvalDataset, collate_eval, load_rgb
 from weakshot_cli.data.labels import read_raw_label
 from weakshot_cli.data.manifest import Manifest, load_manifest
 from weakshot_cli.engine.checks import check_classes, check_image_sizes
-from weakshot_cli.engine.inference import Inference, InferenceOptions, evaluate_loader
+from weakshot_cli.engine.inference import Inference, InferenceOptions, confusion_over
+from weakshot_cli.engine.metrics import compute_metrics
 from weakshot_cli.engine.plots import plot_class_iou, plot_confusion, plot_samples
 from weakshot_cli.engine.progress import image_bar
 from weakshot_cli.folders import provisional_run_dir
@@ -73,24 +74,30 @@ def run_evaluate(o: EvaluateOptions, console: Console) -> dict:
     check_classes(ckpt, m, o.checkpoint)
     check_split(m, o.split, o.dataset)
     check_image_sizes(m, o.split, imgsz, o.scales)
-    loader = DataLoader(EvalDataset(m, o.split, imgsz or None, full=True), batch_size=o.batch,
-                        collate_fn=collate_eval, num_workers=o.workers)
+    data, ddp = EvalDataset(m, o.split, imgsz or None, full=True), run.ddp
+    # under torchrun each process scores every world-th batch; their confusion matrices add up
+    batches = ddp.shard([list(range(i, min(i + o.batch, len(data)))) for i in range(0, len(data), o.batch)])
+    loader = DataLoader(data, batch_sampler=batches, collate_fn=collate_eval, num_workers=o.workers)
     kept: dict[int, torch.Tensor] = {}
 
     def keep(index: int, pred: torch.Tensor) -> None:  # the first few predictions, for the overlay grid
         if index < o.samples:
             kept[index] = pred
 
-    with provisional_run_dir(o.project, "evaluate", o.name, o.exist_ok) as run_dir:
-        with image_bar(console) as bar:
-            task = bar.add_task(f"evaluate {o.split}", total=len(loader.dataset))
-            metrics, cm = evaluate_loader(run, loader, len(m.classes), m.base, m.novel,
-                                          lambda n: bar.advance(task, n), keep)
+    with provisional_run_dir(o.project, "evaluate", o.name, o.exist_ok, ddp=ddp) as run_dir:
+        with image_bar(console if ddp.main else Console(quiet=True)) as bar:
+            task = bar.add_task(f"evaluate {o.split}", total=sum(map(len, batches)))
+            cm = confusion_over(run, loader, len(m.classes), lambda n: bar.advance(task, n), keep)
+        cm = sum(ddp.gather(cm))
+        kept = {i: pred for part in ddp.gather(kept) for i, pred in part.items()}
+        metrics = compute_metrics(cm, m.base, m.novel)
+        if not ddp.main:
+            return {}
         per_class = {name: {"type": "novel" if i in m.novel else "base", "IoU": metrics["IoU"][i],
                             "Acc": metrics["Acc"][i], "Precision": metrics["Precision"][i]}
                      for i, name in enumerate(m.classes)}
         result = {"checkpoint": str(o.checkpoint), "dataset": str(o.dataset), "split": o.split,
-                  "images": len(loader.dataset), "imgsz": imgsz, "flip": o.flip, "scales": list(o.scales),
+                  "images": len(data), "imgsz": imgsz, "flip": o.flip, "scales": list(o.scales),
                   "novel_scale": ckpt.get("novel_scale", 1.0),
                   **{k: v for k, v in metrics.items() if k not in ("IoU", "Acc", "Precision")}, "classes": per_class,
                   "confusion": cm.astype(int).tolist()}

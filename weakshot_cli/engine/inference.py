@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,8 @@ from weakshot_cli.data.dataset import scaled_size
 from weakshot_cli.engine.build import amp_dtype, build_model
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.config import AMP_MODES, IMGSZ_MAX, TrainConfig
-from weakshot_cli.engine.distributed import resolve_device
+from weakshot_cli.engine import distributed
+from weakshot_cli.engine.distributed import Dist
 from weakshot_cli.engine.metrics import compute_metrics, confusion
 from weakshot_cli.errors import UserError
 
@@ -185,20 +186,23 @@ class Inference:
     flip: bool = False
     scales: Sequence[float] = (1.0,)
     scale: torch.Tensor | None = None
+    ddp: Dist = field(default_factory=Dist)
 
     @classmethod
     def load(cls, o: InferenceOptions) -> Inference:
+        """Under torchrun, on this process's device (the commands then share the images among the processes)."""
         if Path(o.checkpoint).suffix.lower() == ".onnx":
             from weakshot_cli.engine.export import onnx_forward
 
             meta, forward = onnx_forward(Path(o.checkpoint), o.device)
+            ddp, _ = distributed.setup("cpu")
             return cls(meta, forward, torch.device("cpu"), contextlib.nullcontext, inference_size(meta, o.imgsz),
-                       o.flip, o.scales)
+                       o.flip, o.scales, None, ddp)
         ckpt = load_checkpoint(o.checkpoint)
-        device = resolve_device(o.device)
+        ddp, device = distributed.setup(o.device)
         model = model_from_checkpoint(ckpt, device, str(o.checkpoint))
         return cls(ckpt, model_forward(model), device, o.autocast(device), inference_size(ckpt, o.imgsz), o.flip,
-                   o.scales, score_scale(ckpt))
+                   o.scales, score_scale(ckpt), ddp)
 
     def __call__(self, images: torch.Tensor, sizes: list[tuple[int, int]],
                  out_sizes: Sequence[tuple[int, int]]) -> list[ScoreMap]:
@@ -209,6 +213,13 @@ class Inference:
 
 def evaluate_loader(scores: Callable[..., list[ScoreMap]], loader, num_classes: int, base: list[int],
                     novel: list[int], progress=None, keep=None) -> tuple[dict, np.ndarray]:
+    """The metrics of confusion_over and the matrix."""
+    cm = confusion_over(scores, loader, num_classes, progress, keep)
+    return compute_metrics(cm, base, novel), cm
+
+
+def confusion_over(scores: Callable[..., list[ScoreMap]], loader, num_classes: int, progress=None,
+                   keep=None) -> np.ndarray:
     """One confusion matrix over the loader at original resolution, from ``scores(images, sizes, out_sizes)`` (an
     Inference); ``progress(n)`` per batch and ``keep(index, prediction)`` per image when given."""
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -221,4 +232,4 @@ def evaluate_loader(scores: Callable[..., list[ScoreMap]], loader, num_classes: 
                 keep(index, pred)
         if progress is not None:
             progress(len(batch["labels"]))
-    return compute_metrics(cm.numpy(), base, novel), cm.numpy()
+    return cm.numpy()

@@ -143,7 +143,7 @@ def collate_predict(batch: list[dict]) -> dict:
     ok = [b for b in batch if "error" not in b]
     padded = collate_eval([{"image": b["image"], "label": b["size"], "index": b["index"]} for b in ok]) if ok else {}
     return {**padded, "out_sizes": padded.get("labels", []), "index": [b["index"] for b in ok],
-            "rgb": [b["rgb"] for b in ok], "errors": [b["error"] for b in batch if "error" in b]}
+            "rgb": [b["rgb"] for b in ok], "errors": [(b["index"], b["error"]) for b in batch if "error" in b]}
 
 
 def rle_results(mean_score: torch.Tensor, label: np.ndarray, image_id: str, file_name: str,
@@ -176,14 +176,16 @@ def run_predict(o: PredictOptions, console: Console, err: Console | None = None)
     palette = run.ckpt.get("palette") or default_palette(len(classes))
     imgsz = run.imgsz
     stems = output_stems([rel for _, rel in images])
+    ddp = run.ddp  # under torchrun each process predicts every world-th batch
+    batches = ddp.shard([list(range(i, min(i + o.batch, len(images)))) for i in range(0, len(images), o.batch)])
     loader = DataLoader(PredictDataset([p for p, _ in images], imgsz or None, o.save_overlay, o.scales),
-                        batch_size=o.batch, collate_fn=collate_predict, num_workers=o.workers)
+                        batch_sampler=batches, collate_fn=collate_predict, num_workers=o.workers)
     written, errors, results = 0, [], []
     run_dir: Path | None = None
     try:  # Ctrl-C keeps the predictions written (each file atomically) and says so
-        with provisional_run_dir(o.project, "predict", o.name, o.exist_ok) as run_dir:
-            with image_bar(console) as bar:
-                task = bar.add_task("predict", total=len(images))
+        with provisional_run_dir(o.project, "predict", o.name, o.exist_ok, ddp=ddp) as run_dir:
+            with image_bar(console if ddp.main else Console(quiet=True)) as bar:
+                task = bar.add_task("predict", total=sum(map(len, batches)))
                 for batch in loader:
                     errors += batch["errors"]
                     if batch["index"]:
@@ -200,12 +202,20 @@ def run_predict(o: PredictOptions, console: Console, err: Console | None = None)
                                 atomic_write(run_dir / "overlays" / f"{stems[i]}.jpg",
                                              lambda p, im=blend: im.save(p, format="JPEG", quality=90))
                             if o.json:
-                                results += rle_results(mean_score, label, stems[i], str(images[i][0]), classes)
+                                results.append((i, rle_results(mean_score, label, stems[i], str(images[i][0]),
+                                                               classes)))
                     bar.advance(task, len(batch["index"]) + len(batch["errors"]))
+            parts = ddp.gather((written, errors, results))
+            written = sum(part[0] for part in parts)
+            errors = [e for _, e in sorted(e for part in parts for e in part[1])]
             if not written:
                 raise UserError(f"no image could be read ({len(errors)} skipped; first: {errors[0]})", o.source)
+            if not ddp.main:
+                return {}
             if o.json:
-                write_json(run_dir / "predictions.json", results)
+                write_json(run_dir / "predictions.json",
+                           [r for _, rs in sorted((r for part in parts for r in part[2]), key=lambda x: x[0])
+                            for r in rs])
     except KeyboardInterrupt:
         where = f" to {run_dir / 'labels'}" if written else ""
         unwritten = "; predictions.json is written only by a finished run" if o.json else ""

@@ -241,12 +241,12 @@ def merge_stats(parts: Sequence[dict], novel_names: Sequence[str]) -> dict:
 
 
 def _label_images(run: Inference, loader: DataLoader, m: Manifest, names: list[str], todo: set[int],
-                  o: PseudolabelOptions, console: Console) -> None:
-    """Pseudo-label the images in ``todo``; each image's statistics are written before its label, so a label on
-    disk always has its statistics beside it."""
+                  o: PseudolabelOptions, console: Console, total: int, done: int) -> None:
+    """Pseudo-label the images in ``todo`` that this process's loader holds; each image's statistics are written
+    before its label, so a label on disk always has its statistics beside it."""
     items = m.splits["train"]
     with image_bar(console) as bar:
-        task = bar.add_task("pseudo-label", total=len(items), completed=len(items) - len(todo))
+        task = bar.add_task("pseudo-label", total=total, completed=done)
         for b in loader:
             scores = run(b["image"], b["sizes"], [x.shape for x in b["labels"]])
             for s, base_label, i in zip(scores, b["labels"], b["index"]):
@@ -315,17 +315,25 @@ def run_pseudolabel(o: PseudolabelOptions, console: Console, err: Console | None
         raise UserError("the dataset has no training images to pseudo-label", o.dataset)
     state = _run_state(o, imgsz)
     check_image_sizes(m, "train", imgsz, o.scales)
-    _prepare(o.out, m.root, state, o.exist_ok)
+    ddp = run.ddp
+    ddp.on_main(lambda: _prepare(o.out, m.root, state, o.exist_ok))
     items = m.splits["train"]
     names = _label_names(items)
     todo = _unfinished(o.out, names)
     # Batches are cut from all images, then only those with work left run: a resumed run scores every image with
     # the same batch neighbours as an uninterrupted one (scores differ in the last bits with batch composition).
-    batches = [b for b in _batches(m, list(range(len(items))), o.batch) if todo.intersection(b)]
+    # Under torchrun each process takes every world-th of them, so N processes write what one writes.
+    batches = ddp.shard([b for b in _batches(m, list(range(len(items))), o.batch) if todo.intersection(b)])
     loader = DataLoader(EvalDataset(m, "train", imgsz or None), batch_sampler=batches, collate_fn=collate_eval,
                         num_workers=o.workers)
+    shown = console if ddp.main else Console(quiet=True)
+    done = len(items) - len(todo)
     try:
-        _label_images(run, loader, m, names, todo, o, console)
+        _label_images(run, loader, m, names, todo, o, shown, done + sum(len(todo.intersection(b)) for b in batches),
+                      done)
+        ddp.barrier()
+        if not ddp.main:
+            return {}
         report = _report(o, m, names)
         per_class = report["tag_check"]["per_class"]
         new = _pseudo_manifest(m, names, state, sum(c["pixels"] for c in per_class.values()))

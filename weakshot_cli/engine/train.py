@@ -3,7 +3,6 @@ schedule, the resumed state, the data loaders, and the outputs at the end; run_t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -232,9 +231,9 @@ def run_train(dataset: Path | None, cfg_builder: Callable[[], TrainConfig], proj
     ddp, device = distributed.setup(cfg.device)
     check_run(cfg, m, dataset, ddp.world, stage)
     # A run that fails before its first checkpoint leaves no folder behind; one with a checkpoint keeps it.
-    folder = provisional_run_dir(project, stage, name, exist_ok, keep=lambda d: any((d / "weights").glob("*.pt")))
-    with folder if ddp.main else contextlib.nullcontext() as run_dir:
-        run_dir = Path(ddp.broadcast(str(run_dir)))  # rank 0 makes the folder; the others learn its name
+    folder = provisional_run_dir(project, stage, name, exist_ok, keep=lambda d: any((d / "weights").glob("*.pt")),
+                                 ddp=ddp)
+    with folder as run_dir:  # rank 0 makes the folder; the others learn its name
         if ddp.main:
             save_config(cfg, dataset, run_dir, weights)
         # printed at the first checkpoint: a run that fails before it leaves no folder to point to
