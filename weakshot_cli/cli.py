@@ -444,6 +444,9 @@ def retrain(
     backbone_weights: BackboneWeights = None, lr: Lr = None, seed: Seed = None, amp: Amp = None,
     best_metric: BestMetric = None, set_: Sets = None, project: Project = Path("runs"), name: Name = None,
     exist_ok: ExistOk = False, resume: Resume = None, weights: Weights = None,
+    reject: Annotated[Optional[Path], typer.Option(
+        help="rejections.json saved from 'weakshot review': those images' (or classes') pseudo-labels are read as "
+             "ignore; base masks stay.")] = None,
 ) -> None:
     """Train a plain MaskFormer on pseudo-labelled data (novel classes now have masks; no SimNet, distillation
     or complementary loss); writes runs/retrain/NAME. Starts, by default, from the weights of the checkpoint that
@@ -452,7 +455,27 @@ def retrain(
 
     Example: weakshot retrain camvid-pl --preset small --iters 2000
     """
-    _train(ctx, "retrain")
+    _train(ctx, "retrain", reject=str(reject.resolve()) if reject else None)
+
+
+@app.command()
+def review(
+    dataset: Annotated[Path, typer.Argument(help="Pseudo-labelled dataset folder made by 'weakshot pseudolabel'.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the site (default: DATASET/review).")
+                   ] = None,
+    exist_ok: Annotated[bool, typer.Option(help="Redo a review already in --out.")] = False,
+) -> None:
+    """Look at the pseudo-labels before retraining: a static page (open review/index.html in any browser; no server)
+    with every training image and its pseudo-label, most doubtful first (lowest mean score, lowest coverage of the
+    unknown pixels, a class predicted where untagged), filtered by class and signal. Reject an image or a class in
+    it with a click, save rejections.json, then: weakshot retrain DATASET --reject rejections.json
+
+    Example: weakshot review datasets/camvid-pl
+    """
+    from weakshot_cli.engine.review import run_review
+
+    index = run_review(dataset, out, exist_ok, console)
+    console.print(f"Review: open [bold]{index}[/] in a browser")
 
 
 @app.command()

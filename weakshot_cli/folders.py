@@ -29,18 +29,19 @@ MARKER = ".weakshot"
 WRITES: dict[str, tuple[frozenset[str], str]] = {
     "split": (frozenset({"weakshot.json", "labels", "full"}), "weakshot.json"),
     "pseudolabel": (frozenset({"weakshot.json", "pseudolabel.json", ".pseudolabel-state.json", "labels", "stats",
-                               "coco.json"}),
+                               "coco.json", "review"}),
                     ".pseudolabel-state.json"),
     "train": (frozenset({"config.json", "log.txt", "metrics.jsonl", "results.json", "weights", "plots"}),
               "config.json"),
     "evaluate": (frozenset({"metrics.json", "plots"}), "metrics.json"),
     "predict": (frozenset({"labels", "overlays", "predictions.json"}), "labels"),
     "demo": (frozenset({"synthetic", "dataset", "dataset-pl", "runs"}), "synthetic"),
+    "review": (frozenset({"index.html", "data.js", "thumbs", "large"}), "index.html"),
 }
 WRITES["retrain"] = WRITES["train"]
 COMMAND_OF = {"train": "weakshot train", "retrain": "weakshot retrain", "split": "weakshot split",
               "pseudolabel": "weakshot pseudolabel", "evaluate": "weakshot evaluate", "predict": "weakshot predict",
-              "demo": "weakshot demo"}
+              "demo": "weakshot demo", "review": "weakshot review"}
 
 
 def owner(folder: Path) -> str | None:

@@ -29,6 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 from models import IGNORE, STRIDE
 from weakshot_cli.data.labels import open_image, read_raw_label
 from weakshot_cli.data.manifest import Item, Manifest
+from weakshot_cli.data.rejections import apply_rejections
 from weakshot_cli.errors import UserError
 
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
@@ -94,7 +95,11 @@ def item_label(m: Manifest, item: Item, size: tuple[int, int]) -> np.ndarray:
     """An item's stored label; a tag-only item (no mask) is unknown everywhere at the image's ``size``."""
     if item.label is None:
         return np.full(tuple(size), IGNORE, np.uint8)
-    return read_raw_label(m.resolve(item.label))
+    label = read_raw_label(m.resolve(item.label))
+    if item.label in m.rejected:
+        tag_only = item.label in (m.source.get("tag_only_labels") or [])
+        label = apply_rejections(label, m.rejected[item.label], m.novel, tag_only)
+    return label
 
 
 def normalise(image: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,8 @@ class Manifest:
     source: dict = field(default_factory=dict)
     ignore_index: int = IGNORE
     version: int = VERSION
+    # label path -> rejected class ids (None: all its pseudo-labels); read by item_label, never saved (rejections.py)
+    rejected: dict = field(default_factory=dict, compare=False)
 
     def resolve(self, rel: str) -> Path:
         """Absolute path of a manifest entry; relative entries may not leave the dataset root."""

@@ -34,6 +34,7 @@ class TrainConfig:
     masked_attention: bool = False  # Mask2Former's masked cross-attention: converges in far fewer iterations
     # losses
     oracle: bool = False  # plain MaskFormer on full masks (benchmark upper bound)
+    reject: str = ""  # retrain: a rejections.json from weakshot review; those pseudo-labels are read as ignore
     use_sim: bool = True
     use_dist: bool = True
     use_comp: bool = True

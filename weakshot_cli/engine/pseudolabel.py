@@ -288,8 +288,10 @@ def _pseudo_manifest(m: Manifest, names: list[str], state: dict, novel_pixels: i
                      for it in split_items] for name, split_items in m.splits.items()}
     splits["train"] = [Item(absolute(it.image), name, it.tags, absolute(it.full))
                        for it, name in zip(m.splits["train"], names)]
+    tag_only = [name for it, name in zip(m.splits["train"], names) if it.label is None]
     return Manifest(m.classes, m.base, m.novel, splits, novel_masks=True,
-                    source={"command": "pseudolabel", **state, "novel_pixels": novel_pixels})
+                    source={"command": "pseudolabel", **state, "novel_pixels": novel_pixels,
+                            "tag_only_labels": tag_only})
 
 
 def _write_coco(out: Path, m: Manifest, names: list[str]) -> None:

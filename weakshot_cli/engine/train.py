@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from weakshot_cli.data.dataset import AugConfig, EvalDataset, TrainDataset, collate_eval, collate_train
 from weakshot_cli.data.manifest import Manifest, load_manifest
 from weakshot_cli.data.pairing import PairBatchSampler
+from weakshot_cli.data.rejections import read_rejections
 from weakshot_cli.engine import distributed
 from weakshot_cli.engine.build import TrainStep, amp_dtype, build_criterion, build_model, param_groups, weak_shot
 from weakshot_cli.engine.calibrate import choose_novel_scale
@@ -171,18 +172,33 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
 
 
 def check_run(cfg: TrainConfig, m: Manifest, dataset: Path, world: int, stage: str) -> None:
-    """Refuse, before any folder is made, what would fail later inside the loop."""
+    """Refuse, before any folder is made, what would fail later inside the loop; read --reject's file."""
     if stage == "retrain" and not m.novel_masks:
         raise UserError("retrain needs a pseudo-labelled dataset (made by 'weakshot pseudolabel'); "
                         "this one hides the novel classes, train it with 'weakshot train'", dataset)
     if stage == "retrain" and m.source.get("novel_pixels") == 0:
         raise UserError("the pseudo-labels hold no novel-class pixel, so retraining cannot learn a novel class; "
                         "pseudo-label again (a lower --min-score, or a better checkpoint)", dataset)
+    if cfg.reject:
+        if not m.novel_masks:
+            raise UserError("--reject drops pseudo-labels: it needs a pseudo-labelled dataset (weakshot retrain)",
+                            dataset)
+        m.rejected = read_rejections(Path(cfg.reject), m)
     if cfg.oracle and any(it.full is None for it in m.splits["train"]):
         raise UserError("--oracle needs a benchmark-mode dataset (made by 'weakshot split --novel', "
                         "whose training items keep their full masks)", dataset)
     if cfg.batch % world:
         raise UserError(f"--batch {cfg.batch} is not divisible by the {world} torchrun processes")
+
+
+def rejection_note(m: Manifest) -> str:
+    """What --reject drops, for the run's first line."""
+    if not m.rejected:
+        return ""
+    whole = sum(v is None for v in m.rejected.values())
+    classes = sum(len(v) for v in m.rejected.values() if v is not None)
+    return (f"; --reject: the pseudo-labels of {whole} images dropped, and {classes} classes' in "
+            f"{len(m.rejected) - whole} more")
 
 
 def save_config(cfg: TrainConfig, dataset: Path, run_dir: Path, weights: Path | None = None) -> None:
@@ -238,7 +254,7 @@ def run_train(dataset: Path | None, cfg_builder: Callable[[], TrainConfig], proj
             save_config(cfg, dataset, run_dir, weights)
         # printed at the first checkpoint: a run that fails before it leaves no folder to point to
         announce = (f"Run folder: [bold]{run_dir}[/]  ({len(m.splits['train'])} training images, "
-                    f"{len(m.base)} base + {len(m.novel)} novel classes)")
+                    f"{len(m.base)} base + {len(m.novel)} novel classes)" + rejection_note(m))
         summary = train(cfg, m, run_dir, console, ddp, device, init=init, announce=announce)
     return finished(summary, stage)
 
