@@ -15,25 +15,25 @@ SEPARATING_SHARE = 0.25
 
 def tag_pairs(tags: Sequence[set[int]], tag_only: Sequence[bool], classes: Sequence[str],
               novel: Sequence[int]) -> list[dict]:
-    """Per novel class and each other class that can share its unknown pixels (another novel class in any image; a
-    base class in a tag-only image, where every pixel is unknown) and is tagged with it at least once: the images
-    tagged with each, together, and separating the two; weakest first (separating share of the rarer class)."""
-    pairs = []
+    """Per novel class and each other class that shares its unknown pixels in some image (another novel class,
+    or a base class in a tag-only image, where every pixel is unknown; in a masked image base pixels are labelled):
+    the images where each may lie in the unknown pixels, where both do, and where exactly one does (separating);
+    weakest first (separating, as a share of the rarer class's images)."""
     novel = sorted(novel)
+    pairs = []
     for c in novel:
         for d in range(len(classes)):
             if d == c or (d in novel and d < c):
                 continue
-            where = [i for i, t in enumerate(tags) if d in novel or tag_only[i]]
-            with_c = sum(c in tags[i] for i in where)
-            with_d = sum(d in tags[i] for i in where)
-            together = sum(c in tags[i] and d in tags[i] for i in where)
+            with_c = [c in t for t in tags]
+            with_d = [d in t and (d in novel or only) for t, only in zip(tags, tag_only)]
+            together = sum(a and b for a, b in zip(with_c, with_d))
             if not together:
                 continue
-            separating = with_c + with_d - 2 * together
-            pairs.append({"novel": classes[c], "other": classes[d], "tagged": [with_c, with_d],
+            separating = sum(with_c) + sum(with_d) - 2 * together
+            pairs.append({"novel": classes[c], "other": classes[d], "tagged": [sum(with_c), sum(with_d)],
                           "together": together, "separating": separating,
-                          "share": round(separating / min(with_c, with_d), 3)})
+                          "share": round(separating / min(sum(with_c), sum(with_d)), 3)})
     return sorted(pairs, key=lambda p: (p["share"], p["separating"]))
 
 
