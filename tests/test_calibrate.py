@@ -58,6 +58,15 @@ def test_training_records_the_factor_and_evaluate_applies_it(base_only, synth, t
     assert factor in FACTORS and f"novel scores x{factor:g}" in r.stdout
     assert load_checkpoint(run / "weights" / "last.pt")["novel_scale"] == factor
     assert "novel_scale" in load_checkpoint(run / "weights" / "best.pt")
+    # the run's validation figures are what evaluate gives the same weights: calibration included
+    last_val = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in x][-1]
+    assert last_val["novel_scale"] == factor
+    r = run_cli("evaluate", run / "weights" / "last.pt", synth, "--device", "cpu", "--amp", "off", "--samples", "0",
+                "--batch", "2", "--project", tmp_path / "runs", "--name", "last")
+    assert r.returncode == 0, r.stderr
+    scored = json.loads((tmp_path / "runs" / "evaluate" / "last" / "metrics.json").read_text())
+    for key in ("mIoU", "base_mIoU", "novel_mIoU"):
+        assert scored[key] == pytest.approx(last_val[key], abs=0.05), key
     r = run_cli("train", synth, *TINY, "--iters", "2", "--method", "paper", "--project", tmp_path / "runs")
     assert json.loads((tmp_path / "runs" / "train" / "train2" / "results.json").read_text())["novel_scale"] == 1.0
 

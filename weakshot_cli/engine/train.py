@@ -72,7 +72,7 @@ def restore(t: Training, ckpt: dict) -> None:
     # extended, the new schedule's value at the resumed iteration (the lr rises again, then decays to 0).
     for group, base_lr, factor in zip(t.optimizer.param_groups, t.scheduler.base_lrs, t.scheduler.lr_lambdas):
         group["lr"] = base_lr * factor(t.scheduler.last_epoch)
-    t.it, t.best_iter = ckpt["iter"], ckpt.get("best_iter")
+    t.it, t.best_iter, t.novel_scale = ckpt["iter"], ckpt.get("best_iter"), ckpt.get("novel_scale", 1.0)
     t.best = finite_or_null(ckpt["best"])  # runs of earlier versions saved -inf for "no score yet"
 
 
@@ -126,14 +126,17 @@ def calibrate(t: Training) -> float:
     return chosen[t.it]
 
 
-def finish(t: Training, interrupted: bool) -> dict:
+def finish(t: Training, interrupted: bool, validated: bool) -> dict:
     """Write the run's outputs (best.pt from the final weights where no validation gave a score, the novel-score
     calibration where the config asks for it, the loss plot, results.json) and return its summary."""
     if t.ddp.main:
         if t.best is None and not interrupted:  # no validation split, or no validation had a score
             t.best_iter = t.it
             save(t, "best.pt")
-        novel_scale = calibrate(t) if t.cfg.calibrate and weak_shot(t.cfg, t.m) and not interrupted else 1.0
+        # with a validation split, each validation chose the factor its checkpoints carry; without, choose it now
+        novel_scale = t.novel_scale
+        if t.cfg.calibrate and weak_shot(t.cfg, t.m) and not interrupted and not validated:
+            novel_scale = calibrate(t)
         plot_losses(t.run_dir, t.run_dir / "plots" / "losses.png")
         write_json(t.run_dir / "results.json", {"iter": t.it, "iters": t.iters, "best_metric": t.cfg.best_metric,
                                                 "best": t.best, "best_iter": t.best_iter, "interrupted": interrupted,
@@ -168,7 +171,7 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
         if (resume["config"]["iters"], resume["config"]["epochs"]) != (cfg.iters, cfg.epochs):
             save_config(cfg, m.root, run_dir)  # the new length, for a later --resume
     loader, val_loader = make_loaders(t, dataset)
-    return finish(t, train_loop(t, loader, val_loader))
+    return finish(t, train_loop(t, loader, val_loader), val_loader is not None)
 
 
 def check_run(cfg: TrainConfig, m: Manifest, dataset: Path, world: int, stage: str) -> None:
