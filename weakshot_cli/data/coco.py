@@ -6,7 +6,7 @@ rule); crowd regions are painted as ignore (255) in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,9 +139,11 @@ def _decode(seg: object, h: int, w: int, path: Path, ann_id: object) -> np.ndarr
     return mask_utils.decode(rle).astype(bool)
 
 
-def rasterise(data: dict, path: Path, cat_to_id: dict[int, int], background: int = IGNORE) -> dict[int, np.ndarray]:
-    """Semantic label map (uint8) for every image id; pixels outside every annotation get ``background``
-    (255, ignore, by default)."""
+def rasterise(data: dict, path: Path, cat_to_id: dict[int, int],
+              background: int = IGNORE) -> Iterator[tuple[int, np.ndarray]]:
+    """(image id, semantic label map (uint8)) for every image, one at a time, so that memory holds one map
+    whatever the number of images; pixels outside every annotation get ``background`` (255, ignore, by default).
+    Every annotation is checked before the first map."""
     images = {im.id: im for im in coco_images(data, path)}
     by_image: dict[int, list[dict]] = {i: [] for i in images}
     for ann in data["annotations"]:
@@ -153,7 +155,6 @@ def rasterise(data: dict, path: Path, cat_to_id: dict[int, int], background: int
         if not _is_int(category_id) or category_id not in cat_to_id:
             raise UserError(f"annotation {ann.get('id')!r:.40} has unknown category_id {category_id!r:.40}", path)
         by_image[ann["image_id"]].append(ann)
-    labels = {}
     for image_id, anns in by_image.items():
         im = images[image_id]
         label = np.full((im.height, im.width), background, dtype=np.uint8)
@@ -161,8 +162,7 @@ def rasterise(data: dict, path: Path, cat_to_id: dict[int, int], background: int
         decoded.sort(key=lambda ma: -int(ma[0].sum()))
         for m, ann in decoded:
             label[m] = IGNORE if ann.get("iscrowd", 0) else cat_to_id[ann["category_id"]]
-        labels[image_id] = label
-    return labels
+        yield image_id, label
 
 
 def stuff_annotations(label: np.ndarray, image_id: int, first_id: int) -> list[dict]:

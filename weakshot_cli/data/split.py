@@ -163,7 +163,7 @@ def _coco_pairs(opts: SplitOptions, staging: Path, warn: Warnings) -> tuple[Disc
                 raise UserError(f"--background {opts.background!r} would be class 255, the ignore value: "
                                 f"{len(names)} categories leave no room for it", path)
         images = {im.id: im for im in coco.coco_images(data, path)}
-        for image_id, label in coco.rasterise(data, path, cat_to_id, background).items():
+        for image_id, label in coco.rasterise(data, path, cat_to_id, background):  # one map in memory at a time
             unannotated, total = unannotated + int((label == coco.IGNORE).sum()), total + label.size
             im = images[image_id]
             image = safe_join(opts.images, im.file_name, path)
