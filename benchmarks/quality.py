@@ -425,9 +425,10 @@ def splits_report(out: Path) -> None:
             rows.append(row)
     atomic_write(out / "quality-msrc-splits.json",
                  lambda p: p.write_text(json.dumps({"splits": rows, "runs": SPLIT_RUNS}, indent=2) + "\n"))
-    print("| split (novel classes) | seeds | oracle novel | one stage / oracle | whole path / oracle | paper / oracle "
-          "| whole path base / oracle base |\n|---|---|---|---|---|---|---|")
+    table = ["| split (novel classes) | seeds | oracle novel | one stage / oracle | whole path / oracle | paper / oracle "
+             "| whole path base / oracle base | novel precision: whole path, oracle |", "|---|---|---|---|---|---|---|---|"]
     ratios: dict[str, list[float]] = {k: [] for k in ("single", "default", "paper", "base")}
+    precision: dict[str, list[float]] = {"default": [], "oracle": []}
     for name in dict.fromkeys(r["split"] for r in rows):
         mine = [r for r in rows if r["split"] == name]
         mean = lambda key: float(np.mean([r[key] for r in mine])) if all(key in r for r in mine) else None  # noqa
@@ -440,9 +441,22 @@ def splits_report(out: Path) -> None:
                 continue
             ratios[key].append(value / den)
             cells.append(f"{100 * value / den:.0f}% ({value:.1f})")
-        print(f"| {name} ({', '.join(mine[0]['novel'])}) | {len(mine)} | {oracle:.1f} | {' | '.join(cells)} |")
+        pair = [mean(f"{k}_precision") for k in ("default", "oracle")]
+        for k, v in zip(("default", "oracle"), pair):
+            if v is not None:
+                precision[k].append(v)
+        cells.append(" / ".join("-" if v is None else f"{v:.1f}" for v in pair))
+        table.append(f"| {name} ({', '.join(mine[0]['novel'])}) | {len(mine)} | {oracle:.1f} | {' | '.join(cells)} |")
     summary = " | ".join(f"{100 * np.mean(v):.0f}% (worst {100 * min(v):.0f}%)" if v else "-" for v in ratios.values())
-    print(f"| **mean over splits** | | | {summary} |")
+    means = " / ".join(f"{np.mean(v):.1f}" if v else "-" for v in precision.values())
+    table.append(f"| **mean over splits** | | | {summary} | {means} |")
+    print("\n".join(table))
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- results: quality.py --splits-report -->\n", "<!-- /results -->"
+    if start in text and end in text:  # the README's results table is this one
+        head, rest = text.split(start, 1)
+        atomic_write(readme, lambda p: p.write_text(head + start + "\n".join(table) + "\n" + end + rest.split(end, 1)[1]))
 
 
 def chart(runs: dict, title: str, path: Path) -> None:
