@@ -20,7 +20,7 @@ from pathlib import Path
 
 from weakshot_cli import __version__
 from weakshot_cli.errors import UserError
-from weakshot_cli.io import _TMP_SUFFIX, write_json
+from weakshot_cli.io import TMP_SUFFIX, write_json
 
 MARKER = ".weakshot"
 
@@ -56,7 +56,7 @@ def owner(folder: Path) -> str | None:
     entries = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     for command, (writes, always) in WRITES.items():
         if always in entries and entries <= writes | {p for p in entries if p.startswith(".") and
-                                                      p.endswith(_TMP_SUFFIX)}:
+                                                      p.endswith(TMP_SUFFIX)}:
             if command == "split" and _manifest_command(folder) == "pseudolabel":
                 return "pseudolabel"
             return command
@@ -137,7 +137,7 @@ def remove_own(folder: Path, command: str, paths: Iterable[Path]) -> None:
 
 def remove_interrupted_writes(folder: Path) -> None:
     """Delete the temporary files that atomic writes into ``folder`` left when a kill interrupted them."""
-    for tmp in folder.glob(f".*{_TMP_SUFFIX}"):
+    for tmp in folder.glob(f".*{TMP_SUFFIX}"):
         tmp.unlink()
 
 

@@ -50,7 +50,7 @@ class WriteError(UserError):
         super().__init__(f"cannot write ({reason})", path)
 
 
-_TMP_SUFFIX = ".tmp"
+TMP_SUFFIX = ".tmp"
 
 
 def append_line(path: Path, line: str) -> None:
@@ -70,7 +70,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         os.close(fd)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give what a plain open() would
         write(Path(tmp))
