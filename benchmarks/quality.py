@@ -402,6 +402,22 @@ def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
 SPLIT_RUNS = {"oracle": "oracle", "single": "tags-pp-cal", "default": "tags-pp-retrain", "paper": "full"}
 
 
+def precision_from_recall(run: dict, seed: int) -> float | None:
+    """Mean novel precision of a run scored before precision was kept, from its per-class IoU and recall (the share
+    of a class's pixels predicted as itself): 1/IoU = 1/recall + 1/precision - 1."""
+    key = f"seed{seed}"
+    where, iou = run.get("novel_pixels_predicted_as", {}).get(key), run.get("class_IoU", {}).get(key)
+    if not where or not iou:
+        return None
+    values = []
+    for name, predicted in where.items():
+        recall, i = predicted.get(name), iou.get(name)
+        if not recall or not i:
+            return None
+        values.append(100 / (100 / i - 100 / recall + 1))
+    return round(float(np.mean(values)), 2)
+
+
 def splits_report(out: Path) -> None:
     """quality-msrc-splits.json from the MSRC reports (open split and msrc-s1..s3): per split and seed the novel
     mIoU, base mIoU and novel precision of SPLIT_RUNS; then a table of novel / oracle per split, the mean over
@@ -422,6 +438,8 @@ def splits_report(out: Path) -> None:
                     row[f"{key}_base"] = runs[run]["base_mIoU"]["values"][i]
                     if "novel_precision" in runs[run]:
                         row[f"{key}_precision"] = runs[run]["novel_precision"]["values"][i]
+                    elif (derived := precision_from_recall(runs[run], seed)) is not None:
+                        row[f"{key}_precision"] = derived
             rows.append(row)
     atomic_write(out / "quality-msrc-splits.json",
                  lambda p: p.write_text(json.dumps({"splits": rows, "runs": SPLIT_RUNS}, indent=2) + "\n"))
