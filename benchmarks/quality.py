@@ -469,12 +469,13 @@ def splits_report(out: Path) -> None:
     means = " / ".join(f"{np.mean(v):.1f}" if v else "-" for v in precision.values())
     table.append(f"| **mean over splits** | | | {summary} | {means} |")
     print("\n".join(table))
-    readme = ROOT / "README.md"
-    text = readme.read_text()
     start, end = "<!-- results: quality.py --splits-report -->\n", "<!-- /results -->"
-    if start in text and end in text:  # the README's results table is this one
-        head, rest = text.split(start, 1)
-        atomic_write(readme, lambda p: p.write_text(head + start + "\n".join(table) + "\n" + end + rest.split(end, 1)[1]))
+    for readme in (ROOT / "README.md", ROOT / "benchmarks" / "README.md"):  # their results tables are this one
+        text = readme.read_text()
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            new = head + start + "\n".join(table) + "\n" + end + rest.split(end, 1)[1]
+            atomic_write(readme, lambda p, new=new: p.write_text(new))
 
 
 def chart(runs: dict, title: str, path: Path) -> None:
