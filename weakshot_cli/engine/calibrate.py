@@ -1,8 +1,7 @@
 """Novel-score calibration: one factor on the novel classes' inference scores, chosen from base masks alone.
 
-Weak-shot training over-predicts the novel classes where no tag says otherwise, at test time. Measured on MSRC
-(`--method tags`, two seeds): most pixels of rare base classes that look like a novel one (sheep, cat and dog as
-cow; aeroplane and boat as car) are called novel. The factor is chosen on the training split's own weak labels:
+Weak-shot training over-predicts the novel classes where no tag says otherwise, at test time: pixels of rare base
+classes that look like a novel one are called novel (docs/method.md has the measurements). The factor is chosen on the training split's own weak labels:
 the mean IoU over the base classes and one "unknown" class (every pixel the masks leave unlabelled; a novel
 prediction counts as it). Novel classes are one class there, so no novel name is read, and one factor on all of
 them cannot change which novel class wins a pixel: only whether a base class beats them.

@@ -264,7 +264,7 @@ def run_train(dataset: Path | None, cfg_builder: Callable[[], TrainConfig], proj
 
 def retrain_start(dataset: Path, overrides: dict[str, object], sets: list[str], weights: Path | None,
                   preset_iters: int) -> tuple[dict[str, object], Path | None]:
-    """retrain's default start, measured best on MSRC (issue 15: 84.5 against 77.6 novel mIoU from ImageNet): the
+    """retrain's default start, the one the benchmarks measured best (docs/usage.md): the
     weights of the checkpoint that made the pseudo-labels (the manifest records it), for half the preset's
     iterations. --weights, --backbone-weights (or --set backbone_weights) choose another start and keep the
     preset's length; --iters or --epochs set the length."""
