@@ -149,3 +149,25 @@ def test_rejections_for_another_dataset_or_unknown_labels_are_refused(reviewed, 
         assert_user_error(run_cli("retrain", reviewed, *TINY, "--iters", "1", "--reject", path, "--project",
                                   tmp_path / "runs"), str(path), says)
     assert not (tmp_path / "runs").exists()
+
+
+@needs_browser
+def test_ten_thousand_images_open_as_pages(reviewed, tmp_path):
+    """The page holds 10,000 records (the site's own, repeated) and shows 100 at a time."""
+    from selenium.webdriver.common.by import By
+
+    site = tmp_path / "review"
+    shutil.copytree(reviewed / "review", site)
+    data = _data(reviewed)
+    records = data["images"]
+    data["images"] = [dict(records[i % len(records)], label=f"labels/train/{i:06d}.png") for i in range(10_000)]
+    (site / "data.js").write_text("const REVIEW = " + json.dumps(data) + ";\n")
+    driver = _browser(tmp_path)
+    try:
+        driver.get((site / "index.html").as_uri())
+        assert len(driver.find_elements(By.CSS_SELECTOR, ".card")) == 100
+        assert driver.find_element(By.ID, "page").text == "page 1 of 100 (10000 images)"
+        driver.find_element(By.ID, "next").click()
+        assert driver.find_elements(By.CSS_SELECTOR, ".card")[0].get_attribute("data-label") == "labels/train/000100.png"
+    finally:
+        driver.quit()
