@@ -5,7 +5,8 @@
 #
 # Records the GPU, driver and torch; trains a tiny model on a synthetic dataset on CUDA with --amp auto (bf16 where
 # the GPU has it) and with --amp fp16, then evaluates and predicts with each checkpoint (--amp auto); runs the
-# CUDA-relevant tests; runs benchmarks/speed.py on CUDA. Everything lands in RESULTS.json, every command's output in
+# CUDA-relevant tests; with more than one GPU, pseudo-labels on all of them under torchrun against one (the label
+# files must be the same); runs benchmarks/speed.py on CUDA. Everything lands in RESULTS.json, every command's output in
 # RESULTS.log. Each step has a time limit, cut further so that the whole ends within 8 minutes; a failing or cut
 # step is recorded, not fatal, and the script exits non-zero when any check failed. No weights are downloaded
 # (--backbone-weights none throughout). GPU_CHECK_DEVICE=cpu runs the same steps on the CPU, only to try the
@@ -72,6 +73,18 @@ for amp in auto fp16; do
     step "predict_$amp" 60 "$PY" -m weakshot_cli predict "$ckpt" "$WORK/synth/images/val" --device "$DEVICE" \
         --amp auto --project "$WORK/runs" --name "amp-$amp"
 done
+
+# More than one GPU visible: pseudo-label on all of them under torchrun against one, same files expected.
+GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [[ "$DEVICE" == cuda && "$GPUS" -gt 1 ]]; then
+    ckpt=$WORK/runs/train/amp-auto/weights/last.pt
+    step pseudolabel_1gpu 90 "$PY" -m weakshot_cli pseudolabel "$ckpt" "$WORK/ws" -o "$WORK/pl-1" --device cuda \
+        --amp off
+    step pseudolabel_all_gpus 90 "$(dirname "$PY")/torchrun" --nproc-per-node "$GPUS" -m weakshot_cli pseudolabel \
+        "$ckpt" "$WORK/ws" -o "$WORK/pl-all" --device cuda --amp off
+    step pseudolabel_same_files 20 diff -r -x .weakshot -x .pseudolabel-state.json -x weakshot.json \
+        "$WORK/pl-1/labels" "$WORK/pl-all/labels"
+fi
 
 step pytest 150 "$PY" -m pytest -q -x -p no:cacheprovider -m "not slow" tests/test_train.py tests/test_evaluate.py \
     tests/test_predict.py tests/test_models.py
