@@ -110,12 +110,12 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
 }
 RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode, retrain flags, from its weights)
     "retrain": ("full", "keep", PAPER, True),
-    "retrain-choose": ("full", "choose", ["--method", "weakshot"], True),
-    "retrain-choose-init": ("full", "choose", ["--method", "weakshot"], False),
-    "comp-retrain": ("comp", "choose", ["--method", "weakshot"], True),
-    "tags-retrain": ("tags", "choose", ["--method", "weakshot"], True),
-    "tags-retrain-init": ("tags", "choose", ["--method", "weakshot"], False),
-    "tags-pp-retrain": ("tags-pp", "choose", ["--method", "weakshot"], True),
+    "retrain-choose": ("full", "choose", ["--method", "dense"], True),
+    "retrain-choose-init": ("full", "choose", ["--method", "dense"], False),
+    "comp-retrain": ("comp", "choose", ["--method", "dense"], True),
+    "tags-retrain": ("tags", "choose", ["--method", "dense"], True),
+    "tags-retrain-init": ("tags", "choose", ["--method", "dense"], False),
+    "tags-pp-retrain": ("tags-pp", "choose", ["--method", "dense"], True),
 }
 # run: the run whose final weights it calibrates (what training does with calibrate on)
 CALIBRATED = {"tags-pp-cal": "tags-pp", "full-cal": "full"}

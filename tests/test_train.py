@@ -184,15 +184,20 @@ def test_methods_set_the_losses_and_paper_is_the_published_simformer(synth, tmp_
     from dataclasses import replace
 
     from weakshot_cli.engine.build import build_criterion
-    from weakshot_cli.engine.config import build_config
+    from weakshot_cli.engine.config import METHODS, TrainConfig, build_config
 
     m = load_manifest(synth)
     paper, default = build_config("small", {}, [], "paper"), build_config("small", {}, [])
-    assert default.method == "weakshot" and paper.method == "paper"
+    assert default.method == "dense" and paper.method == "paper"
     for cfg in (paper, default):  # weak-shot training: the paper's losses in both
         c = build_criterion(cfg, m)
         assert (c.semantic_weight, c.tag_weight, c.dist_ramp(), cfg.tag_keep, cfg.pairing) == (0, 0, 1.0, 0.5, "paper")
-    # dense cross-entropy where every pixel is labelled (oracle, retraining) under weakshot only, in weak-shot
+    settings = lambda c: {k: v if not hasattr(v, "__dict__") else vars(v)  # noqa: E731
+                          for k, v in vars(c).items() if not isinstance(v, torch.nn.Module) and not k.startswith("_")}
+    assert settings(build_criterion(paper, m)) == settings(build_criterion(default, m))  # "dense" is "paper" there
+    assert build_config("small", {}, [], "weakshot").method == "dense"  # the former name still works
+    assert all(getattr(TrainConfig(), k) == v for k, v in METHODS["paper"].items())  # the defaults are "paper"
+    # dense cross-entropy where every pixel is labelled (oracle, retraining) under dense only, in weak-shot
     # training only when asked; tag terms never without weak labels
     assert build_criterion(replace(default, oracle=True), m).semantic_weight == 1
     assert build_criterion(replace(paper, oracle=True), m).semantic_weight == 0
@@ -203,7 +208,7 @@ def test_methods_set_the_losses_and_paper_is_the_published_simformer(synth, tmp_
     c = build_criterion(tags, m)
     assert (c.semantic_weight, c.tag_weight, c.dist_start, tags.tag_keep, tags.pairing) == (1, 1, 0.25, 0, "tags")
     r = run_cli("train", synth, *TINY, "--method", "best", "--project", tmp_path / "runs")
-    assert_user_error(r, "--method must be one of paper, weakshot, tags, got 'best'")
+    assert_user_error(r, "--method must be one of paper, dense, tags, got 'best'")
     assert not (tmp_path / "runs").exists()
 
 
@@ -213,9 +218,9 @@ def test_the_default_method_follows_the_backbone_a_user_trains():
     from weakshot_cli.engine.config import build_config
 
     assert build_config("mobile", {}, []).method == "tags" and build_config("r50", {}, []).method == "tags"
-    assert build_config("small", {}, []).method == "weakshot"
-    assert build_config("mobile", {"backbone_weights": "none"}, []).method == "weakshot"
-    assert build_config("r50", {}, ["backbone_weights=none"]).method == "weakshot"
+    assert build_config("small", {}, []).method == "dense"
+    assert build_config("mobile", {"backbone_weights": "none"}, []).method == "dense"
+    assert build_config("r50", {}, ["backbone_weights=none"]).method == "dense"
     assert build_config("small", {"backbone_weights": "imagenet"}, []).method == "tags"
     explicit = build_config("mobile", {}, [], "paper")
     assert explicit.method == "paper" and explicit.tag_weight == 0 and not explicit.calibrate

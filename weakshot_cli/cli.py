@@ -169,8 +169,9 @@ Preset = Annotated[str, typer.Option(help="Model/schedule preset: r50 (the paper
                                           "MobileNetV2, for CPUs) or small (from scratch, for tests).")]
 Method = Annotated[Optional[str], typer.Option(
     help="Loss profile: tags (tag terms and novel-score calibration in weak-shot training; train's default on a "
-         "pretrained backbone), weakshot (dense cross-entropy where every pixel is labelled; train's default from "
-         "scratch, retrain's default) or paper (SimFormer exactly as published).", show_default=False)]
+         "pretrained backbone), dense (SimFormer, plus a dense cross-entropy where every pixel is labelled; train's "
+         "default from scratch, retrain's default; formerly 'weakshot') or paper (SimFormer exactly as published).",
+    show_default=False)]
 Iters = Annotated[
     Optional[int], typer.Option(help="Training iterations (with --resume: continue the run to this many).")
 ]
@@ -438,7 +439,7 @@ def retrain(
     dataset: Annotated[
         Optional[Path], typer.Argument(help="Pseudo-labelled dataset folder made by 'weakshot pseudolabel'.")
     ] = None,
-    preset: Preset = "r50", method: Method = "weakshot", iters: Iters = None, epochs: Epochs = None,
+    preset: Preset = "r50", method: Method = "dense", iters: Iters = None, epochs: Epochs = None,
     batch: Batch = None, imgsz: ImgSize = None,
     device: Device = None, workers: Workers = None, backbone: Backbone = None,
     backbone_weights: BackboneWeights = None, lr: Lr = None, seed: Seed = None, amp: Amp = None,

@@ -80,7 +80,7 @@ class TrainConfig:
     tag_only: bool = True  # train on tag-only images (tags, no mask) too
     workers: int = 2
     # run
-    method: str = "weakshot"  # the loss profile applied (METHODS); kept in the run's config for the record
+    method: str = "paper"  # the loss profile applied (METHODS; these defaults are its values); kept for the record
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16; off on CPU) | bf16 | fp16 | off
@@ -129,22 +129,22 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# Loss profiles, applied over the preset (measured on MSRC-21 and CamVid with benchmarks/quality.py; README). "paper"
-# is SimFormer as published (spec). "weakshot" adds the dense cross-entropy of the inference scores where every
-# pixel is labelled (retraining on pseudo-labels, the oracle). "tags" also changes weak-shot training: that loss on
-# base pixels, per-pixel tag terms, tags kept on every crop with unknown pixels, tag pairing, a late distillation
-# and the novel-score calibration. With an ImageNet backbone, "tags" then choosing pseudo-labels and retraining is
-# the best measured recipe (MSRC, mobile preset); from scratch (the demo) its loss on base pixels costs the base
-# classes, so there the default is "weakshot".
+# Loss profiles, applied over the preset: every switch a profile sets is here, and nowhere else. "paper" is SimFormer
+# as published (spec), and TrainConfig's defaults. "dense" changes nothing in weak-shot training and adds the dense
+# cross-entropy of the inference scores where every pixel is labelled (retraining on pseudo-labels, the oracle).
+# "tags" also changes weak-shot training: that loss on base pixels, per-pixel tag terms, tags kept on every crop with
+# unknown pixels, tag pairing, a late distillation and the novel-score calibration. Which one a run gets by default,
+# and what each measured: docs/method.md.
 PAPER = dict(semantic_weight=0.0, semantic_weak=False, tag_weight=0.0, tag_per_pixel=False, tag_keep=0.5,
              pairing="paper", dist_start=0.0, dist_warmup=0.0, calibrate=False)
-WEAKSHOT = PAPER | dict(semantic_weight=1.0)
+DENSE = PAPER | dict(semantic_weight=1.0)
 METHODS: dict[str, dict] = {
     "paper": PAPER,
-    "weakshot": WEAKSHOT,
-    "tags": WEAKSHOT | dict(semantic_weak=True, tag_weight=1.0, tag_per_pixel=True, tag_keep=0.0, pairing="tags",
-                            dist_start=0.25, dist_warmup=0.25, calibrate=True),
+    "dense": DENSE,
+    "tags": DENSE | dict(semantic_weak=True, tag_weight=1.0, tag_per_pixel=True, tag_keep=0.0, pairing="tags",
+                         dist_start=0.25, dist_warmup=0.25, calibrate=True),
 }
+ALIASES = {"weakshot": "dense"}  # the former name of "dense": commands and configs that use it keep working
 
 
 def _coerce(name: str, raw: str, current: object) -> object:
@@ -166,12 +166,13 @@ def _coerce(name: str, raw: str, current: object) -> object:
 
 def build_config(preset: str, overrides: dict[str, object], sets: list[str], method: str | None = None) -> TrainConfig:
     """Preset, then the method's loss profile, then explicit CLI options, then ``--set key=value`` pairs (last
-    wins). Without a method: "tags" on a pretrained backbone, "weakshot" from scratch (see the loss profiles)."""
+    wins). Without a method: "tags" on a pretrained backbone, "dense" from scratch (see the loss profiles)."""
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     if method is None:
-        pretrained = build_config(preset, overrides, sets, "weakshot").backbone_weights != "none"
-        method = "tags" if pretrained else "weakshot"
+        pretrained = build_config(preset, overrides, sets, "dense").backbone_weights != "none"
+        method = "tags" if pretrained else "dense"
+    method = ALIASES.get(method, method)
     if method not in METHODS:
         raise UserError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     cfg = TrainConfig(**PRESETS[preset], **METHODS[method], method=method)
