@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, SHARED, seed_summary, weakshot  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 from weakshot_cli.data.manifest import load_manifest  # noqa: E402
@@ -45,7 +47,6 @@ from weakshot_cli.engine.weights import imagenet_file  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
 from models.simnet import SimNet  # noqa: E402
 
-SHARED = ROOT.parent / "shared"
 NOVEL = "tree,car,sign_symbol"
 DATASETS = {  # name: (data folder, novel classes, ignore index, title)
     "msrc": (SHARED / "data" / "msrc", "tree,water,cow,car,book", 255, "MSRC-21 (452 train / 139 val, 21 classes)"),
@@ -126,17 +127,6 @@ BUDGETS = {
                  imgsz=MOBILE["imgsz"]),
     "quick": dict(preset="mobile", iters=20, retrain_iters=10, batch=4, imgsz=MOBILE["imgsz"]),
 }
-
-
-def weakshot(*args: object, threads: int) -> float:
-    """Run one CLI command; return its wall time in seconds. Fails loudly, with the tool's own message."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", "from weakshot_cli.cli import main; main()", *map(str, args)], env=env,
-                       cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"weakshot {' '.join(map(str, args[:2]))} failed:\n{r.stderr[-2000:]}")
-    return time.perf_counter() - start
 
 
 def train_args(budget: dict, iters: int, seed: int = 0) -> list[str]:
@@ -321,19 +311,15 @@ def tag_statistics(dataset: Path) -> dict:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def _mean(values: list[float]) -> dict:
-    return {"mean": round(float(np.mean(values)), 2), "values": [round(v, 2) for v in values]}
-
-
 def summarise(per_seed: list[dict], oracle_novel: float | None) -> dict:
     """Mean and per-seed values of every figure; novel / oracle is the ratio of the means over seeds."""
     first = per_seed[0]
     out = {"label": first["label"], "seeds": [r["seed"] for r in per_seed],
-           **{k: _mean([r[k] for r in per_seed]) for k in ("novel_mIoU", "base_mIoU", "mIoU", "train_seconds")}}
+           **{k: seed_summary([r[k] for r in per_seed]) for k in ("novel_mIoU", "base_mIoU", "mIoU", "train_seconds")}}
     if "novel_region_IoU" in first:
-        out["novel_region_IoU"] = _mean([r["novel_region_IoU"] for r in per_seed])
+        out["novel_region_IoU"] = seed_summary([r["novel_region_IoU"] for r in per_seed])
     if all(r.get("novel_precision") is not None for r in per_seed):
-        out["novel_precision"] = _mean([r["novel_precision"] for r in per_seed])
+        out["novel_precision"] = seed_summary([r["novel_precision"] for r in per_seed])
     out["novel_vs_oracle"] = round(out["novel_mIoU"]["mean"] / oracle_novel, 3) if oracle_novel else None
     for key in ("novel_pixels_predicted_as", "class_IoU", "class_precision", "class_recall", "simnet_F1",
                 "pseudolabels", "novel_scale", "curve"):

@@ -63,9 +63,10 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils import flop_counter  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, SHARED  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from train_step import make_batch  # noqa: E402
 from weakshot_cli.data.manifest import Item, Manifest  # noqa: E402
@@ -76,7 +77,7 @@ from weakshot_cli.engine.inference import class_scores  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
 
 K = 11
-CAMVID = ROOT.parent / "shared" / "data" / "camvid"
+CAMVID = SHARED / "data" / "camvid"
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

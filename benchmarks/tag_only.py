@@ -21,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import NOVEL, ROOT, evaluate, selected_runs, split_dataset, train_args, weakshot  # noqa: E402
+from common import ROOT, seed_summary, weakshot  # noqa: E402
+from quality import NOVEL, evaluate, selected_runs, split_dataset, train_args  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
 
 RUNS = {"masked": ("masked half only", ["--set", "tag_only=false"]), "with": ("masked half + tag-only half", [])}
@@ -48,9 +49,7 @@ def report(work: Path, fraction: float, budget_name: str, out: Path) -> None:
         runs = [r for r in results if r["run"] == name]
         if runs:
             summary[name] = {"label": label, "seeds": [r["seed"] for r in runs],
-                             **{k: {"mean": round(float(np.mean([r[k] for r in runs])), 2),
-                                    "values": [round(r[k], 2) for r in runs]}
-                                for k in ("novel_mIoU", "base_mIoU", "mIoU")}}
+                             **{k: seed_summary([r[k] for r in runs]) for k in ("novel_mIoU", "base_mIoU", "mIoU")}}
     doc = {"dataset": "CamVid", "novel": NOVEL.split(","), "tag_only_fraction": fraction,
            "budget": {"name": budget_name, **BUDGETS[budget_name], "preset": "small"}, "runs": summary}
     out.mkdir(parents=True, exist_ok=True)
