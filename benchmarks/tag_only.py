@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, seed_summary, weakshot  # noqa: E402
