@@ -16,8 +16,9 @@ same precision, so neither is timed at one the other is not.
   512x512 up to per-class score maps at full resolution. One process, the same inputs and threads; per task each
   model runs once as a warm-up, then the two alternate --repeats times and the median is kept: seconds, the ratio
   weakshot/transformers, images/s.
-- Method overhead: SimFormer-R50's training step timed (alternating, as above) beside itself without the
-  complementary loss, without SimNet and distillation, and without all three, i.e. plain MaskFormer inside weakshot.
+- Method overhead: SimFormer-R50's training step timed (alternating, as above) beside itself with its mask losses
+  on 12,544 sampled points (Mask2Former's), without the complementary loss, without SimNet and distillation, and
+  without all three, i.e. plain MaskFormer inside weakshot.
 - mobile preset (MobileNetV2, masked attention) with random weights, so its BatchNorm trains (with the preset's
   ImageNet weights it stays frozen): training step at the preset's batch 8 and 256x256, inference batch 1 at
   256x256 and at --imgsz, timed the same way.
@@ -68,7 +69,6 @@ from common import ROOT, SHARED  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
-from train_step import make_batch  # noqa: E402
 from weakshot_cli.data.manifest import Item, Manifest  # noqa: E402
 from weakshot_cli.engine.build import TrainStep, build_criterion, build_model  # noqa: E402
 from weakshot_cli.engine.checkpoint import save_checkpoint, weights_state  # noqa: E402
@@ -94,8 +94,28 @@ class Net:
 
 
 # SimFormer-R50 with parts of the method off, timed beside it: where the method's own overhead goes
-WITHOUT = {"weakshot-no-comp": ["use_comp=false"], "weakshot-no-simnet": ["use_sim=false", "use_dist=false"],
+WITHOUT = {"weakshot-points": ["num_points=12544"],  # the mask losses on Mask2Former's 12,544 sampled points
+           "weakshot-no-comp": ["use_comp=false"], "weakshot-no-simnet": ["use_sim=false", "use_dist=false"],
            "weakshot-maskformer": ["use_comp=false", "use_sim=false", "use_dist=false"]}
+
+
+def make_batch(batch: int, imgsz: int, dev: torch.device) -> tuple[torch.Tensor, list[dict]]:
+    """Random images; per image three base-class quadrants with masks, one unlabelled quadrant, novel tag 8."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, imgsz, imgsz, generator=g).to(dev)
+    targets = []
+    for i in range(batch):
+        sem = torch.full((imgsz, imgsz), 255, dtype=torch.long)
+        for c, (y, x) in enumerate([(0, 0), (0, 1), (1, 0)]):
+            sem[y * imgsz // 2:(y + 1) * imgsz // 2, x * imgsz // 2:(x + 1) * imgsz // 2] = c
+        labels = torch.tensor([0, 1, 2, 8])
+        has_mask = torch.tensor([True, True, True, False])
+        masks = (sem[None] == labels[:, None, None]) & has_mask[:, None, None]
+        targets.append({k: v.to(dev) if torch.is_tensor(v) else v for k, v in {
+            "labels": labels, "masks": masks, "has_mask": has_mask, "sem": sem,
+            "pad": torch.zeros(imgsz, imgsz, dtype=torch.bool), "ref": i ^ 1 if (i ^ 1) < batch else i,
+            "novel_tags": torch.tensor([8])}.items()})
+    return images, targets
 
 
 def weakshot_config(preset: str, sets: list[str] | None = None) -> TrainConfig:
