@@ -119,6 +119,18 @@ def claim(folder: Path, command: str, option: str = "-o", mark_new: bool = True)
     return False
 
 
+def claim_file(path: Path, exist_ok: bool, made_by_us: Callable[[Path], bool], option: str = "-o") -> None:
+    """Take a single output file (an export): a new path, or with ``exist_ok`` one that ``made_by_us`` recognises;
+    anything else is refused and left as it is."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not exist_ok:
+        raise UserError(f"already exists; pass --exist-ok to replace it, or choose another {option}", path)
+    if path.is_symlink() or not path.is_file() or not made_by_us(path):
+        raise UserError(f"exists and is not a model weakshot exported; nothing is replaced: choose another {option}",
+                        path)
+
+
 def remove_own(folder: Path, command: str, paths: Iterable[Path]) -> None:
     """Remove ``paths`` (files inside ``folder``, which ``command`` must own), then the folders they leave empty."""
     if not owned_by(folder, command):

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from models.deploy import Segmenter
-from weakshot_cli import __version__
+from weakshot_cli import __version__, folders
 from weakshot_cli.data.dataset import MEAN, STD
 from weakshot_cli.engine.checkpoint import load_checkpoint
 from weakshot_cli.engine.inference import inference_size, model_from_checkpoint
@@ -81,11 +81,7 @@ def run_export(checkpoint: Path, fmt: str, out: Path | None = None, exist_ok: bo
     ckpt = load_checkpoint(checkpoint)
     source = checkpoint / "weights" / "last.pt" if checkpoint.is_dir() else checkpoint
     out = out or source.with_suffix(FORMATS[fmt])
-    if out.exists() or out.is_symlink():
-        if not exist_ok:
-            raise UserError("already exists; pass --exist-ok to replace an export, or choose another -o", out)
-        if not out.is_file() or exported_meta(out) is None:
-            raise UserError("exists and is not a model weakshot exported; nothing is replaced: choose another -o", out)
+    folders.claim_file(out, exist_ok, lambda path: exported_meta(path) is not None)
     model, meta = segmenter(ckpt, checkpoint), metadata(ckpt)
     atomic_write(out, lambda tmp: (_write_onnx if fmt == "onnx" else _write_torchscript)(model, meta, tmp))
     return out
