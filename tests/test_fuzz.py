@@ -320,7 +320,7 @@ def rasterise_file(data: bytes) -> dict | None:
             return None
         obj, names, cat_to_id = loaded
         assert len(names) == len(cat_to_id) and sorted(cat_to_id.values()) == list(range(len(names)))
-        labels = parse(coco.rasterise, obj, path, cat_to_id)
+        labels = parse(lambda *args: dict(coco.rasterise(*args)), obj, path, cat_to_id)  # every map, one at a time
     if labels is not None:
         images = {im["id"]: im for im in obj["images"]}
         for image_id, label in labels.items():
