@@ -2,7 +2,9 @@
 SimNet training on base-involved pixel pairs, and distillation of SimNet similarities into novel scores.
 
 Reads only the weak labels of each target: labels, masks/has_mask (all-False for novel), sem (base-only
-map), pad, ref, novel_tags and tag_only (an image with tags and no mask, whose unknown pixels may be base).
+map), pad, ref, novel_tags and tag_only (an image with tags and no mask, whose unknown pixels may be base). An
+example image (its mask labels its novel classes too) comes with every class masked, sem showing them all and no
+novel tag: the losses treat it as a labelled image.
 """
 
 from __future__ import annotations

@@ -340,7 +340,8 @@ def _(t: Ctx) -> Case:
 def _(t: Ctx) -> Case:
     path = t.file("tags.csv", "image,labels\nt0,c\n")
     return Case(t.split("--tags", path), (str(t.src / "labels" / "train" / "t0.png"),
-                                          "novel class 'c' is also a base class"))
+                                          "novel class 'c' is labelled in 3 of 4 training masks",
+                                          "so it is also a base class: leave it out of --novel"))
 
 
 @case("split-unknown-novel-name")

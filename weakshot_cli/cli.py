@@ -108,6 +108,11 @@ TagOnlyFraction = Annotated[
     typer.Option(help="Benchmark mode: this fraction of training images (drawn with --seed) keep only their "
                       "tags, to measure what tag-only images add."),
 ]
+Examples = Annotated[
+    int,
+    typer.Option(help="Benchmark mode: keep the full masks of this many training images per novel class (drawn with "
+                      "--seed): example masks, to measure what a few annotations buy where tags cannot name a class."),
+]
 IgnoreIndex = Annotated[int, typer.Option(help="Label value meaning 'unlabelled' (CamVid 11, COCO 255).")]
 ReduceZeroLabel = Annotated[bool, typer.Option(help="ADE20K convention: value 0 is ignore and k becomes class k-1.")]
 LabelMap = Annotated[
@@ -127,7 +132,7 @@ def split(
     out: SplitOut, images: Images, masks: Masks = None, classes: Classes = None, coco: Coco = None,
     novel: Novel = None, novel_ratio: NovelRatio = None, preset: SplitPreset = None, seed: NovelSeed = 0,
     tags: Tags = None, unknown_class: UnknownClass = None, background: Background = None,
-    tag_only_fraction: TagOnlyFraction = 0.0, ignore_index: IgnoreIndex = 255,
+    tag_only_fraction: TagOnlyFraction = 0.0, examples: Examples = 0, ignore_index: IgnoreIndex = 255,
     reduce_zero_label: ReduceZeroLabel = False, label_map: LabelMap = None, img_suffix: ImgSuffix = "",
     mask_suffix: MaskSuffix = "", strict: Strict = False, all_values: AllValues = False,
     exist_ok: SplitExistOk = False,
@@ -152,7 +157,8 @@ def split(
         out=out, images=images, masks=masks, coco=coco or [], classes=classes, ignore_index=ignore_index,
         reduce_zero_label=reduce_zero_label, label_map=label_map, img_suffix=img_suffix, mask_suffix=mask_suffix,
         novel=_csv(novel), novel_ratio=novel_ratio, preset=preset, seed=seed, tags=tags, unknown_class=unknown_class,
-        background=background, tag_only_fraction=tag_only_fraction, all_values=all_values, strict=strict,
+        background=background, tag_only_fraction=tag_only_fraction, examples=examples, all_values=all_values,
+        strict=strict,
         exist_ok=exist_ok,
     )
     manifest = run_split(opts, console, argv=sys.argv[1:], err=err_console,

@@ -43,10 +43,14 @@ def dataset_table(m: Manifest) -> Table:
     table.add_column("role")
     for name in m.splits:
         table.add_column(f"{name} images", justify="right")
+    examples = {c: sum(it.example and c in it.tags for it in m.splits.get("train", [])) for c in m.novel}
+    if any(examples.values()):
+        table.add_column("example masks", justify="right")
     counts = {name: Counter(t for it in items for t in it.tags) for name, items in m.splits.items()}
     for c, cname in enumerate(m.classes):
         role = "[magenta]novel[/]" if c in m.novel else "[dim]unused[/]" if c in unused else "base"
-        table.add_row(str(c), cname, role, *(str(counts[n][c]) for n in m.splits))
+        extra = [str(examples[c]) if c in examples else ""] if any(examples.values()) else []
+        table.add_row(str(c), cname, role, *(str(counts[n][c]) for n in m.splits), *extra)
     table.add_section()
     per_split = [image_counts(items) for items in m.splits.values()]
     table.add_row("", "masked images", "", *(str(c["masked"]) for c in per_split))

@@ -180,7 +180,8 @@ class TrainDataset(Dataset):
         if not keep_novel:
             tags = tags[~torch.isin(tags, self.novel)]
         return {"image": image, "sem": sem, "pad": pad_mask, "tags": tags, "index": index,
-                "tag_only": item.label is None and not self.oracle, "pair_offset": pair_offset}
+                "tag_only": item.label is None and not self.oracle, "example": item.example and not self.oracle,
+                "pair_offset": pair_offset}
 
     def _crop(self, label: torch.Tensor, ch: int, cw: int, g: torch.Generator) -> tuple[int, int, bool]:
         """Pick a ch x cw crop that keeps novel tags true (see module docstring)."""
@@ -210,6 +211,7 @@ def collate_train(batch: list[dict]) -> dict:
         "tags": [b["tags"] for b in batch],
         "index": [b["index"] for b in batch],
         "tag_only": [b["tag_only"] for b in batch],
+        "example": [b["example"] for b in batch],
         "pair_offset": [b["pair_offset"] for b in batch],
     }
 
@@ -255,7 +257,9 @@ def build_targets(batch: dict, base: list[int], novel: list[int], novel_masks: b
     Base classes present in the crop get masks; tagged novel classes get a target without a mask, and so
     do a tag-only image's base tags: its unknown pixels may belong to them too. With ``novel_masks``
     (oracle or pseudo-labelled data) every class in the map gets a mask and the criterion's ``sem`` still
-    shows only base pixels. An image's reference is the one its sampler paired it with (``pair_offset``), itself
+    shows only base pixels. An example image (its label marks its novel classes too) is supervised like a fully
+    labelled one: every class in its map gets a mask, ``sem`` shows them all, and it has no novel tag left for the
+    weak-shot losses. An image's reference is the one its sampler paired it with (``pair_offset``), itself
     (no cross-image loss) when unpaired.
     """
     n = len(batch["tags"])
@@ -267,9 +271,10 @@ def build_targets(batch: dict, base: list[int], novel: list[int], novel_masks: b
         sem = batch["sem"][i]
         present = torch.unique(sem)
         present = present[present != IGNORE]
-        if novel_masks:
+        example = bool(batch.get("example", [False] * n)[i]) and not novel_masks
+        if novel_masks or example:
             labels, has_mask = present, torch.ones(len(present), dtype=torch.bool)
-            tags_novel = present[torch.isin(present, novel_t)]
+            tags_novel = present[:0] if example else present[torch.isin(present, novel_t)]
         else:
             tags_novel = batch["tags"][i][torch.isin(batch["tags"][i], novel_t)]
             maskless = batch["tags"][i] if batch["tag_only"][i] else tags_novel
@@ -280,7 +285,8 @@ def build_targets(batch: dict, base: list[int], novel: list[int], novel_masks: b
         ref = i + batch["pair_offset"][i]
         if not 0 <= ref < n:
             raise ValueError(f"image {i}'s reference {ref} is outside its batch of {n}")
-        targets.append({"labels": labels, "masks": masks, "has_mask": has_mask, "sem": base_lut[sem],
+        shown = sem if example else base_lut[sem]
+        targets.append({"labels": labels, "masks": masks, "has_mask": has_mask, "sem": shown,
                         "pad": batch["pad"][i], "ref": ref, "novel_tags": tags_novel,
                         "tag_only": bool(batch["tag_only"][i]) and not novel_masks})
     return targets

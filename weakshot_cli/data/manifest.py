@@ -16,12 +16,14 @@ VERSION = 1
 @dataclass
 class Item:
     """``full`` (benchmark-mode training items only) holds the unhidden mask: read by ``--oracle``
-    and never by weak-shot training."""
+    and never by weak-shot training. An ``example`` is a training image whose label marks its novel classes too (a
+    few example masks of the new classes): weak-shot training supervises them there like base classes."""
 
     image: str
     label: str | None
     tags: list[int]
     full: str | None = None
+    example: bool = False
 
 
 @dataclass
@@ -66,8 +68,8 @@ class Manifest:
             "ignore_index": self.ignore_index,
             "novel_masks": self.novel_masks,
             "splits": {
-                name: [{"image": it.image, "label": it.label, "tags": it.tags, **({"full": it.full} if it.full else {})}
-                       for it in items]
+                name: [{"image": it.image, "label": it.label, "tags": it.tags, **({"full": it.full} if it.full else {}),
+                        **({"example": True} if it.example else {})} for it in items]
                 for name, items in self.splits.items()
             },
             "source": self.source,
@@ -79,9 +81,9 @@ class Manifest:
 
 
 def image_counts(items: list[Item]) -> dict[str, int]:
-    """Masked and tag-only images of a split."""
+    """Masked, tag-only and example images of a split."""
     tag_only = sum(it.label is None for it in items)
-    return {"masked": len(items) - tag_only, "tag_only": tag_only}
+    return {"masked": len(items) - tag_only, "tag_only": tag_only, "examples": sum(it.example for it in items)}
 
 
 def _fail(path: Path, msg: str) -> UserError:
@@ -127,7 +129,11 @@ def _splits(splits_obj: object, k: int, path: Path) -> dict[str, list[Item]]:
                 raise _fail(path, f"item {n} of split {name!r}: 'label' and 'full' must be paths or null")
             if not isinstance(tags, list) or not all(_is_id(t, k) for t in tags):
                 raise _fail(path, f"item {n} of split {name!r}: 'tags' must be class ids in 0..{k - 1}")
-            parsed.append(Item(it["image"], label, sorted(set(tags)), full))
+            example = it.get("example", False)
+            if not isinstance(example, bool) or example and label is None:
+                raise _fail(path, f"item {n} of split {name!r}: 'example' must be true or false, and true only with a "
+                                  "label")
+            parsed.append(Item(it["image"], label, sorted(set(tags)), full, example))
         splits[name] = parsed
     return splits
 

@@ -52,6 +52,7 @@ class SplitOptions:
     unknown_class: str | None = None
     background: str | None = None
     tag_only_fraction: float = 0.0
+    examples: int = 0
     all_values: bool = False
     strict: bool = False
     exist_ok: bool = False
@@ -68,6 +69,11 @@ class SplitOptions:
             raise UserError("--background names the class of pixels outside every COCO annotation; it needs --coco")
         if not 0 <= self.tag_only_fraction < 1:
             raise UserError(f"--tag-only-fraction must be in [0, 1), got {self.tag_only_fraction}")
+        if self.examples < 0:
+            raise UserError(f"--examples must be >= 0, got {self.examples}")
+        if self.examples and self.tags is not None:
+            raise UserError("--examples draws example masks in benchmark mode; with --tags, a training mask that "
+                            "labels a novel class (named with --novel) is an example already")
         if self.tag_only_fraction and self.tags is not None:
             raise UserError("--tag-only-fraction simulates tag-only images in benchmark mode; with --tags, images "
                             "without a label PNG are tag-only already")
@@ -139,6 +145,9 @@ def _own_files(out: Path) -> set[Path]:
     return own
 
 
+# Real mode: at most this share of the training masks may label a novel class (they are its example masks); more,
+# and the class is a base class that the masks label.
+EXAMPLE_SHARE = 0.1
 UNANNOTATED_WARN = 0.25  # share of pixels outside every COCO annotation above which the lack of a background class is named
 
 
@@ -338,18 +347,21 @@ def _real_mode(opts: SplitOptions, scanned: list[Scanned], classes: list[str], t
     unused = sorted(set(range(len(classes))) - in_train_masks - tagged)
     if opts.novel is not None:
         novel = _choose_novel(opts, classes, warn)
-        for s in train:
-            clash = s.present & set(novel)
-            if clash:
-                raise UserError(f"novel class {classes[min(clash)]!r} is also a base class: it occurs in this "
-                                "training mask", s.pair.label)
+        masked = [s for s in train if s.masked]
+        for c in novel:  # a mask that labels a novel class is an example, as long as such masks are a few
+            labelled = [s for s in masked if c in s.present]
+            if len(labelled) > EXAMPLE_SHARE * len(masked):
+                raise UserError(f"novel class {classes[c]!r} is labelled in {len(labelled)} of {len(masked)} training "
+                                f"masks, more than examples ({EXAMPLE_SHARE:.0%} at most), so it is also a base class: "
+                                "leave it out of --novel", labelled[0].pair.label)
         unused = [c for c in unused if c not in novel]
     else:
         novel = sorted(tagged - in_train_masks)
         if not novel:
             raise UserError("no class is missing from the training masks and tagged in a training image, so there "
                             "is no novel class; use --novel to name them", opts.tags)
-    tagged_novel = [s for s in train if s.masked and (_tags_of(tags, s.pair) or set()) & set(novel)]
+    tagged_novel = [s for s in train if s.masked and (_tags_of(tags, s.pair) or set()) & set(novel)
+                    and not s.present & set(novel)]  # an example labels its novel classes
     nowhere = [s for s in tagged_novel if s.unknown == 0]
     if nowhere:
         warn(f"{len(nowhere)} of {len(tagged_novel)} masked training images tagged with a novel class have no "
@@ -419,6 +431,21 @@ def _stage(opts: SplitOptions, staging: Path, replaced: set[Path], coco_mode: bo
     return manifest
 
 
+def _draw_examples(scanned: list[Scanned], train: list[int], novel: list[int], k: int, simulated: set[int],
+                   seed: int, warn: Warnings, classes: list[str]) -> set[int]:
+    """Benchmark mode's --examples: K masked training images per novel class, drawn with the seed among those whose
+    mask contains it; they keep their full masks."""
+    rng = np.random.default_rng([seed, 1])  # its own stream: the tag-only draw is the same with or without examples
+    chosen: set[int] = set()
+    for c in novel if k else []:
+        candidates = [i for i in train if c in scanned[i].present and i not in simulated]
+        if len(candidates) < k:
+            warn(f"--examples {k}: novel class {classes[c]!r} is in only {len(candidates)} training masks; all are "
+                 "examples")
+        chosen |= set(rng.choice(candidates, min(k, len(candidates)), replace=False).tolist()) if candidates else set()
+    return chosen
+
+
 def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: list[str], novel: list[int],
            unused: list[int], tags: Tags, convention: LabelConvention, argv: list[str] | None,
            warn: Warnings, console: Console) -> Manifest:
@@ -429,6 +456,7 @@ def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: l
     train = [i for i, s in enumerate(scanned) if s.pair.split == "train"]
     rng = np.random.default_rng(opts.seed)
     simulated = set(rng.choice(train, round(len(train) * opts.tag_only_fraction), replace=False).tolist())
+    examples = _draw_examples(scanned, train, novel, opts.examples, simulated, opts.seed, warn, classes)
     if all(scanned[i].pair.label is None or i in simulated for i in train):
         why = (f"--tag-only-fraction {opts.tag_only_fraction} takes the mask of every one of the {len(train)} "
                "training images" if simulated else "no training image has a mask (masks in val/ or test/ only)")
@@ -444,16 +472,19 @@ def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: l
         label = lut[read_raw_label(s.pair.label)].astype(np.uint8)
         item_tags = set(s.present) if benchmark else s.present | (_tags_of(tags, s.pair) or set())
         full = None
+        example = split == "train" and (i in examples if benchmark else bool(s.present & set(novel)))
         if split == "train" and benchmark:
             full = f"full/train/{s.pair.stem}.png"
             if s.pair.label != staging / full:  # COCO input already cached it there
                 write_label_png(staging / full, label)
-            label = hide[label]  # honest weak-shot: novel pixels never reach training
+            if not example:
+                label = hide[label]  # honest weak-shot: novel pixels never reach training, but on examples
         rel = None
         if i not in simulated:  # --tag-only-fraction: the image keeps its tags and loses its mask
             rel = f"labels/{split}/{s.pair.stem}.png"
             write_label_png(staging / rel, label)
-        splits.setdefault(split, []).append(Item(str(s.pair.image.resolve()), rel, sorted(item_tags), full))
+        splits.setdefault(split, []).append(Item(str(s.pair.image.resolve()), rel, sorted(item_tags), full,
+                                                 example and rel is not None))
     train_items = splits.get("train", [])
     pairs = tag_pairs([set(it.tags) for it in train_items], [it.label is None for it in train_items], classes, novel)
     for p in flagged(pairs):
@@ -479,6 +510,8 @@ def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: l
             "preset": opts.preset,
             "seed": opts.seed,
             "tag_only_fraction": opts.tag_only_fraction,
+            "examples": {classes[c]: sum(it.example and c in it.tags for it in splits.get("train", []))
+                         for c in novel},
             "background": opts.background,
             "label_convention": convention.as_dict(),
             "unused": unused,
