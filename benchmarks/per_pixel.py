@@ -10,6 +10,7 @@ measuring its own convergence, not the weak-shot method.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -26,7 +27,10 @@ sys.path.insert(0, str(ROOT))
 from models import IGNORE, build_backbone  # noqa: E402
 from weakshot_cli.data.dataset import AugConfig, EvalDataset, TrainDataset, collate_eval, collate_train  # noqa: E402
 from weakshot_cli.data.manifest import load_manifest  # noqa: E402
-from weakshot_cli.engine.metrics import compute_metrics, confusion  # noqa: E402
+from weakshot_cli.engine.build import param_groups  # noqa: E402
+from weakshot_cli.engine.config import TrainConfig  # noqa: E402
+from weakshot_cli.engine.inference import Inference, evaluate_loader  # noqa: E402
+from weakshot_cli.engine.train import poly_schedule  # noqa: E402
 from weakshot_cli.engine.weights import init_backbone  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
 
@@ -59,18 +63,14 @@ def batches(n: int, batch: int, seed: int):
             yield [(j, int(torch.randint(2**62, (1,), generator=g)), 0) for j in order[i:i + batch]]
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, m, imgsz: int) -> dict:
+    """Scored as evaluate scores a checkpoint: class probabilities, resized to each image, one confusion matrix."""
     model.eval()
-    k = len(m.classes)
-    cm = torch.zeros(k, k, dtype=torch.long)
-    for b in DataLoader(EvalDataset(m, "val", imgsz), batch_size=4, collate_fn=collate_eval):
-        logits = model(b["image"])
-        for s, (h, w), label in zip(logits, b["sizes"], b["labels"]):
-            s = F.interpolate(s[None, :, :h, :w], size=tuple(label.shape), mode="bilinear", align_corners=False)
-            cm += confusion(s[0].argmax(0), label, k)
+    scores = Inference(None, lambda x: model(x).softmax(1), torch.device("cpu"), contextlib.nullcontext, imgsz)
+    loader = DataLoader(EvalDataset(m, "val", imgsz), batch_size=4, collate_fn=collate_eval)
+    metrics, _ = evaluate_loader(scores, loader, len(m.classes), m.base, m.novel)
     model.train()
-    return compute_metrics(cm.numpy(), m.base, m.novel)
+    return metrics
 
 
 def train(dataset: Path, backbone: str, iters: int, batch: int, imgsz: int, lr: float, backbone_lr_mult: float,
@@ -80,11 +80,9 @@ def train(dataset: Path, backbone: str, iters: int, batch: int, imgsz: int, lr: 
     model = PerPixel(backbone, len(m.classes))
     init_backbone(model.backbone, backbone, "imagenet")
     data = TrainDataset(m, AugConfig(imgsz), oracle=True)
-    trunk = {id(p) for p in model.backbone.parameters()}
-    opt = torch.optim.AdamW([
-        {"params": [p for p in model.parameters() if id(p) in trunk], "lr": lr * backbone_lr_mult},
-        {"params": [p for p in model.parameters() if id(p) not in trunk], "lr": lr}], weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (1 - i / iters) ** 0.9)
+    cfg = TrainConfig(lr=lr, backbone_lr_mult=backbone_lr_mult)  # the package's groups and poly schedule
+    opt = torch.optim.AdamW(param_groups(model, model.backbone, cfg), lr=lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_schedule(iters, cfg.poly_power))
     loader = DataLoader(data, batch_sampler=batches(len(data), batch, seed), collate_fn=collate_train, num_workers=1)
     curve, start = [], time.perf_counter()
     for it, b in enumerate(loader, 1):

@@ -57,13 +57,14 @@ class TrainStep(nn.Module):
         return self.criterion(self.model(images), targets)
 
 
-def param_groups(step: TrainStep, cfg: TrainConfig) -> list[dict]:
-    """Backbone at lr x backbone_lr_mult; no weight decay on norm layers and query embeddings."""
+def param_groups(module: nn.Module, backbone_module: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """``module``'s parameters, those of ``backbone_module`` at lr x backbone_lr_mult; no weight decay on norm
+    layers and query embeddings."""
     norm_types = (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.Embedding)
-    no_decay = {id(p) for mod in step.modules() if isinstance(mod, norm_types) for p in mod.parameters(False)}
-    backbone = {id(p) for p in step.model.backbone.parameters()}
+    no_decay = {id(p) for mod in module.modules() if isinstance(mod, norm_types) for p in mod.parameters(False)}
+    backbone = {id(p) for p in backbone_module.parameters()}
     groups: dict[tuple[bool, bool], list] = {}
-    for p in step.parameters():
+    for p in module.parameters():
         if p.requires_grad:
             groups.setdefault((id(p) in backbone, id(p) in no_decay), []).append(p)
     return [{"params": ps, "lr": cfg.lr * (cfg.backbone_lr_mult if bb else 1.0),

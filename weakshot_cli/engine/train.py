@@ -56,7 +56,8 @@ def build_training(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Consol
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     step = TrainStep(model, criterion).to(device)
     module = DistributedDataParallel(step, find_unused_parameters=True) if ddp.world > 1 else step
-    optimizer = torch.optim.AdamW(param_groups(step, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = param_groups(step, step.model.backbone, cfg)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(iters, cfg.poly_power))
     dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
