@@ -14,7 +14,7 @@ from weakshot_cli.engine.config import TrainConfig, build_config
 from weakshot_cli.engine.evaluate import EvaluateOptions, run_evaluate
 from weakshot_cli.engine.predict import PredictOptions, run_predict
 from weakshot_cli.engine.pseudolabel import PseudolabelOptions, run_pseudolabel
-from weakshot_cli.engine.train import run_train
+from weakshot_cli.engine.train import retrain_start, run_train
 from weakshot_cli.errors import UserError
 from weakshot_cli.tables import dataset_table, demo_table, print_evaluation, pseudolabel_tables, value_table
 
@@ -59,23 +59,24 @@ def run_demo(out: Path, seed: int, exist_ok: bool, console: Console, iters: int 
     step(3, f"train: SimFormer, small preset, {iters} iterations")
     trained = Path(run_train(dataset, lambda: train_cfg, runs, "train", True, None, None, console)["run_dir"])
     step(4, "evaluate the SimFormer checkpoint on val")
-    first = run_evaluate(EvaluateOptions(checkpoint=trained / "weights" / "best.pt", dataset=dataset, project=runs, name="train",
+    first = run_evaluate(EvaluateOptions(checkpoint=trained / "weights" / "last.pt", dataset=dataset, project=runs, name="train",
                                          exist_ok=True, batch=8), console)
     print_evaluation(console, first)
     step(5, "pseudolabel: novel masks for the training images, where their tags allow")
-    report = run_pseudolabel(PseudolabelOptions(checkpoint=trained / "weights" / "best.pt", dataset=dataset, out=pseudo, batch=8,
+    report = run_pseudolabel(PseudolabelOptions(checkpoint=trained / "weights" / "last.pt", dataset=dataset, out=pseudo, batch=8,
                                                 exist_ok=True), console)
     console.print(*pseudolabel_tables(report))
     step(6, f"retrain: plain MaskFormer on the pseudo-labelled data, {retrain_iters} iterations from the "
             "SimFormer weights")
-    retrained = Path(run_train(pseudo, lambda: retrain_cfg, runs, "retrain", True, None,
-                               trained / "weights" / "best.pt", console, stage="retrain")["run_dir"])
+    _, start = retrain_start(pseudo, {"iters": retrain_iters}, [], None, iters)  # retrain's own default start
+    retrained = Path(run_train(pseudo, lambda: retrain_cfg, runs, "retrain", True, None, start, console,
+                               stage="retrain")["run_dir"])
     step(7, "evaluate the retrained checkpoint on val")
-    second = run_evaluate(EvaluateOptions(checkpoint=retrained / "weights" / "best.pt", dataset=pseudo, project=runs, name="retrain",
+    second = run_evaluate(EvaluateOptions(checkpoint=retrained / "weights" / "last.pt", dataset=pseudo, project=runs, name="retrain",
                                           exist_ok=True, batch=8), console)
     print_evaluation(console, second)
     step(8, "predict: segment the val images with the retrained checkpoint")
-    predicted = run_predict(PredictOptions(checkpoint=retrained / "weights" / "best.pt",
+    predicted = run_predict(PredictOptions(checkpoint=retrained / "weights" / "last.pt",
                                            source=str(source / "images" / "val"), project=runs, name="predict",
                                            exist_ok=True, save_overlay=True), console)
 
@@ -83,7 +84,7 @@ def run_demo(out: Path, seed: int, exist_ok: bool, console: Console, iters: int 
     console.print(demo_table(DEMO_NOVEL, first, second, report))
     console.print(f"Finished in {time.time() - t0:.0f} s. Outputs:\n"
                   f"  dataset            {dataset / 'weakshot.json'}\n"
-                  f"  SimFormer run      {trained} (weights/best.pt, plots/losses.png)\n"
+                  f"  SimFormer run      {trained} (weights/last.pt, plots/losses.png)\n"
                   f"  its evaluation     {first['run_dir']} (metrics.json, plots/)\n"
                   f"  pseudo-labelled    {pseudo / 'weakshot.json'} (pseudolabel.json)\n"
                   f"  retrained run      {retrained}\n"
