@@ -84,7 +84,7 @@ def test_odd_per_process_batches_pair_only_within_a_process():
     assert [k[:2] for k in ranks[0] + ranks[1]] == one.global_batch(2)
     assert [[k[2] for k in keys] for keys in ranks] == [[1, -1, 0], [0, 1, -1]]
     image = {"image": torch.zeros(3, 2, 4), "sem": torch.zeros(2, 4, dtype=torch.long),
-             "pad": torch.zeros(2, 4, dtype=torch.bool), "tags": torch.tensor([0]), "tag_only": False}
+             "pad": torch.zeros(2, 4, dtype=torch.bool), "tags": torch.tensor([0]), "tag_only": False, "example": False}
     refs = [[t["ref"] for t in build_targets(collate_train([{**image, "index": i, "pair_offset": o} for i, _, o in keys]),
                                              base=[0, 1], novel=[5, 6], novel_masks=False)] for keys in ranks]
     assert refs == [[1, 0, 2], [0, 2, 1]]
@@ -153,7 +153,7 @@ def test_tags_pairing_is_a_function_of_seed_and_iteration_and_resumes_exactly():
 def test_targets_hide_novel_masks_and_pass_a_base_only_map():
     sem = torch.tensor([[0, 0, 255, 255], [3, 3, 255, 255]])
     image = {"image": torch.zeros(3, 2, 4), "sem": sem, "pad": torch.zeros(2, 4, dtype=torch.bool),
-             "tags": torch.tensor([0, 3, 5]), "index": 0, "tag_only": False}
+             "tags": torch.tensor([0, 3, 5]), "index": 0, "tag_only": False, "example": False}
     batch = collate_train([{**image, "pair_offset": 1}, {**image, "pair_offset": -1}])
     t = build_targets(batch, base=[0, 3], novel=[5], novel_masks=False)
     assert t[0]["labels"].tolist() == [0, 3, 5] and t[0]["has_mask"].tolist() == [True, True, False]
@@ -174,7 +174,7 @@ def test_tag_only_images_give_every_tag_as_a_maskless_target():
     marked so that the SimNet and the complementary loss, whose premise needs a mask, skip it."""
     unknown = torch.full((2, 4), 255)
     masked = {"image": torch.zeros(3, 2, 4), "sem": torch.tensor([[0, 0, 255, 255]] * 2),
-              "pad": torch.zeros(2, 4, dtype=torch.bool), "tags": torch.tensor([0, 5]), "index": 0, "tag_only": False,
+              "pad": torch.zeros(2, 4, dtype=torch.bool), "tags": torch.tensor([0, 5]), "index": 0, "tag_only": False, "example": False,
               "pair_offset": 1}
     tag_only = {**masked, "sem": unknown, "tags": torch.tensor([3, 5]), "index": 1, "tag_only": True, "pair_offset": -1}
     t = build_targets(collate_train([masked, tag_only]), base=[0, 3], novel=[5], novel_masks=False)

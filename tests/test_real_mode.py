@@ -93,7 +93,8 @@ def test_images_with_tags_and_no_mask_become_tag_only_items(tmp_path):
     items = {Path(it.image).stem: it for it in m.splits["train"]}
     assert items["t3"].label is None and items["t3"].tags == [0, 3]  # base and novel tags both kept
     assert all(items[s].label is not None for s in ("t0", "t1", "t2"))
-    assert m.source["counts"] == {"train": {"masked": 3, "tag_only": 1}, "val": {"masked": 1, "tag_only": 0}}
+    assert m.source["counts"] == {"train": {"masked": 3, "tag_only": 1, "examples": 0},
+                                  "val": {"masked": 1, "tag_only": 0, "examples": 0}}
     table = r.stdout[r.stdout.index("Weak-shot dataset"):]
     assert "masked images" in table and "tag-only images" in table
     assert "base tags" not in table

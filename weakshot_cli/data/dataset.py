@@ -271,7 +271,7 @@ def build_targets(batch: dict, base: list[int], novel: list[int], novel_masks: b
         sem = batch["sem"][i]
         present = torch.unique(sem)
         present = present[present != IGNORE]
-        example = bool(batch.get("example", [False] * n)[i]) and not novel_masks
+        example = bool(batch["example"][i]) and not novel_masks
         if novel_masks or example:
             labels, has_mask = present, torch.ones(len(present), dtype=torch.bool)
             tags_novel = present[:0] if example else present[torch.isin(present, novel_t)]
