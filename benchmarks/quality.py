@@ -132,7 +132,7 @@ BUDGETS = {
 def train_args(budget: dict, iters: int, seed: int = 0) -> list[str]:
     return ["--preset", budget.get("preset", "small"), "--iters", iters, "--batch", budget["batch"],
             "--imgsz", budget["imgsz"], "--device", "cpu", "--workers", 1, "--seed", seed,
-            "--set", f"val_every={max(1, iters // 4)}", "--amp", "off", "--exist-ok"]
+            "--set", f"val_every={max(1, iters // 4)}", "--amp", "off", "--exist-ok", *budget.get("flags", [])]
 
 
 def evaluate(ckpt: Path, dataset: Path, work: Path, name: str, threads: int) -> dict:
@@ -234,6 +234,9 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         seconds += weakshot("retrain", pl, *args, *flags, *start, "--project", runs, "--name", name, threads=threads)
         quality = json.loads((pl / "pseudolabel.json").read_text())
         result["pseudolabels"] = {k: v for k, v in quality.items() if not isinstance(v, (dict, list))}
+        for kind, part in quality.get("by_source", {}).items():  # masked and tag-only images apart
+            result["pseudolabels"] |= {f"{kind}_{k}": part[k] for k in ("images", "novel_mIoU", "coverage")
+                                       if k in part}
         ckpt = runs / "retrain" / name / "weights" / "last.pt"
     else:
         ckpt = runs / "train" / name / "weights" / "last.pt"
@@ -343,8 +346,8 @@ def committed_results(path: Path) -> dict[str, list[dict]]:
     return found
 
 
-def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
-    stem = f"quality-{dataset_name}" + ("" if budget_name == "full" else f"-{budget_name}")
+def report(dataset_name: str, work: Path, budget_name: str, out: Path, variant: str = "") -> None:
+    stem = f"quality-{dataset_name}{variant}" + ("" if budget_name == "full" else f"-{budget_name}")
     found = committed_results(out / f"{stem}.json")
     for seed_dir in sorted(work.glob("seed*")):
         for name in RUNS:
@@ -361,7 +364,7 @@ def report(dataset_name: str, work: Path, budget_name: str, out: Path) -> None:
     oracle_novel = float(np.mean([r["novel_mIoU"] for r in oracle])) if oracle else None
     runs = {name: summarise(found[name], oracle_novel) | {"label": RUNS[name][0]} for name in RUNS if name in found}
     _, novel, _, title = DATASETS[dataset_name]
-    doc = {"dataset": title, "novel": novel.split(","),
+    doc = {"dataset": title, "variant": variant.lstrip("-") or None, "novel": novel.split(","),
            "budget": {"name": budget_name, **BUDGETS[budget_name], "backbone": "mobilenet_v2, ImageNet weights",
                       "transformer_in": MOBILE["transformer_in"],
                       "precision": "float32"},
@@ -543,24 +546,40 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="only gather finished runs into the results")
     ap.add_argument("--splits-report", action="store_true",
                     help="only summarise the MSRC reports over splits into quality-msrc-splits.json")
+    ap.add_argument("--examples", type=int, default=0, help="split --examples K: full masks of K training images "
+                    "per novel class, drawn with the run's seed (issue 28)")
+    ap.add_argument("--tag-only-fraction", type=float, default=0.0, help="split --tag-only-fraction F: that share "
+                    "of the training images keeps only its tags, drawn with the run's seed (issue 29)")
+    ap.add_argument("--masked-only", action="store_true", help="train and retrain with --set tag_only=false: "
+                    "the masked images alone")
     args = ap.parse_args()
     if args.splits_report:
         return splits_report(args.out)
     torch.set_num_threads(args.threads)  # the in-process scoring (SimNet F1, calibration) keeps to its share too
     budget_name = "quick" if args.quick else "full"
-    work = args.work / args.dataset / budget_name
+    # a variant of the dataset's split has its own work folder and report: quality-<dataset><variant>.json
+    variant = (f"-k{args.examples}" if args.examples else "") + \
+        (f"-to{round(100 * args.tag_only_fraction)}" if args.tag_only_fraction else "") + \
+        ("-masked" if args.masked_only else "")
+    split_args = [*(["--examples", args.examples] if args.examples else []),
+                  *(["--tag-only-fraction", args.tag_only_fraction] if args.tag_only_fraction else [])]
+    budget = BUDGETS[budget_name] | ({"flags": ["--set", "tag_only=false"]} if args.masked_only else {})
+    work = args.work / f"{args.dataset}{variant}" / budget_name
     names = selected_runs(args.runs, RUNS)
     if not args.report:
         offline_weights(args.work)
         for seed in (int(s) for s in args.seeds.split(",")):
             seed_work = work / f"seed{seed}"
-            # the split is the same for every seed; each seed's folder holds its own copy for its pseudo-labels
-            dataset = split_dataset(args.dataset, seed_work / "dataset", args.threads)
+            # the plain split is the same for every seed, a variant's draw follows the seed; each seed's folder
+            # holds its own copy for its pseudo-labels
+            draw = ["--seed", seed] if split_args else []
+            dataset = split_dataset(args.dataset, seed_work / "dataset", args.threads, *split_args, *draw)
             for name in names:
-                r = run_one(name, dataset, seed_work, BUDGETS[budget_name], seed, args.threads)
-                print(f"{args.dataset} seed {seed} {name}: novel {r['novel_mIoU']:.1f}  base {r['base_mIoU']:.1f}  "
-                      f"all {r['mIoU']:.1f}  ({r['train_seconds'] / 60:.1f} min)", flush=True)
-    report(args.dataset, work, budget_name, args.out)
+                r = run_one(name, dataset, seed_work, budget, seed, args.threads)
+                print(f"{args.dataset}{variant} seed {seed} {name}: novel {r['novel_mIoU']:.1f}  "
+                      f"base {r['base_mIoU']:.1f}  all {r['mIoU']:.1f}  ({r['train_seconds'] / 60:.1f} min)",
+                      flush=True)
+    report(args.dataset, work, budget_name, args.out, variant)
 
 
 if __name__ == "__main__":

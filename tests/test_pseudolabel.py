@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, TINY, assert_user_error, interruptible, run_cli
-from weakshot_cli.data.dataset import EvalDataset, collate_eval
+from weakshot_cli.data.dataset import AugConfig, EvalDataset, TrainDataset, collate_eval
 from weakshot_cli.data.manifest import Item, Manifest, load_manifest
 from weakshot_cli.data.synthetic import make_synthetic
 from weakshot_cli.engine.checkpoint import load_checkpoint
@@ -244,7 +244,7 @@ def test_tag_only_images_keep_their_tagged_classes(base_biased, tag_only, tmp_pa
     assert "pseudo-labels vs image tags" in r.stdout and "full masks" not in r.stdout
     report = json.loads((out / "pseudolabel.json").read_text())
     src, new = load_manifest(tag_only), load_manifest(out)
-    assert set(report) == {"mode", "min_score", "images", "tag_only_images", "tag_check"}
+    assert set(report) == {"mode", "min_score", "images", "tag_only_images", "tag_check", "by_source"}
     assert report["tag_only_images"] == 4 and report["mode"] == "keep" and report["min_score"] == 0
     assert_tag_check_matches_files(report, src, new)
 
@@ -264,6 +264,11 @@ def test_tag_only_images_keep_their_tagged_classes(base_biased, tag_only, tmp_pa
         else:
             assert not (b_wins & (pseudo == b)).any()
     assert kept > 0 and dropped > 0, (kept, dropped)
+    # retrain --set tag_only=false trains on the masked images alone: those labelled from tags are skipped too
+    masked = {Path(it.image).name for it in src.splits["train"] if it.label is not None}
+    for m in (src, new):
+        assert {Path(it.image).name for it in TrainDataset(m, AugConfig(64), tag_only=False).items} == masked
+    assert len(TrainDataset(new, AugConfig(64)).items) == len(new.splits["train"]) > len(masked)
 
 
 def test_tag_check_matches_the_model(labelled, ckpt, synth):
@@ -397,13 +402,8 @@ def test_stop_then_rerun_equals_an_uninterrupted_run(straight, tmp_path, sig):
     assert digest(killed) == digest(uninterrupted)
 
 
-def test_benchmark_report_matches_the_files(labelled, synth):
-    report = json.loads((labelled / "pseudolabel.json").read_text())
-    src, new = load_manifest(synth), load_manifest(labelled)
-    assert report["tag_only_images"] == 0
-    assert_tag_check_matches_files(report, src, new)  # the tag check beside the ground-truth comparison
-    pairs = [(np.asarray(Image.open(new.resolve(it.label))), np.asarray(Image.open(new.resolve(it.full))))
-             for it in new.splits["train"]]
+def assert_scores_match_files(report: dict, pairs: list[tuple[np.ndarray, np.ndarray]], src: Manifest) -> None:
+    """The report's novel IoU, pixel counts and mIoU, recomputed from (pseudo-label, full mask) pairs."""
     ious = []
     for c in src.novel:
         tp = sum(((p == c) & (f == c)).sum() for p, f in pairs)
@@ -414,6 +414,41 @@ def test_benchmark_report_matches_the_files(labelled, synth):
         assert report["pixels"]["per_class"][src.classes[c]] == {"ground_truth": gt, "pseudo": pred, "correct": tp}
         ious += [expected] if expected is not None else []
     assert report["novel_mIoU"] == pytest.approx(np.mean(ious))
+
+
+def test_tag_only_and_masked_images_are_reported_apart(ckpt, synth, tmp_path):
+    """Benchmark mode with every third training image tag-only: the tag check and the scores of each kind of image
+    alone, recomputed from that kind's files, and a table that shows both."""
+    src = load_manifest(synth)
+    absolute = lambda it, tag_only=False: Item(str(src.resolve(it.image)), None if tag_only else  # noqa: E731
+                                               str(src.resolve(it.label)), it.tags, it.full and str(src.resolve(it.full)))
+    train = [absolute(it, i % 3 == 0) for i, it in enumerate(src.splits["train"])]
+    Manifest(src.classes, src.base, src.novel, {"train": train, "val": [absolute(it) for it in src.splits["val"]]}
+             ).save(tmp_path / "mixed")
+    r = run_cli("pseudolabel", ckpt, tmp_path / "mixed", "-o", tmp_path / "pl", "--mode", "keep", *IMGSZ)
+    assert r.returncode == 0, r.stderr
+    assert "masked and tag-only training images apart" in r.stdout
+    report, new = json.loads((tmp_path / "pl" / "pseudolabel.json").read_text()), load_manifest(tmp_path / "pl")
+    for kind, tag_only in (("masked", False), ("tag_only", True)):
+        part = report["by_source"][kind]
+        idx = [i for i, it in enumerate(train) if (it.label is None) == tag_only]
+        assert part["images"] == len(idx) > 0
+        for c in src.novel:
+            assert part["tag_check"]["per_class"][src.classes[c]]["tagged_images"] == sum(c in train[i].tags
+                                                                                            for i in idx)
+        assert_scores_match_files(part, [(np.asarray(Image.open(new.resolve(new.splits["train"][i].label))),
+                                          np.asarray(Image.open(new.resolve(new.splits["train"][i].full))))
+                                         for i in idx], src)
+
+
+def test_benchmark_report_matches_the_files(labelled, synth):
+    report = json.loads((labelled / "pseudolabel.json").read_text())
+    src, new = load_manifest(synth), load_manifest(labelled)
+    assert report["tag_only_images"] == 0
+    assert_tag_check_matches_files(report, src, new)  # the tag check beside the ground-truth comparison
+    pairs = [(np.asarray(Image.open(new.resolve(it.label))), np.asarray(Image.open(new.resolve(it.full))))
+             for it in new.splits["train"]]
+    assert_scores_match_files(report, pairs, src)
     novel_gt = [np.isin(f, src.novel) for p, f in pairs]
     covered = sum((g & (p != 255)).sum() for (p, f), g in zip(pairs, novel_gt)) / sum(g.sum() for g in novel_gt)
     assert report["coverage"] == pytest.approx(100 * covered) and report["images"] == len(src.splits["train"])

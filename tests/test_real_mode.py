@@ -111,9 +111,16 @@ def test_images_without_mask_or_tags_are_still_skipped_with_a_warning(tmp_path):
 def test_tag_only_fraction_simulates_tag_only_images_in_benchmark_mode(toy):
     out = toy["tmp"] / "ws"
     args = ["split", "--images", toy["images"], "--masks", toy["masks"], "--classes", toy["classes"], "--novel", "c"]
-    assert run_cli(*args, "-o", out, "--tag-only-fraction", "0.5", "--seed", "1").returncode == 0
+    r = run_cli(*args, "-o", out, "--tag-only-fraction", "0.5", "--seed", "1")
+    assert r.returncode == 0, r.stderr
     m = load_manifest(out)
     tag_only = [it for it in m.splits["train"] if it.label is None]
+    table = r.stdout[r.stdout.index("Weak-shot dataset"):]
+    header, *rows = [line for line in table.splitlines() if "│" in line or "┃" in line]
+    assert "tag-only" in header  # the table counts each class's tag-only training images
+    for c, name in enumerate(m.classes):
+        row = next(cells for line in rows if (cells := [x.strip() for x in line.split("│")])[2] == name)
+        assert row[-2] == str(sum(c in it.tags for it in tag_only))
     assert len(tag_only) == 2 and all(it.full for it in tag_only)  # full kept for the oracle and scoring
     for it in tag_only:
         full = np.asarray(Image.open(m.resolve(it.full)))

@@ -43,13 +43,18 @@ def dataset_table(m: Manifest) -> Table:
     table.add_column("role")
     for name in m.splits:
         table.add_column(f"{name} images", justify="right")
-    examples = {c: sum(it.example and c in it.tags for it in m.splits.get("train", [])) for c in m.novel}
+    train = m.splits.get("train", [])
+    tag_only = Counter(t for it in train if it.label is None for t in it.tags)
+    if tag_only:
+        table.add_column("train tag-only", justify="right")
+    examples = {c: sum(it.example and c in it.tags for it in train) for c in m.novel}
     if any(examples.values()):
         table.add_column("example masks", justify="right")
     counts = {name: Counter(t for it in items for t in it.tags) for name, items in m.splits.items()}
     for c, cname in enumerate(m.classes):
         role = "[magenta]novel[/]" if c in m.novel else "[dim]unused[/]" if c in unused else "base"
-        extra = [str(examples[c]) if c in examples else ""] if any(examples.values()) else []
+        extra = [str(tag_only[c])] if tag_only else []
+        extra += [str(examples[c]) if c in examples else ""] if any(examples.values()) else []
         table.add_row(str(c), cname, role, *(str(counts[n][c]) for n in m.splits), *extra)
     table.add_section()
     per_split = [image_counts(items) for items in m.splits.values()]
@@ -131,7 +136,25 @@ def pseudolabel_tables(report: dict) -> list[Table]:
         table.add_row("novel mIoU", figure(report["novel_mIoU"]), "")
         table.add_row("coverage of novel pixels", figure(report["coverage"]), "")
         tables.append(table)
+    if "by_source" in report:
+        tables.append(source_table(report["by_source"]))
     return tables
+
+
+def source_table(by_source: dict) -> Table:
+    """The tag check (and, in benchmark mode, the novel mIoU) of masked and tag-only images apart."""
+    scored = all("novel_mIoU" in r for r in by_source.values())
+    table = Table(title="masked and tag-only training images apart (%; found and predicted: mean over novel classes)")
+    columns = ("images", "count", "found", "predicted", "unknown pixels labelled", *(("novel mIoU",) if scored else ()))
+    for col in columns:
+        table.add_column(col, justify="left" if col == "images" else "right")
+    for kind, r in by_source.items():
+        per_class = r["tag_check"]["per_class"].values()
+        mean = lambda key: figure(sum(v) / len(v) if (v := [x[key] for x in per_class if x[key] is not None])  # noqa
+                                  else None)
+        table.add_row(kind.replace("_", "-"), str(r["images"]), mean("found_pct"), mean("untagged_predicted_pct"),
+                      figure(r["tag_check"]["labelled_pct"]), *((figure(r["novel_mIoU"]),) if scored else ()))
+    return table
 
 
 def demo_table(novel: list[str], first: dict, second: dict, report: dict) -> Table:

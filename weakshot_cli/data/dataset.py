@@ -142,7 +142,10 @@ class TrainDataset(Dataset):
     def __init__(self, manifest: Manifest, aug: AugConfig, split: str = "train", oracle: bool = False,
                  tag_only: bool = True):
         self.m, self.aug, self.oracle = manifest, aug, oracle
-        self.items: list[Item] = [it for it in manifest.splits[split] if tag_only or it.label is not None]
+        # without tag-only images, also without those whose mask pseudolabel made from tags alone
+        from_tags = set(manifest.source.get("tag_only_labels") or [])
+        self.items: list[Item] = [it for it in manifest.splits[split]
+                                  if tag_only or (it.label is not None and it.label not in from_tags)]
         self.novel = torch.tensor(manifest.novel, dtype=torch.long)
         if oracle and any(it.full is None for it in self.items):
             raise ValueError("oracle training needs a benchmark-mode dataset (training items with 'full' masks)")

@@ -77,7 +77,7 @@ class TrainConfig:
     scale_max: float = 2.0
     tag_keep: float = 0.5  # a crop keeps novel tags if it keeps this fraction of unknown pixels (0: any of them)
     pairing: str = "paper"  # paper: a reference shares a novel tag | tags: and differs in another where it can
-    tag_only: bool = True  # train on tag-only images (tags, no mask) too
+    tag_only: bool = True  # train on tag-only images (tags, no mask; or pseudo-labelled from tags) too
     workers: int = 2
     # run
     method: str = "paper"  # the loss profile applied (METHODS; these defaults are its values); kept for the record

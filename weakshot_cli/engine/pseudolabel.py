@@ -270,14 +270,23 @@ def _report(o: PseudolabelOptions, m: Manifest, names: list[str]) -> dict:
         for name, other in ((p["novel"], p["other"]), (p["other"], p["novel"])):
             if name in report["tag_check"]["per_class"]:
                 report["tag_check"]["per_class"][name].setdefault("tags_cannot_separate", []).append(other)
+    sources = {"masked": [i for i, it in enumerate(items) if it.label is not None],
+               "tag_only": [i for i, it in enumerate(items) if it.label is None]}
+    if all(sources.values()):  # each kind apart: a tag-only image has no base mask to win over the model
+        report["by_source"] = {
+            kind: {"images": len(idx), "tag_check": tag_check([stats[i] for i in idx], [items[i].tags for i in idx],
+                                                              m.classes, m.novel)} for kind, idx in sources.items()}
     if all(it.full for it in items):  # benchmark mode: score against the kept full masks
         k = len(m.classes)
-        cm = torch.zeros(k + 1, k + 1, dtype=torch.long)
-        for it, name in zip(items, names):
-            pseudo = torch.from_numpy(read_raw_label(out / name).astype(np.int64))
-            gt = torch.from_numpy(read_raw_label(m.resolve(it.full)).astype(np.int64))
-            cm += confusion(torch.where(pseudo == IGNORE, k, pseudo), gt, k + 1)  # ignore -> extra column k
-        report |= quality(cm.numpy(), m)
+        cms = {kind: torch.zeros(k + 1, k + 1, dtype=torch.long) for kind in sources}
+        for kind, idx in sources.items():
+            for i in idx:
+                pseudo = torch.from_numpy(read_raw_label(out / names[i]).astype(np.int64))
+                gt = torch.from_numpy(read_raw_label(m.resolve(items[i].full)).astype(np.int64))
+                cms[kind] += confusion(torch.where(pseudo == IGNORE, k, pseudo), gt, k + 1)  # ignore -> column k
+        report |= quality(sum(cms.values()).numpy(), m)
+        for kind in report.get("by_source", {}):
+            report["by_source"][kind] |= quality(cms[kind].numpy(), m)
     return report
 
 

@@ -1,0 +1,109 @@
+"""What a few example masks buy: novel mIoU against K example masks per novel class, from quality.py's reports.
+
+    python benchmarks/quality.py --dataset camvid --examples 2 --runs tags-pp,tags-pp-cal,tags-pp-retrain
+    python benchmarks/examples.py          # examples.json, examples.png and a table from the finished reports
+
+K = 0 is the plain split's report (quality-<dataset>.json), K > 0 the ``--examples K`` variant's
+(quality-<dataset>-k<K>.json, its examples drawn with the run's seed). One stage is ``train``'s default
+(tags-pp-cal), the two-stage path the README's (tags-pp-retrain); the oracle (all masks) is the plain split's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from weakshot_cli.io import atomic_write  # noqa: E402
+
+STAGES = {"one stage": "tags-pp-cal", "two-stage path": "tags-pp-retrain"}
+DATASETS = ("camvid", "msrc")
+
+
+def gather(results: Path) -> list[dict]:
+    """One row per dataset, K, seed and stage with a finished run."""
+    rows = []
+    for dataset in DATASETS:
+        plain = results / f"quality-{dataset}.json"
+        if not plain.exists():
+            continue
+        oracle = json.loads(plain.read_text())["runs"].get("oracle")
+        if oracle is None:
+            continue
+        oracle_novel = dict(zip(oracle["seeds"], oracle["novel_mIoU"]["values"]))
+        reports = [(0, plain)] + sorted((int(m.group(1)), p) for p in results.glob(f"quality-{dataset}-k*.json")
+                                        if (m := re.fullmatch(rf"quality-{dataset}-k(\d+)\.json", p.name)))
+        for k, path in reports:
+            runs = json.loads(path.read_text())["runs"]
+            for stage, name in STAGES.items():
+                if name not in runs:
+                    continue
+                for seed, novel in zip(runs[name]["seeds"], runs[name]["novel_mIoU"]["values"]):
+                    reference = oracle_novel.get(seed, float(np.mean(list(oracle_novel.values()))))
+                    rows.append({"dataset": dataset, "k": k, "seed": seed, "stage": stage,
+                                 "novel_mIoU": round(novel, 2), "oracle_novel_mIoU": round(reference, 2)})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| dataset | K | stage | novel mIoU (seeds) | novel / oracle | seed spread |", "|---|---|---|---|---|---|"]
+    keys = dict.fromkeys((r["dataset"], r["k"], r["stage"]) for r in rows)
+    for dataset, k, stage in sorted(keys, key=lambda t: (t[0], t[2], t[1])):
+        mine = [r for r in rows if (r["dataset"], r["k"], r["stage"]) == (dataset, k, stage)]
+        values = [r["novel_mIoU"] for r in mine]
+        ratio = np.mean([r["novel_mIoU"] / r["oracle_novel_mIoU"] for r in mine])
+        lines.append(f"| {dataset} | {k} | {stage} | {np.mean(values):.1f} ({', '.join(f'{v:.1f}' for v in values)}) "
+                     f"| {100 * ratio:.0f}% | {max(values) - min(values):.1f} |")
+    return "\n".join(lines)
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    """Novel / oracle against K, a line per dataset and stage (means), each seed a dot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for dataset in DATASETS:
+        for stage, style in zip(STAGES, ("--", "-")):
+            mine = [r for r in rows if r["dataset"] == dataset and r["stage"] == stage]
+            if not mine:
+                continue
+            ks = sorted({r["k"] for r in mine})
+            ratio = lambda r: 100 * r["novel_mIoU"] / r["oracle_novel_mIoU"]  # noqa: E731
+            line, = ax.plot(ks, [np.mean([ratio(r) for r in mine if r["k"] == k]) for k in ks], style, marker="o",
+                            label=f"{dataset}, {stage}")
+            ax.scatter([r["k"] for r in mine], [ratio(r) for r in mine], s=12, color=line.get_color(), alpha=0.5)
+    ax.axhline(80, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("example masks per novel class (K)")
+    ax.set_ylabel("novel mIoU, % of the oracle's")
+    ax.set_ylim(0, 110)
+    ax.legend(fontsize=8)
+    ax.set_title("What a few example masks buy (mobile preset, val)")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args()
+    rows = gather(args.results)
+    if not rows:
+        sys.exit(f"no quality reports with an oracle in {args.results}")
+    atomic_write(args.results / "examples.json", lambda p: p.write_text(json.dumps({"runs": rows}, indent=2) + "\n"))
+    chart(rows, args.results / "examples.png")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
