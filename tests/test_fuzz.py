@@ -318,13 +318,18 @@ def rasterise_file(data: bytes) -> dict | None:
         loaded = parse(coco.load_coco, path)
         if loaded is None:
             return None
-        obj, names, cat_to_id = loaded
+        images, names, cat_to_id = loaded
         assert len(names) == len(cat_to_id) and sorted(cat_to_id.values()) == list(range(len(names)))
-        labels = parse(lambda *args: dict(coco.rasterise(*args)), obj, path, cat_to_id)  # every map, one at a time
+        scratch = Path(d) / "scratch"
+        scratch.mkdir()
+        # every map, one at a time
+        labels = parse(lambda *args: dict(coco.rasterise(*args)), path, images, cat_to_id, scratch)
+        assert not list(scratch.iterdir()) or labels is None  # the chunks are gone once every map is out
     if labels is not None:
-        images = {im["id"]: im for im in obj["images"]}
+        sizes = {im.id: (im.height, im.width) for im in images}
+        assert list(labels) == [im.id for im in images]  # the file's image order
         for image_id, label in labels.items():
-            assert label.dtype == np.uint8 and label.shape == (images[image_id]["height"], images[image_id]["width"])
+            assert label.dtype == np.uint8 and label.shape == sizes[image_id]
             assert set(np.unique(label).tolist()) <= set(range(len(names))) | {255}
     return labels
 

@@ -6,17 +6,20 @@ rule); crowd regions are painted as ignore (255) in the same order.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
+import ijson
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from models import IGNORE
 from weakshot_cli.data.labels import MAX_PIXELS, image_size
 from weakshot_cli.errors import UserError
-from weakshot_cli.io import read_json
 
 
 @dataclass
@@ -27,16 +30,55 @@ class CocoImage:
     width: int
 
 
-def load_coco(path: str | Path) -> tuple[dict, list[str], dict[int, int]]:
-    """Parse and check the JSON; return it, class names, and category id -> contiguous id."""
+def _open(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise UserError("COCO file not found", path) from None
+    except OSError as e:
+        raise UserError(f"cannot read COCO file ({e.strerror or e})", path) from None
+
+
+def _items(path: Path, prefix: str) -> Iterator[Any]:
+    """The JSON values at ``prefix`` (ijson's notation: ``annotations.item`` is each annotation), read as a stream."""
+    with _open(path) as f:
+        try:
+            yield from ijson.items(f, prefix, use_float=True)
+        except (ijson.JSONError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise UserError(f"invalid JSON in COCO file ({str(e).splitlines()[0][:80]})", path) from None
+
+
+def _top_level(path: Path) -> dict[str, str]:
+    """The kind of value (ijson's first event: start_array, start_map, number, ...) of each of images, annotations
+    and categories at the top of the file; a file that is not an object is refused."""
+    kinds: dict[str, str] = {}
+    with _open(path) as f:
+        try:
+            events = ijson.parse(f, use_float=True)
+            if next(events, (None, None, None))[1] != "start_map":
+                raise UserError("COCO JSON must be an object with images, annotations, categories", path)
+            for prefix, event, _ in events:
+                if prefix in TOP_LEVEL and prefix not in kinds:
+                    kinds[prefix] = event
+                    if len(kinds) == len(TOP_LEVEL):
+                        break
+        except (ijson.JSONError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise UserError(f"invalid JSON in COCO file ({str(e).splitlines()[0][:80]})", path) from None
+    return kinds
+
+
+TOP_LEVEL = ("images", "annotations", "categories")
+
+
+def load_coco(path: str | Path) -> tuple[list[CocoImage], list[str], dict[int, int]]:
+    """Check the JSON's shape and its categories and images; return the images, class names and category id ->
+    contiguous id. The annotations are not read here (rasterise streams them)."""
     path = Path(path)
-    data = read_json(path, "COCO file")
-    if not isinstance(data, dict):
-        raise UserError("COCO JSON must be an object with images, annotations, categories", path)
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
+    kinds = _top_level(path)
+    for key in TOP_LEVEL:
+        if kinds.get(key) != "start_array":
             raise UserError(f"COCO JSON has no '{key}' list", path)
-    cats = data["categories"]
+    cats = next(_items(path, "categories"))
     if not cats:
         raise UserError("COCO JSON has no categories", path)
     for c in cats:
@@ -51,16 +93,16 @@ def load_coco(path: str | Path) -> tuple[dict, list[str], dict[int, int]]:
     names = [c["name"] for c in cats]
     if len(set(names)) != len(names):
         raise UserError("COCO categories have duplicate names", path)
-    return data, names, {c["id"]: i for i, c in enumerate(cats)}
+    return coco_images(next(_items(path, "images")), path), names, {c["id"]: i for i, c in enumerate(cats)}
 
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def coco_images(data: dict, path: Path) -> list[CocoImage]:
+def coco_images(entries: list, path: Path) -> list[CocoImage]:
     images = []
-    for im in data["images"]:
+    for im in entries:
         if not isinstance(im, dict) or not all(_is_int(im.get(k)) for k in ("id", "height", "width")) \
                 or not isinstance(im.get("file_name"), str):
             raise UserError(f"image entry {im!r:.80} needs integer id, height, width and a file_name", path)
@@ -139,30 +181,46 @@ def _decode(seg: object, h: int, w: int, path: Path, ann_id: object) -> np.ndarr
     return mask_utils.decode(rle).astype(bool)
 
 
-def rasterise(data: dict, path: Path, cat_to_id: dict[int, int],
+# Annotations are spilled to scratch files of this many consecutive images each, so that rasterising holds one
+# chunk's annotations in memory, however many images the file has.
+CHUNK_IMAGES = 256
+
+
+def rasterise(path: Path, images: list[CocoImage], cat_to_id: dict[int, int], scratch: Path,
               background: int = IGNORE) -> Iterator[tuple[int, np.ndarray]]:
-    """(image id, semantic label map (uint8)) for every image, one at a time, so that memory holds one map
-    whatever the number of images; pixels outside every annotation get ``background`` (255, ignore, by default).
-    Every annotation is checked before the first map."""
-    images = {im.id: im for im in coco_images(data, path)}
-    by_image: dict[int, list[dict]] = {i: [] for i in images}
-    for ann in data["annotations"]:
-        if not isinstance(ann, dict) or "segmentation" not in ann:
-            raise UserError(f"annotation {ann!r:.60} has no segmentation", path)
-        image_id, category_id = ann.get("image_id"), ann.get("category_id")
-        if not _is_int(image_id) or image_id not in images:
-            raise UserError(f"annotation {ann.get('id')!r:.40} refers to unknown image_id {image_id!r:.40}", path)
-        if not _is_int(category_id) or category_id not in cat_to_id:
-            raise UserError(f"annotation {ann.get('id')!r:.40} has unknown category_id {category_id!r:.40}", path)
-        by_image[ann["image_id"]].append(ann)
-    for image_id, anns in by_image.items():
-        im = images[image_id]
-        label = np.full((im.height, im.width), background, dtype=np.uint8)
-        decoded = [(_decode(a["segmentation"], im.height, im.width, path, a.get("id")), a) for a in anns]
-        decoded.sort(key=lambda ma: -int(ma[0].sum()))
-        for m, ann in decoded:
-            label[m] = IGNORE if ann.get("iscrowd", 0) else cat_to_id[ann["category_id"]]
-        yield image_id, label
+    """(image id, semantic label map (uint8)) for every image in ``images``' order, one at a time; pixels outside
+    every annotation get ``background`` (255, ignore, by default). The annotations are read as a stream, checked
+    and written to chunk files in ``scratch`` (a folder the caller owns and removes) before the first map, so
+    memory holds one chunk's annotations and one map whatever the size of the file."""
+    chunk_of = {im.id: i // CHUNK_IMAGES for i, im in enumerate(images)}
+    chunks = [scratch / f"{c:06d}.jsonl" for c in range(-(-len(images) // CHUNK_IMAGES))]
+    with ExitStack() as stack:
+        files = [stack.enter_context(open(c, "w", encoding="utf-8")) for c in chunks]
+        for ann in _items(path, "annotations.item"):
+            if not isinstance(ann, dict) or "segmentation" not in ann:
+                raise UserError(f"annotation {ann!r:.60} has no segmentation", path)
+            image_id, category_id = ann.get("image_id"), ann.get("category_id")
+            if not _is_int(image_id) or image_id not in chunk_of:
+                raise UserError(f"annotation {ann.get('id')!r:.40} refers to unknown image_id {image_id!r:.40}", path)
+            if not _is_int(category_id) or category_id not in cat_to_id:
+                raise UserError(f"annotation {ann.get('id')!r:.40} has unknown category_id {category_id!r:.40}",
+                                path)
+            files[chunk_of[image_id]].write(json.dumps(ann) + "\n")
+    for c, chunk in enumerate(chunks):
+        by_image: dict[int, list[dict]] = {im.id: [] for im in images[c * CHUNK_IMAGES:(c + 1) * CHUNK_IMAGES]}
+        with open(chunk, encoding="utf-8") as f:
+            for line in f:
+                ann = json.loads(line)
+                by_image[ann["image_id"]].append(ann)
+        chunk.unlink()
+        for im in images[c * CHUNK_IMAGES:(c + 1) * CHUNK_IMAGES]:
+            label = np.full((im.height, im.width), background, dtype=np.uint8)
+            decoded = [(_decode(a["segmentation"], im.height, im.width, path, a.get("id")), a)
+                       for a in by_image.pop(im.id)]
+            decoded.sort(key=lambda ma: -int(ma[0].sum()))
+            for m, ann in decoded:
+                label[m] = IGNORE if ann.get("iscrowd", 0) else cat_to_id[ann["category_id"]]
+            yield im.id, label
 
 
 def stuff_annotations(label: np.ndarray, image_id: int, first_id: int) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -161,7 +162,7 @@ def _coco_pairs(opts: SplitOptions, staging: Path, warn: Warnings) -> tuple[Disc
         if split and split.lower() not in SPLIT_NAMES:
             raise UserError(f"--coco {spec}: unknown split {split!r}; use train, val or test (or no SPLIT=)")
         split, path = SPLIT_NAMES[split.lower()] if split else "train", Path(path)
-        data, these_names, cat_to_id = coco.load_coco(path)
+        images, these_names, cat_to_id = coco.load_coco(path)
         if names is not None and these_names != names:
             raise UserError("categories differ from the first COCO file", path)
         names = these_names
@@ -171,20 +172,11 @@ def _coco_pairs(opts: SplitOptions, staging: Path, warn: Warnings) -> tuple[Disc
             if background >= coco.IGNORE:
                 raise UserError(f"--background {opts.background!r} would be class 255, the ignore value: "
                                 f"{len(names)} categories leave no room for it", path)
-        images = {im.id: im for im in coco.coco_images(data, path)}
-        for image_id, label in coco.rasterise(data, path, cat_to_id, background):  # one map in memory at a time
-            unannotated, total = unannotated + int((label == coco.IGNORE).sum()), total + label.size
-            im = images[image_id]
-            image = safe_join(opts.images, im.file_name, path)
-            if not image.exists() and (opts.images / split).is_dir():
-                image = safe_join(opts.images / split, im.file_name, path)
-            coco.check_image_size(im, image, path)
-            stem = Path(im.file_name).stem
-            label_path = staging / "full" / split / f"{stem}.png"
-            if label_path.exists():
-                raise UserError(f"duplicate image stem {stem!r} in split {split!r}", path)
-            write_label_png(label_path, label)
-            pairs.append(Pair(split, stem, image, label_path))
+        by_id = {im.id: im for im in images}
+        with tempfile.TemporaryDirectory(dir=staging, prefix=".coco-") as scratch:  # one map in memory at a time
+            for image_id, label in coco.rasterise(path, images, cat_to_id, Path(scratch), background):
+                unannotated, total = unannotated + int((label == coco.IGNORE).sum()), total + label.size
+                pairs.append(_coco_pair(opts, split, by_id[image_id], label, staging, path))
     if opts.background is None and total and unannotated > UNANNOTATED_WARN * total:
         warn(f"{100 * unannotated / total:.0f}% of pixels lie outside every COCO annotation and become ignore, so "
              "the model learns no background and labels every pixel as some object; pass --background NAME to "
@@ -192,6 +184,21 @@ def _coco_pairs(opts: SplitOptions, staging: Path, warn: Warnings) -> tuple[Disc
     if opts.background is not None and opts.background not in (names or []):
         names = [*(names or []), opts.background]
     return Discovery(pairs, [], []), names or []
+
+
+def _coco_pair(opts: SplitOptions, split: str, im: coco.CocoImage, label: np.ndarray, staging: Path,
+               path: Path) -> Pair:
+    """An image of a COCO file and its rasterised label, written to the staged dataset's full/ folder."""
+    image = safe_join(opts.images, im.file_name, path)
+    if not image.exists() and (opts.images / split).is_dir():
+        image = safe_join(opts.images / split, im.file_name, path)
+    coco.check_image_size(im, image, path)
+    stem = Path(im.file_name).stem
+    label_path = staging / "full" / split / f"{stem}.png"
+    if label_path.exists():
+        raise UserError(f"duplicate image stem {stem!r} in split {split!r}", path)
+    write_label_png(label_path, label)
+    return Pair(split, stem, image, label_path)
 
 
 def _usable(found: Discovery, tags: Tags | None, images: Path, warn: Warnings) -> list[Pair]:
