@@ -104,3 +104,21 @@ def test_pseudolabel_predict_and_evaluate_on_two_processes_write_what_one_writes
             a, b = (x.replace(str(tmp_path / f"pl{n}").encode(), b"PL").replace(str(tmp_path / f"runs{n}").encode(),
                     b"RUNS") for x, n in ((a, 1), (b, 2)))
         assert a == b, key
+
+    # a one-process run stopped half-way (every second label gone, no report), resumed on two processes: each
+    # process redoes only the missing labels of its own share, and the files are those of the uninterrupted run
+    partial = tmp_path / "partial"
+    shutil.copytree(tmp_path / "pl1", partial)
+    for name in ("weakshot.json", "pseudolabel.json"):
+        (partial / name).unlink()
+    pngs = sorted((partial / "labels" / "train").glob("*.png"))
+    for png in pngs[::2]:
+        png.unlink()
+    r = torchrun(tiny_ckpt, synth, "-o", partial, *fast, command="pseudolabel")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"({len(pngs) - len(pngs[::2])} from an earlier run)" in r.stdout
+    resumed = {k: v for k, v in _files(partial).items() if k not in (".pseudolabel-state.json", ".weakshot")}
+    assert resumed.keys() == {k[3:] for k in out[1] if k.startswith("pl/")}
+    for key, data in resumed.items():
+        if key != "weakshot.json":  # it names its own folder
+            assert data == out[1][f"pl/{key}"], key
