@@ -555,6 +555,8 @@ def main() -> None:
                     "of the training images keeps only its tags, drawn with the run's seed (issue 29)")
     ap.add_argument("--masked-only", action="store_true", help="train and retrain with --set tag_only=false: "
                     "the masked images alone")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a training setting for train and retrain (repeatable), e.g. simnet_width=128 (issue 33)")
     args = ap.parse_args()
     if args.splits_report:
         return splits_report(args.out)
@@ -563,10 +565,11 @@ def main() -> None:
     # a variant of the dataset's split has its own work folder and report: quality-<dataset><variant>.json
     variant = (f"-k{args.examples}" if args.examples else "") + \
         (f"-to{round(100 * args.tag_only_fraction)}" if args.tag_only_fraction else "") + \
-        ("-masked" if args.masked_only else "")
+        ("-masked" if args.masked_only else "") + "".join(f"-{kv.replace('=', '')}" for kv in args.sets)
     split_args = [*(["--examples", args.examples] if args.examples else []),
                   *(["--tag-only-fraction", args.tag_only_fraction] if args.tag_only_fraction else [])]
-    budget = BUDGETS[budget_name] | ({"flags": ["--set", "tag_only=false"]} if args.masked_only else {})
+    sets = [*(["tag_only=false"] if args.masked_only else []), *args.sets]
+    budget = BUDGETS[budget_name] | {"flags": [a for kv in sets for a in ("--set", kv)]}
     work = args.work / f"{args.dataset}{variant}" / budget_name
     names = selected_runs(args.runs, RUNS)
     if not args.report:
