@@ -32,6 +32,8 @@ same precision, so neither is timed at one the other is not.
   precision); on CUDA no peak is assumed.
 - Peak memory: each model, task and precision in a fresh subprocess (peak RSS on the CPU, which includes the
   interpreter and libraries; peak allocated on CUDA), so no run's peak hides another's.
+- SimNet width: the mobile preset's training step at SimNet widths 256 (the paper's) and 128, timed alternating
+  (``--only-simnet-width`` runs this alone and adds it to speed.json).
 - ONNX: the mobile preset exported as ``weakshot export`` writes it, run by onnxruntime beside the same module in
   PyTorch, float32, batch 1 at 256 and 512 (``--only-onnx`` runs this alone and adds it to speed.json).
 - Throughput: ``weakshot predict`` on the CamVid val images and ``weakshot pseudolabel`` on its training split,
@@ -309,6 +311,18 @@ def mobile_jobs(imgsz: int) -> dict[str, tuple[str, int, int]]:
             f"infer_{imgsz}": ("infer", 1, imgsz)}
 
 
+def simnet_widths(device: torch.device, precision: str, repeats: int, widths: tuple[int, ...] = (256, 128)) -> dict:
+    """The mobile preset's training step at each SimNet width (its pair matmuls are most of the step's work),
+    timed alternating: seconds, speed-up over the first width, GFLOP."""
+    cfg = weakshot_config("mobile")
+    res = measure({str(w): task_fn(weakshot_net("mobile", device, [f"simnet_width={w}"]), "train", device, precision,
+                                   cfg.batch, cfg.imgsz) for w in widths}, device, repeats)
+    first = res[str(widths[0])][0]
+    out = {w: {"s": round(s, 4), "speedup": round(first / s, 3), "gflop": round(f / 1e9, 2)} for w, (s, f) in res.items()}
+    print(precision, "mobile simnet widths", out, flush=True)
+    return out
+
+
 def mobile(device: torch.device, precision: str, imgsz: int, repeats: int, peak_gflops: float | None) -> dict:
     """Training step and inference of the mobile preset at ``precision``: seconds, images/s, work."""
     net, jobs = build_net("mobile", device), mobile_jobs(imgsz)
@@ -506,6 +520,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-throughput", action="store_true", help="skip the CamVid predict/pseudolabel runs")
     ap.add_argument("--only-onnx", action="store_true",
                     help="only the ONNX Runtime vs PyTorch inference of the mobile preset, added to speed.json")
+    ap.add_argument("--only-simnet-width", action="store_true",
+                    help="only the mobile preset's training step at SimNet widths 256 and 128, added to speed.json")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
                     help="folder for speed.json (CPU) or speed-cuda.json")
     a = ap.parse_args()
@@ -522,11 +538,14 @@ def main() -> None:
     a = parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    if a.only_onnx:
+    if a.only_onnx or a.only_simnet_width:  # one part alone, added to an earlier speed.json
         path = a.out / "speed.json"
         result = json.loads(path.read_text()) if path.exists() else {}
-        result["onnx"] = onnx_vs_torch(a.threads, a.repeats) | {"date": time.strftime("%Y-%m-%d"),
-                                                                "cpu": cpu_facts()["model"]}
+        stamp = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_facts()["model"], "threads": a.threads}
+        if a.only_onnx:
+            result["onnx"] = onnx_vs_torch(a.threads, a.repeats) | stamp
+        else:
+            result["mobile_simnet_width"] = {p: simnet_widths(device, p, a.repeats) for p in a.precisions} | stamp
         atomic_write(path, lambda p: p.write_text(json.dumps(result, indent=2)))
         return
     import transformers
@@ -545,7 +564,7 @@ def main() -> None:
         peak = rates[p]["peak_gflops_assumed"]
         entry = {"autocast": p != "fp32", "grad_scaler": p == "fp16", **rates[p],
                  **compare(device, p, a.batch, a.imgsz, a.repeats, peak)}
-        mob_entry = mobile(device, p, a.imgsz, a.repeats, peak)
+        mob_entry = mobile(device, p, a.imgsz, a.repeats, peak) | {"simnet_width": simnet_widths(device, p, a.repeats)}
         entry["peak_memory_gib"], mob_entry["peak_memory_gib"] = memories(a.device, p, a.batch, a.imgsz, a.threads)
         result["precisions"][p], result["mobile"]["precisions"][p] = entry, mob_entry
         save()  # after each precision, so a long run that is stopped keeps what it measured
