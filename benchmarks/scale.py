@@ -82,7 +82,7 @@ def torchrun(nproc: int, *args: object) -> list[str]:
             str(29500 + nproc), "-m", "weakshot_cli", *map(str, args)]
 
 
-def one_size(n: int, work: Path, h: int, w: int) -> dict:
+def one_size(n: int, work: Path, h: int, w: int, parts: set[str]) -> dict:
     data = work / f"data-{n}"
     make_dataset(data, n, h, w)
     novel = ["--novel-ratio", "0.25"]
@@ -90,8 +90,14 @@ def one_size(n: int, work: Path, h: int, w: int) -> dict:
     for kind, source in (("png", ["--masks", data / "labels", "--classes", data / "classes.txt"]),
                          ("coco", ["--coco", f"train={data / 'coco.json'}"])):
         out = work / f"ws-{kind}-{n}"
-        shutil.rmtree(out, ignore_errors=True)
-        result[f"split_{kind}"] = measured(cli("split", "--images", data / "images", *source, *novel, "-o", out))
+        if "split" in parts or not out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            measure = measured(cli("split", "--images", data / "images", *source, *novel, "-o", out))
+            if "split" in parts:
+                result[f"split_{kind}"] = measure
+    if "pseudolabel" not in parts:
+        print(n, result, flush=True)
+        return result
     ws = work / f"ws-png-{n}"
     ckpt = work / f"run-{n}" / "train" / "train" / "weights" / "last.pt"
     if not ckpt.exists():
@@ -116,8 +122,9 @@ def plot(results: list[dict], path: Path) -> None:
     n = [r["images"] for r in results]
     fig, (t, m) = plt.subplots(1, 2, figsize=(11, 4))
     for key in ("split_png", "split_coco", "pseudolabel_1", "pseudolabel_2"):
-        t.plot(n, [r[key]["seconds"] for r in results], "o-", label=key)
-        m.plot(n, [r[key]["peak_rss_gib"] for r in results], "o-", label=key)
+        if all(key in r for r in results):
+            t.plot(n, [r[key]["seconds"] for r in results], "o-", label=key)
+            m.plot(n, [r[key]["peak_rss_gib"] for r in results], "o-", label=key)
     for ax, label in ((t, "wall time (s)"), (m, "peak RSS (GiB)")):
         ax.set_xscale("log")
         ax.set_xlabel("training images")
@@ -132,13 +139,22 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,5000,20000")
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--parts", default="split,pseudolabel",
+                    help="what to measure: split, pseudolabel or both (pseudolabel's 2-process throughput needs "
+                         "both cores free); a part measured alone is merged into an earlier scale.json")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "benchmarks" / "scale")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     a = ap.parse_args()
-    results = [one_size(int(n), a.work, a.height, a.width) for n in a.sizes.split(",")]
+    parts = set(a.parts.split(","))
+    results = [one_size(int(n), a.work, a.height, a.width, parts) for n in a.sizes.split(",")]
+    path = a.out / "scale.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    if (earlier.get("height"), earlier.get("width")) == (a.height, a.width):  # the other part's figures stay
+        by_size = {r["images"]: r for r in earlier.get("results", [])}
+        results = [by_size.get(r["images"], {}) | r for r in results]
     doc = {"height": a.height, "width": a.width, "classes": len(CLASSES), "cpu_count": os.cpu_count(),
            "date": time.strftime("%Y-%m-%d"), "results": results}
-    atomic_write(a.out / "scale.json", lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
+    atomic_write(path, lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
     plot(results, a.out / "scale.png")
 
 
