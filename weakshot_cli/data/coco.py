@@ -31,12 +31,16 @@ class CocoImage:
 
 
 def _open(path: Path) -> BinaryIO:
+    """The file, read as bytes past a leading UTF-8 BOM (as Notepad writes)."""
     try:
-        return open(path, "rb")
+        f = open(path, "rb")
+        if f.read(3) != b"\xef\xbb\xbf":
+            f.seek(0)
+        return f
     except FileNotFoundError:
         raise UserError("COCO file not found", path) from None
     except OSError as e:
-        raise UserError(f"cannot read COCO file ({e.strerror or e})", path) from None
+        raise UserError(f"cannot read COCO file ({e.__class__.__name__})", path) from None
 
 
 def _items(path: Path, prefix: str) -> Iterator[Any]:
