@@ -9,7 +9,8 @@ its own colour, so a model has something to find) and N/10 validation images, wr
 one COCO JSON (RLE per image and class). ``split`` runs on each (benchmark mode, a quarter of the classes novel);
 ``pseudolabel`` runs a one-iteration ``small`` checkpoint (its quality does not matter here) at --imgsz 128 on the
 PNG dataset, on one process and under torchrun on two (one thread each). Every command is a fresh subprocess;
-its peak RSS comes from the kernel (wait4). Results: ``benchmarks/results/scale.json`` and ``scale.png``.
+its peak RSS comes from the kernel (getrusage in a small parent: PROBE). Results: ``benchmarks/results/scale.json``
+and ``scale.png``.
 """
 
 from __future__ import annotations
@@ -60,17 +61,25 @@ def make_dataset(root: Path, n: int, h: int, w: int, seed: int = 0) -> None:
     atomic_write(root / "coco.json", lambda p: p.write_text(json.dumps(stuff_coco(train, CLASSES, {}))))
 
 
+# The command runs as the child of a fresh, small Python that reports its peak RSS: a child forked from this
+# process would start with this process's pages resident (the datasets made here), and Linux keeps that high-water
+# mark across exec, so the figure would grow with the dataset this process built, not with the command's own needs.
+PROBE = ("import resource, subprocess, sys\n"
+         "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+         "print('peak_rss_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+         "sys.exit(code)")
+
+
 def measured(args: list[str], threads: int = 1) -> dict:
     """Wall seconds and peak RSS (GiB, the largest process of the command's tree) of one command."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    r = subprocess.run([sys.executable, "-c", PROBE, *args], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
-    stderr = proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{' '.join(args[:4])} failed:\n{stderr[-2000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3)}
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(args[:4])} failed:\n{r.stderr[-2000:]}")
+    kib = int(r.stderr.rsplit("peak_rss_kib", 1)[1].split()[0])
+    return {"seconds": round(seconds, 2), "peak_rss_gib": round(kib / 2**20, 3)}
 
 
 def cli(*args: object) -> list[str]:
