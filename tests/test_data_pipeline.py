@@ -63,6 +63,10 @@ def test_pairing_shares_novel_classes_and_is_a_function_of_seed_and_iteration():
     assert sampler.global_batch(11) != PairBatchSampler(tags, base, novel, 4, seed=4).global_batch(11)
     anchors = [sampler.global_batch(it)[k][0] for it in range(4) for k in (0, 2)]
     assert sorted(anchors) == list(range(8))  # every image is an anchor once per epoch
+    # repeated images (examples) are anchors that many times per epoch, the others still once
+    repeated = PairBatchSampler(tags, base, novel, global_batch=4, seed=3, repeats=[1, 3, 1, 1, 1, 1, 1, 2])
+    anchors = [repeated.global_batch(it)[k][0] for it in range(6) for k in (0, 2)]
+    assert sorted(anchors[:11]) == [0, 1, 1, 1, 2, 3, 4, 5, 6, 7, 7]  # one epoch: 11 anchors
 
 
 def test_ranks_split_the_global_batch_into_whole_pairs():

@@ -24,7 +24,8 @@ class PairBatchSampler:
     or 0 for an unpaired image) locates the image's reference within the rank's list."""
 
     def __init__(self, tags: list[list[int]], base: list[int], novel: list[int], global_batch: int,
-                 seed: int = 0, rank: int = 0, world: int = 1, start_iter: int = 0, pairing: str = "paper"):
+                 seed: int = 0, rank: int = 0, world: int = 1, start_iter: int = 0, pairing: str = "paper",
+                 repeats: list[int] | None = None):
         if global_batch % world:
             raise ValueError(f"batch {global_batch} is not divisible by the {world} processes")
         if pairing not in ("paper", "tags"):
@@ -45,7 +46,10 @@ class PairBatchSampler:
         # says both which novel classes are there and which are not (with several novel classes nearly every image
         # lacks one, so lacking alone would double almost all of them)
         lacking = [pairing == "tags" and 0 < len(t) < len(novel_set) for t in self.novel_tags]
-        self.epoch_items = np.repeat(np.arange(self.n), [2 if x else 1 for x in lacking])
+        # ``repeats`` multiplies that per image: example images (masks of novel classes) are few, and seen as
+        # rarely as any other image they barely count
+        self.epoch_items = np.repeat(np.arange(self.n), [(2 if x else 1) * r
+                                                         for x, r in zip(lacking, repeats or [1] * self.n)])
         self.pairs_per_batch = (global_batch + 1) // 2
         self._perm: tuple[int, np.ndarray] = (-1, np.empty(0))
 

@@ -98,7 +98,8 @@ def make_loaders(t: Training, dataset: TrainDataset) -> tuple[DataLoader, DataLo
     a val split)."""
     cfg, m = t.cfg, t.m
     sampler = PairBatchSampler([item.tags for item in dataset.items], m.base, m.novel, cfg.batch, cfg.seed,
-                               t.ddp.rank, t.ddp.world, start_iter=t.it, pairing=cfg.pairing)
+                               t.ddp.rank, t.ddp.world, start_iter=t.it, pairing=cfg.pairing,
+                               repeats=[cfg.example_repeat if item.example else 1 for item in dataset.items])
     # its own generator: creating the iterator would otherwise draw from the global RNG and shift it on resume
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_train, num_workers=cfg.workers,
                         persistent_workers=cfg.workers > 0, pin_memory=t.device.type == "cuda",
