@@ -39,29 +39,35 @@ def gather(results: Path) -> list[dict]:
         if oracle is None:
             continue
         oracle_novel = dict(zip(oracle["seeds"], oracle["novel_mIoU"]["values"]))
-        reports = [(0, plain)] + sorted((int(m.group(1)), p) for p in results.glob(f"quality-{dataset}-k*.json")
-                                        if (m := re.fullmatch(rf"quality-{dataset}-k(\d+)\.json", p.name)))
-        for k, path in reports:
+        # K = 0 counts for every recipe; a K > 0 report with settings (quality.py --set) is a recipe of its own
+        reports = [(0, "", plain)] + sorted((int(m.group(1)), (m.group(2) or "").lstrip("-"), p)
+                                            for p in results.glob(f"quality-{dataset}-k*.json")
+                                            if (m := re.fullmatch(rf"quality-{dataset}-k(\d+)(-.+)?\.json", p.name)))
+        recipes = {r for _, r, _ in reports}
+        for k, recipe, path in reports:
             runs = json.loads(path.read_text())["runs"]
             for stage, name in STAGES.items():
                 if name not in runs:
                     continue
                 for seed, novel in zip(runs[name]["seeds"], runs[name]["novel_mIoU"]["values"]):
                     reference = oracle_novel.get(seed, float(np.mean(list(oracle_novel.values()))))
-                    rows.append({"dataset": dataset, "k": k, "seed": seed, "stage": stage,
-                                 "novel_mIoU": round(novel, 2), "oracle_novel_mIoU": round(reference, 2)})
+                    for each in sorted(recipes) if k == 0 else [recipe]:
+                        rows.append({"dataset": dataset, "recipe": each or "default", "k": k, "seed": seed,
+                                     "stage": stage, "novel_mIoU": round(novel, 2),
+                                     "oracle_novel_mIoU": round(reference, 2)})
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| dataset | K | stage | novel mIoU (seeds) | novel / oracle | seed spread |", "|---|---|---|---|---|---|"]
-    keys = dict.fromkeys((r["dataset"], r["k"], r["stage"]) for r in rows)
-    for dataset, k, stage in sorted(keys, key=lambda t: (t[0], t[2], t[1])):
-        mine = [r for r in rows if (r["dataset"], r["k"], r["stage"]) == (dataset, k, stage)]
+    lines = ["| dataset | recipe | K | stage | novel mIoU (seeds) | novel / oracle | seed spread |",
+             "|---|---|---|---|---|---|---|"]
+    keys = dict.fromkeys((r["dataset"], r["recipe"], r["k"], r["stage"]) for r in rows)
+    for dataset, recipe, k, stage in sorted(keys, key=lambda t: (t[0], t[1], t[3], t[2])):
+        mine = [r for r in rows if (r["dataset"], r["recipe"], r["k"], r["stage"]) == (dataset, recipe, k, stage)]
         values = [r["novel_mIoU"] for r in mine]
         ratio = np.mean([r["novel_mIoU"] / r["oracle_novel_mIoU"] for r in mine])
-        lines.append(f"| {dataset} | {k} | {stage} | {np.mean(values):.1f} ({', '.join(f'{v:.1f}' for v in values)}) "
-                     f"| {100 * ratio:.0f}% | {max(values) - min(values):.1f} |")
+        lines.append(f"| {dataset} | {recipe} | {k} | {stage} | {np.mean(values):.1f} "
+                     f"({', '.join(f'{v:.1f}' for v in values)}) | {100 * ratio:.0f}% | {max(values) - min(values):.1f} |")
     return "\n".join(lines)
 
 
@@ -72,15 +78,15 @@ def chart(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for dataset in DATASETS:
+    for dataset, recipe in dict.fromkeys((r["dataset"], r["recipe"]) for r in rows):
         for stage, style in zip(STAGES, ("--", "-")):
-            mine = [r for r in rows if r["dataset"] == dataset and r["stage"] == stage]
+            mine = [r for r in rows if (r["dataset"], r["recipe"], r["stage"]) == (dataset, recipe, stage)]
             if not mine:
                 continue
             ks = sorted({r["k"] for r in mine})
             ratio = lambda r: 100 * r["novel_mIoU"] / r["oracle_novel_mIoU"]  # noqa: E731
             line, = ax.plot(ks, [np.mean([ratio(r) for r in mine if r["k"] == k]) for k in ks], style, marker="o",
-                            label=f"{dataset}, {stage}")
+                            label=f"{dataset}, {recipe}, {stage}")
             ax.scatter([r["k"] for r in mine], [ratio(r) for r in mine], s=12, color=line.get_color(), alpha=0.5)
     ax.axhline(80, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("example masks per novel class (K)")

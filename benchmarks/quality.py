@@ -500,7 +500,8 @@ def chart(runs: dict, title: str, path: Path) -> None:
     curves.set_xlabel("iteration")
     curves.set_ylabel("val mIoU (%)")
     curves.set_title("validation curves")
-    curves.legend(fontsize=8)
+    if curves.get_legend_handles_labels()[0]:  # a variant's report may have no oracle or reference curve
+        curves.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
