@@ -57,7 +57,8 @@ class SimFormer(nn.Module):
 
     def forward(self, images: Tensor) -> dict:
         """images [B, 3, H, W] normalised -> pred_logits [B,Q,K+1], pred_masks [B,Q,H/4,W/4] (logits),
-        aux_outputs (first L-1 decoder layers), pixel_features [B, mask_dim, H/4, W/4]."""
+        aux_outputs (first L-1 decoder layers; in eval mode none without masked attention), pixel_features
+        [B, mask_dim, H/4, W/4]."""
         features = self.backbone(images)
         mask_features = self.pixel_decoder(features)
         src = self.input_proj(features[self.transformer_in])
@@ -68,6 +69,8 @@ class SimFormer(nn.Module):
             logits, masks = self._masked_decoder(memory, pos, query_pos, mask_features, tuple(src.shape[-2:]))
         else:
             hs = self.decoder(memory, pos, query_pos)
+            if not self.training:  # inference reads the last layer alone: no masks for the others (a sixth of r50's)
+                hs = hs[-1:]
             logits = self.class_embed(hs)
             masks = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hs), mask_features)
             # unbind, not indexing: each index's backward would write a zero tensor the size of the whole stack

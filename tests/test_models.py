@@ -32,6 +32,19 @@ def test_output_shapes(dec_layers):
         assert not torch.equal(aux["pred_logits"], out["pred_logits"])
 
 
+def test_inference_computes_the_last_layer_alone():
+    """Eval mode skips the other layers' masks (deep supervision is for training): the same last-layer output."""
+    torch.manual_seed(0)
+    model = tiny(dec_layers=3, backbone_norm="frozen_bn", dropout=0.0)
+    x = torch.randn(2, 3, 64, 96)
+    trained = model(x)
+    model.eval()
+    inferred = model(x)
+    assert inferred["aux_outputs"] == [] and len(trained["aux_outputs"]) == 2
+    for key in ("pred_logits", "pred_masks", "pixel_features"):
+        torch.testing.assert_close(inferred[key], trained[key])
+
+
 def test_decoder_can_attend_to_res4_for_small_images():
     """res4 doubles the token grid per side; the decoder sees different memory, outputs keep their shapes."""
     torch.manual_seed(0)
