@@ -67,7 +67,8 @@ def table(rows: list[dict]) -> str:
         values = [r["novel_mIoU"] for r in mine]
         ratio = np.mean([r["novel_mIoU"] / r["oracle_novel_mIoU"] for r in mine])
         lines.append(f"| {dataset} | {recipe} | {k} | {stage} | {np.mean(values):.1f} "
-                     f"({', '.join(f'{v:.1f}' for v in values)}) | {100 * ratio:.0f}% | {max(values) - min(values):.1f} |")
+                     f"({', '.join(f'{v:.1f}' for v in values)}) | {100 * ratio:.0f}% | "
+                     f"{max(values) - min(values):.1f} |")
     return "\n".join(lines)
 
 

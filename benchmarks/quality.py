@@ -39,7 +39,7 @@ from common import ROOT, SHARED, seed_summary, weakshot  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 from weakshot_cli.data.manifest import load_manifest  # noqa: E402
-from weakshot_cli.engine.calibrate import choose_novel_scale  # noqa: E402
+from weakshot_cli.engine.calibrate import choose_class_scales, choose_novel_scale  # noqa: E402
 from weakshot_cli.engine.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from weakshot_cli.engine.config import PRESETS  # noqa: E402
 from weakshot_cli.engine.inference import inference_size, model_from_checkpoint  # noqa: E402
@@ -108,6 +108,8 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
     "tags-retrain-init": ("(j) as (i), retrained from ImageNet weights", None),
     "tags-pp-retrain": ("(i1) (h2) + choosing pseudolabels (uncalibrated scores) + retrain with dense cross-entropy",
                         None),
+    "tags-pp-cal-retrain": ("(i2) (h2) + choosing pseudolabels with its calibrated scores + retrain: the README's "
+                            "path exactly (pseudolabel applies the checkpoint's calibration)", None),
 }
 RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode, retrain flags, from its weights)
     "retrain": ("full", "keep", PAPER, True),
@@ -117,6 +119,7 @@ RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode,
     "tags-retrain": ("tags", "choose", ["--method", "dense"], True),
     "tags-retrain-init": ("tags", "choose", ["--method", "dense"], False),
     "tags-pp-retrain": ("tags-pp", "choose", ["--method", "dense"], True),
+    "tags-pp-cal-retrain": ("tags-pp-cal", "choose", ["--method", "dense"], True),
 }
 # run: the run whose final weights it calibrates (what training does with calibrate on)
 CALIBRATED = {"tags-pp-cal": "tags-pp", "full-cal": "full"}
@@ -217,7 +220,7 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
                                                                                      dataset)
     elif name in RETRAINS:
         source, mode, flags, from_source = RETRAINS[name]
-        first = runs / "train" / source / "weights" / "last.pt"
+        first = work / source / "last.pt" if source in CALIBRATED else runs / "train" / source / "weights" / "last.pt"
         if not first.exists():
             sys.exit(f"run {name!r} needs the {source!r} run of seed {seed} first")
         seconds = json.loads((work / source / "result.json").read_text())["train_seconds"]
@@ -260,10 +263,12 @@ def calibrated(work: Path, source: str, name: str, dataset: Path) -> tuple[Path,
     if not last.exists():
         sys.exit(f"run {name!r} needs the {source!r} run of its seed first")
     start = time.perf_counter()
-    ckpt, cpu = load_checkpoint(last), torch.device("cpu")
-    factor, miou = choose_novel_scale(model_from_checkpoint(ckpt, cpu), load_manifest(dataset),
-                                      inference_size(ckpt, None), cpu, lambda: torch.autocast("cpu", enabled=False))
-    out = save_checkpoint(work / name / "last.pt", ckpt | {"novel_scale": factor})
+    ckpt, cpu, m = load_checkpoint(last), torch.device("cpu"), load_manifest(dataset)
+    model, size = model_from_checkpoint(ckpt, cpu), inference_size(ckpt, None)
+    off = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    factor, miou = choose_novel_scale(model, m, size, cpu, off)
+    per_class = choose_class_scales(model, m, size, cpu, off, factor)  # {} without example masks
+    out = save_checkpoint(work / name / "last.pt", ckpt | {"novel_scale": factor, "novel_class_scale": per_class})
     seconds = json.loads((work / source / "result.json").read_text())["train_seconds"] + time.perf_counter() - start
     return out, seconds, factor, {str(f): round(v, 1) for f, v in miou.items()}
 

@@ -318,7 +318,8 @@ def simnet_widths(device: torch.device, precision: str, repeats: int, widths: tu
     res = measure({str(w): task_fn(weakshot_net("mobile", device, [f"simnet_width={w}"]), "train", device, precision,
                                    cfg.batch, cfg.imgsz) for w in widths}, device, repeats)
     first = res[str(widths[0])][0]
-    out = {w: {"s": round(s, 4), "speedup": round(first / s, 3), "gflop": round(f / 1e9, 2)} for w, (s, f) in res.items()}
+    out = {w: {"s": round(s, 4), "speedup": round(first / s, 3), "gflop": round(f / 1e9, 2)}
+           for w, (s, f) in res.items()}
     print(precision, "mobile simnet widths", out, flush=True)
     return out
 

@@ -13,9 +13,10 @@ import torch
 from conftest import TINY, run_cli, write_dataset
 from weakshot_cli.data.manifest import load_manifest
 from weakshot_cli.engine.build import build_model
-from weakshot_cli.engine.calibrate import FACTORS, choose_novel_scale
+from weakshot_cli.engine.calibrate import FACTORS, choose_class_scales, choose_novel_scale
 from weakshot_cli.engine.checkpoint import load_checkpoint, save_checkpoint, weights_state
 from weakshot_cli.engine.config import build_config
+from weakshot_cli.engine.inference import novel_scales
 
 
 @pytest.fixture
@@ -86,3 +87,32 @@ def test_training_records_the_factor_and_evaluate_applies_it(base_only, synth, t
         assert metrics["novel_scale"] == scale
         predicted[scale] = np.array(metrics["confusion"]).sum(0)  # pixels predicted per class
     assert predicted[1.0][3] == 32 * 32 and predicted[0.3][0] == 32 * 32
+
+
+def test_example_masks_lower_the_novel_class_the_model_over_calls(tmp_path):
+    """Novel d and e, one example mask each (benchmark mode, --examples 1): a network that calls every pixel d
+    (0.5 against a's 0.3) gets d's scores halved, the largest factor at which the examples' a pixels are a; e
+    keeps 1. A checkpoint carrying that factor is evaluated with it: every val pixel a."""
+    half = lambda c: np.repeat(np.array([[c] * 16 + [0] * 16], np.uint8), 32, 0)  # noqa: E731
+    train = {"t0": half(2), "t1": half(3), "t2": np.zeros((32, 32), np.uint8), "t3": np.zeros((32, 32), np.uint8)}
+    images, masks, classes = write_dataset(tmp_path / "src", {"train": train, "val": {"v0": half(2)}},
+                                           ["a", "b", "d", "e"])
+    r = run_cli("split", "--images", images, "--masks", masks, "--classes", classes, "--novel", "d,e",
+                "--examples", "1", "-o", tmp_path / "ws")
+    assert r.returncode == 0, r.stderr
+    m = load_manifest(tmp_path / "ws")
+    assert sorted(Path(it.image).stem for it in m.splits["train"] if it.example) == ["t0", "t1"]
+    cfg, model = biased_model([0.3, 0.1, 0.5, 0.05, 0.05])
+    off = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    assert choose_class_scales(model, m, 32, torch.device("cpu"), off, 1.0) == {"d": 0.5}
+    assert novel_scales(m.classes, m.novel, 0.7, {"d": 0.5}).tolist() == pytest.approx([1, 1, 0.35, 0.7])
+    ckpt = tmp_path / "named.pt"
+    state = weights_state(model, cfg, m.classes, m.base, m.novel, iteration=0, best=None, best_iter=None,
+                          stage="train")
+    save_checkpoint(ckpt, state | {"novel_scale": 1.0, "novel_class_scale": {"d": 0.5}})
+    r = run_cli("evaluate", ckpt, tmp_path / "ws", "--device", "cpu", "--amp", "off", "--samples", "0",
+                "--project", tmp_path / "runs", "--name", "named")
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "runs" / "evaluate" / "named" / "metrics.json").read_text())
+    assert metrics["novel_class_scale"] == {"d": 0.5}
+    assert np.array(metrics["confusion"]).sum(0)[0] == 32 * 32  # every pixel predicted a

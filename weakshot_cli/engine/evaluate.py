@@ -99,6 +99,7 @@ def run_evaluate(o: EvaluateOptions, console: Console) -> dict:
         result = {"checkpoint": str(o.checkpoint), "dataset": str(o.dataset), "split": o.split,
                   "images": len(data), "imgsz": imgsz, "flip": o.flip, "scales": list(o.scales),
                   "novel_scale": ckpt.get("novel_scale", 1.0),
+                  "novel_class_scale": ckpt.get("novel_class_scale") or {},
                   **{k: v for k, v in metrics.items() if k not in ("IoU", "Acc", "Precision")}, "classes": per_class,
                   "confusion": cm.astype(int).tolist()}
         write_json(run_dir / "metrics.json", finite_or_null(result), allow_nan=False)  # undefined means: null

@@ -15,7 +15,7 @@ from models.deploy import Segmenter
 from weakshot_cli import __version__, folders
 from weakshot_cli.data.dataset import MEAN, STD
 from weakshot_cli.engine.checkpoint import load_checkpoint
-from weakshot_cli.engine.inference import inference_size, model_from_checkpoint
+from weakshot_cli.engine.inference import inference_size, model_from_checkpoint, score_scale
 from weakshot_cli.engine.visualise import default_palette
 from weakshot_cli.errors import UserError
 from weakshot_cli.io import atomic_write
@@ -30,15 +30,15 @@ def metadata(ckpt: dict) -> dict:
     return {"kind": KIND, "version": __version__, "classes": ckpt["classes"], "novel": ckpt["novel"],
             "palette": ckpt.get("palette") or default_palette(len(ckpt["classes"])),
             "imgsz": inference_size(ckpt, None), "novel_scale": ckpt.get("novel_scale", 1.0),
+            "novel_class_scale": ckpt.get("novel_class_scale") or {},
             "input": "images: float32 RGB [B, 3, H, W] in 0..255, any H and W",
             "outputs": "scores: [B, K, H, W] class scores; labels: [B, H, W] int64 argmax"}
 
 
 def segmenter(ckpt: dict, checkpoint: Path) -> Segmenter:
     """The checkpoint's network with normalisation, padding and its score calibration around it, in eval mode."""
-    k = len(ckpt["classes"])
-    scale = torch.ones(k)
-    scale[ckpt["novel"]] = ckpt.get("novel_scale", 1.0)
+    scale = score_scale(ckpt)
+    scale = torch.ones(len(ckpt["classes"])) if scale is None else scale
     return Segmenter(model_from_checkpoint(ckpt, torch.device("cpu"), str(checkpoint)), MEAN, STD, scale).eval()
 
 

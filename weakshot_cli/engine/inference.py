@@ -71,15 +71,21 @@ def inference_size(ckpt: dict, imgsz: int | None) -> int:
     return imgsz if imgsz is not None else ckpt["config"].get("val_imgsz") or ckpt["config"]["imgsz"]
 
 
-def score_scale(ckpt: dict) -> torch.Tensor | None:
-    """Per-class factors on the inference scores: the checkpoint's novel-score calibration (calibrate.py), or
-    None where it has none."""
-    factor = ckpt.get("novel_scale", 1.0)
-    if factor == 1.0:
-        return None
-    scale = torch.ones(len(ckpt["classes"]))
-    scale[ckpt["novel"]] = factor
+def novel_scales(classes: list[str], novel: list[int], factor: float, per_class: dict[str, float]) -> torch.Tensor:
+    """Per-class factors on the inference scores: 1 on base classes, ``factor`` times the class's own factor (by
+    name, 1 where absent) on novel ones (calibrate.py chooses both)."""
+    scale = torch.ones(len(classes))
+    for c in novel:
+        scale[c] = factor * per_class.get(classes[c], 1.0)
     return scale
+
+
+def score_scale(ckpt: dict) -> torch.Tensor | None:
+    """The checkpoint's novel-score calibration as per-class factors (novel_scales), or None where it has none."""
+    factor, per_class = ckpt.get("novel_scale", 1.0), ckpt.get("novel_class_scale") or {}
+    if factor == 1.0 and not per_class:
+        return None
+    return novel_scales(ckpt["classes"], ckpt["novel"], factor, per_class)
 
 
 def model_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

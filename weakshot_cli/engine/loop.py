@@ -8,7 +8,7 @@ import contextlib
 import json
 import math
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,10 +21,10 @@ from weakshot_cli.data.dataset import build_targets
 from weakshot_cli.data.manifest import Manifest
 from weakshot_cli.engine import distributed
 from weakshot_cli.engine.build import TrainStep, weak_shot
-from weakshot_cli.engine.calibrate import choose_novel_scale
+from weakshot_cli.engine.calibrate import choose_class_scales, choose_novel_scale
 from weakshot_cli.engine.checkpoint import save_checkpoint, training_state, weights_state
 from weakshot_cli.engine.config import TrainConfig
-from weakshot_cli.engine.inference import Inference, evaluate_loader, model_forward
+from weakshot_cli.engine.inference import Inference, evaluate_loader, model_forward, novel_scales
 from weakshot_cli.engine.progress import TrainProgress, figure
 from weakshot_cli.errors import UserError
 from weakshot_cli.folders import run_stage
@@ -53,6 +53,7 @@ class Training:
     best_iter: int | None = None
     announce: str | None = None  # printed once the first checkpoint is saved: from then on the run folder stays
     novel_scale: float = 1.0  # the calibration chosen at the last validation (calibrate.py), saved with the weights
+    class_scales: dict[str, float] = field(default_factory=dict)  # and its per-class factors (example masks)
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
@@ -124,7 +125,8 @@ def log_record(run_dir: Path, record: dict) -> None:
 def save(t: Training, name: str) -> None:
     """weights/last.pt with the training state --resume needs, or weights/best.pt with the weights only."""
     state = weights_state(t.step.model, t.cfg, t.m.classes, t.m.base, t.m.novel, iteration=t.it, best=t.best,
-                          best_iter=t.best_iter, stage=run_stage(t.run_dir)) | {"novel_scale": t.novel_scale}
+                          best_iter=t.best_iter, stage=run_stage(t.run_dir)) | {"novel_scale": t.novel_scale,
+                                                                                 "novel_class_scale": t.class_scales}
     if name == "last.pt":
         state |= training_state(t.step.criterion, t.optimizer, t.scheduler, t.scaler, t.device)
     save_checkpoint(t.run_dir / "weights" / name, state)
@@ -168,10 +170,10 @@ def validate(t: Training, val_loader: DataLoader, progress: TrainProgress) -> bo
     scale, calibrated = None, ""
     if t.cfg.calibrate and weak_shot(t.cfg, t.m):  # scored as evaluate scores these weights, calibration included
         t.novel_scale, miou = choose_novel_scale(model, t.m, imgsz, t.device, t.autocast)
-        scale = torch.ones(len(t.m.classes))
-        scale[t.m.novel] = t.novel_scale
+        t.class_scales = choose_class_scales(model, t.m, imgsz, t.device, t.autocast, t.novel_scale)
+        scale = novel_scales(t.m.classes, t.m.novel, t.novel_scale, t.class_scales)
         calibrated = (f"; novel scores x{t.novel_scale:g} (base-vs-unknown mIoU on training images "
-                      f"{miou[t.novel_scale]:.1f})")
+                      f"{miou[t.novel_scale]:.1f})" + "".join(f", {n} x{f:g}" for n, f in t.class_scales.items()))
     scores = Inference(None, model_forward(model), t.device, t.autocast, imgsz, scale=scale)
     metrics, _ = evaluate_loader(scores, val_loader, len(t.m.classes), t.m.base, t.m.novel)
     model.train(was_training)
@@ -181,7 +183,7 @@ def validate(t: Training, val_loader: DataLoader, progress: TrainProgress) -> bo
         t.best, t.best_iter = score, t.it
     figures = {k: v for k, v in metrics.items() if k not in ("IoU", "Acc", "Precision")}
     log_record(t.run_dir, {"type": "val", "iter": t.it, **figures, "IoU": metrics["IoU"],
-                           "novel_scale": t.novel_scale})
+                           "novel_scale": t.novel_scale, "novel_class_scale": t.class_scales})
     progress.note(f"val @ {t.it}: mIoU {figure(metrics['mIoU'])} base {figure(metrics['base_mIoU'])} "
                   f"novel {figure(metrics['novel_mIoU'])}" + (f" (best {t.cfg.best_metric})" if improved else "")
                   + calibrated)
