@@ -78,7 +78,15 @@ def main() -> None:
     kept = [r for r in json.loads(path.read_text()).get("runs", []) if r.get("dataset") != args.dataset] \
         if path.exists() and isinstance(json.loads(path.read_text()).get("runs"), list) else []
     atomic_write(path, lambda p: p.write_text(json.dumps({"runs": kept + rows}, indent=2) + "\n"))
-    print(table(rows))
+    text = table(rows)
+    print(text)
+    readme = ROOT / "benchmarks" / "README.md"  # its table is this one
+    start, end = "<!-- results: tag_only.py -->\n", "<!-- /results -->"
+    doc = readme.read_text()
+    if start in doc:
+        head, rest = doc.split(start, 1)
+        new = head + start + text + "\n" + end + rest.split(end, 1)[1]
+        atomic_write(readme, lambda p: p.write_text(new))
 
 
 if __name__ == "__main__":
