@@ -61,8 +61,9 @@ def table(rows: list[dict]) -> str:
         for arm, (label, _) in ARMS.items():
             mine = [r for r in rows if r["arm"] == arm and r["stage"] == stage]
             if mine:
-                cell = lambda k: f"{np.mean([r[k] for r in mine]):.1f} ({', '.join(f'{r[k]:.1f}' for r in mine)})"  # noqa
-                lines.append(f"| ({arm}) {label} | {stage} | {cell('novel_mIoU')} | {cell('base_mIoU')} |")
+                cells = [f"{np.mean([r[k] for r in mine]):.1f} ({', '.join(f'{r[k]:.1f}' for r in mine)})"
+                         for k in ("novel_mIoU", "base_mIoU")]
+                lines.append(f"| ({arm}) {label} | {stage} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 

@@ -178,8 +178,8 @@ def test_tag_only_images_give_every_tag_as_a_maskless_target():
     marked so that the SimNet and the complementary loss, whose premise needs a mask, skip it."""
     unknown = torch.full((2, 4), 255)
     masked = {"image": torch.zeros(3, 2, 4), "sem": torch.tensor([[0, 0, 255, 255]] * 2),
-              "pad": torch.zeros(2, 4, dtype=torch.bool), "tags": torch.tensor([0, 5]), "index": 0, "tag_only": False, "example": False,
-              "pair_offset": 1}
+              "pad": torch.zeros(2, 4, dtype=torch.bool), "tags": torch.tensor([0, 5]), "index": 0, "tag_only": False,
+              "example": False, "pair_offset": 1}
     tag_only = {**masked, "sem": unknown, "tags": torch.tensor([3, 5]), "index": 1, "tag_only": True, "pair_offset": -1}
     t = build_targets(collate_train([masked, tag_only]), base=[0, 3], novel=[5], novel_masks=False)
     assert t[0]["labels"].tolist() == [0, 5] and t[0]["has_mask"].tolist() == [True, False] and not t[0]["tag_only"]

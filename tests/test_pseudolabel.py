@@ -420,8 +420,11 @@ def test_tag_only_and_masked_images_are_reported_apart(ckpt, synth, tmp_path):
     """Benchmark mode with every third training image tag-only: the tag check and the scores of each kind of image
     alone, recomputed from that kind's files, and a table that shows both."""
     src = load_manifest(synth)
-    absolute = lambda it, tag_only=False: Item(str(src.resolve(it.image)), None if tag_only else  # noqa: E731
-                                               str(src.resolve(it.label)), it.tags, it.full and str(src.resolve(it.full)))
+
+    def absolute(it: Item, tag_only: bool = False) -> Item:
+        return Item(str(src.resolve(it.image)), None if tag_only else str(src.resolve(it.label)), it.tags,
+                    it.full and str(src.resolve(it.full)))
+
     train = [absolute(it, i % 3 == 0) for i, it in enumerate(src.splits["train"])]
     Manifest(src.classes, src.base, src.novel, {"train": train, "val": [absolute(it) for it in src.splits["val"]]}
              ).save(tmp_path / "mixed")

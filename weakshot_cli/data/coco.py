@@ -52,6 +52,9 @@ def _items(path: Path, prefix: str) -> Iterator[Any]:
             raise UserError(f"invalid JSON in COCO file ({str(e).splitlines()[0][:80]})", path) from None
 
 
+TOP_LEVEL = ("images", "annotations", "categories")
+
+
 def _top_level(path: Path) -> dict[str, str]:
     """The kind of value (ijson's first event: start_array, start_map, number, ...) of each of images, annotations
     and categories at the top of the file; a file that is not an object is refused."""
@@ -70,8 +73,6 @@ def _top_level(path: Path) -> dict[str, str]:
             raise UserError(f"invalid JSON in COCO file ({str(e).splitlines()[0][:80]})", path) from None
     return kinds
 
-
-TOP_LEVEL = ("images", "annotations", "categories")
 
 
 def load_coco(path: str | Path) -> tuple[list[CocoImage], list[str], dict[int, int]]:
