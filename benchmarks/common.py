@@ -1,5 +1,5 @@
-"""What the benchmarks share: where the repository and the shared data are, running the CLI as a user would, and
-the mean-over-seeds summary their reports use."""
+"""What the benchmarks share: where the repository and the shared data are, running the CLI as a user would, the
+mean-over-seeds summary their reports use, and the tables they write into READMEs."""
 
 from __future__ import annotations
 
@@ -31,3 +31,16 @@ def weakshot(*args: object, threads: int) -> float:
 def seed_summary(values: list[float]) -> dict:
     """Mean over seeds and each seed's value, rounded for the reports."""
     return {"mean": round(float(np.mean(values)), 2), "values": [round(v, 2) for v in values]}
+
+
+def write_table(readme: Path, marker: str, table: str) -> None:
+    """Replace what stands between ``<!-- results: MARKER -->`` and the next ``<!-- /results -->`` in ``readme``
+    with ``table``; a README without that marker is left alone."""
+    from weakshot_cli.io import atomic_write
+
+    start, end = f"<!-- results: {marker} -->\n", "<!-- /results -->"
+    text = readme.read_text()
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        new = head + start + table + "\n" + end + rest.split(end, 1)[1]
+        atomic_write(readme, lambda p: p.write_text(new))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT  # noqa: E402
+from common import ROOT, write_table  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from weakshot_cli.io import atomic_write  # noqa: E402
@@ -109,7 +109,9 @@ def main() -> None:
         sys.exit(f"no quality reports with an oracle in {args.results}")
     atomic_write(args.results / "examples.json", lambda p: p.write_text(json.dumps({"runs": rows}, indent=2) + "\n"))
     chart(rows, args.results / "examples.png")
-    print(table(rows))
+    text = table(rows)
+    print(text)
+    write_table(ROOT / "benchmarks" / "README.md", "examples.py", text)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED, seed_summary, weakshot  # noqa: E402
+from common import ROOT, SHARED, seed_summary, weakshot, write_table  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -466,13 +466,8 @@ def splits_report(out: Path) -> None:
     means = " / ".join(f"{np.mean(v):.1f}" if v else "-" for v in precision.values())
     table.append(f"| **mean over splits** | | | {summary} | {means} |")
     print("\n".join(table))
-    start, end = "<!-- results: quality.py --splits-report -->\n", "<!-- /results -->"
     for readme in (ROOT / "README.md", ROOT / "benchmarks" / "README.md"):  # their results tables are this one
-        text = readme.read_text()
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            new = head + start + "\n".join(table) + "\n" + end + rest.split(end, 1)[1]
-            atomic_write(readme, lambda p, new=new: p.write_text(new))
+        write_table(readme, "quality.py --splits-report", "\n".join(table))
 
 
 def chart(runs: dict, title: str, path: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT  # noqa: E402
+from common import ROOT, write_table  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from weakshot_cli.io import atomic_write  # noqa: E402
@@ -81,13 +81,7 @@ def main() -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps({"runs": kept + rows}, indent=2) + "\n"))
     text = table(rows)
     print(text)
-    readme = ROOT / "benchmarks" / "README.md"  # its table is this one
-    start, end = "<!-- results: tag_only.py -->\n", "<!-- /results -->"
-    doc = readme.read_text()
-    if start in doc:
-        head, rest = doc.split(start, 1)
-        new = head + start + text + "\n" + end + rest.split(end, 1)[1]
-        atomic_write(readme, lambda p: p.write_text(new))
+    write_table(ROOT / "benchmarks" / "README.md", "tag_only.py", text)
 
 
 if __name__ == "__main__":
