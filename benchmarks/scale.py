@@ -128,12 +128,12 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = [r["images"] for r in results]
     fig, (t, m) = plt.subplots(1, 2, figsize=(11, 4))
     for key in ("split_png", "split_coco", "pseudolabel_1", "pseudolabel_2"):
-        if all(key in r for r in results):
-            t.plot(n, [r[key]["seconds"] for r in results], "o-", label=key)
-            m.plot(n, [r[key]["peak_rss_gib"] for r in results], "o-", label=key)
+        rows = [r for r in results if key in r]  # a part measured at some sizes only
+        if rows:
+            t.plot([r["images"] for r in rows], [r[key]["seconds"] for r in rows], "o-", label=key)
+            m.plot([r["images"] for r in rows], [r[key]["peak_rss_gib"] for r in rows], "o-", label=key)
     for ax, label in ((t, "wall time (s)"), (m, "peak RSS (GiB)")):
         ax.set_xscale("log")
         ax.set_xlabel("training images")
@@ -158,9 +158,11 @@ def main() -> None:
     results = [one_size(int(n), a.work, a.height, a.width, parts) for n in a.sizes.split(",")]
     path = a.out / "scale.json"
     earlier = json.loads(path.read_text()) if path.exists() else {}
-    if (earlier.get("height"), earlier.get("width")) == (a.height, a.width):  # the other part's figures stay
+    if (earlier.get("height"), earlier.get("width")) == (a.height, a.width):  # the other figures stay
         by_size = {r["images"]: r for r in earlier.get("results", [])}
-        results = [by_size.get(r["images"], {}) | r for r in results]
+        for r in results:
+            by_size[r["images"]] = by_size.get(r["images"], {}) | r
+        results = [by_size[n] for n in sorted(by_size)]
     doc = {"height": a.height, "width": a.width, "classes": len(CLASSES), "cpu_count": os.cpu_count(),
            "date": time.strftime("%Y-%m-%d"), "results": results}
     atomic_write(path, lambda p: p.write_text(json.dumps(doc, indent=2) + "\n"))
