@@ -12,7 +12,7 @@ them cannot change which novel class wins a pixel: only whether a base class bea
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -29,6 +29,26 @@ FACTORS = (1.0, 0.7, 0.5, 0.3, 0.2, 0.15, 0.1, 0.07, 0.05)
 CLASS_FACTORS = (3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.3, 0.2, 0.1)
 
 
+def _scored(model: nn.Module, m: Manifest, indices: list[int], imgsz: int, device: torch.device,
+            autocast: Callable[[], torch.autocast], max_images: int,
+            batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(class scores [K, H, W] float32 on the CPU, label [H, W]) of up to ``max_images`` of the training images
+    ``indices`` (evenly spread), the model in eval mode meanwhile."""
+    picked = indices[::max(1, math.ceil(len(indices) / max_images))]
+    loader = DataLoader(Subset(EvalDataset(m, "train", imgsz or None), picked), batch_size=batch,
+                        collate_fn=collate_eval)
+    was_training = model.training
+    model.eval()
+    try:
+        for b in loader:
+            with autocast():
+                scores = class_scores(model, b["image"].to(device), b["sizes"],
+                                      [tuple(x.shape) for x in b["labels"]])
+            yield from ((s.float().cpu(), label.long()) for s, label in zip(scores, b["labels"]))
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def choose_novel_scale(model: nn.Module, m: Manifest, imgsz: int, device: torch.device,
                        autocast: Callable[[], torch.autocast], max_images: int = 200,
@@ -37,31 +57,22 @@ def choose_novel_scale(model: nn.Module, m: Manifest, imgsz: int, device: torch.
     (evenly spread), the larger one on a tie; and that mIoU for every factor. Tag-only images are left out: their
     unknown pixels may be base."""
     masked = [i for i, item in enumerate(m.splits["train"]) if item.label is not None]
-    picked = masked[::max(1, math.ceil(len(masked) / max_images))]
-    loader = DataLoader(Subset(EvalDataset(m, "train", imgsz or None), picked), batch_size=batch,
-                        collate_fn=collate_eval)
     k = len(m.classes)
     base, novel = torch.tensor(m.base, dtype=torch.long), torch.tensor(m.novel, dtype=torch.long)
     merged = torch.full((256,), k, dtype=torch.long)  # every label but a base class is "unknown" (k)
     merged[base] = base
     counts = {f: torch.zeros(k + 1, k + 1, dtype=torch.long) for f in FACTORS}
-    was_training = model.training
-    model.eval()
-    for b in loader:
-        with autocast():
-            scores = class_scores(model, b["image"].to(device), b["sizes"], [tuple(x.shape) for x in b["labels"]])
-        for s, label in zip(scores, b["labels"]):
-            s, gt = s.float().cpu(), merged[label.long()]
-            # a factor only decides, per pixel, between the best base class and the best novel one ("unknown");
-            # an exact tie goes to the lower class id, as an argmax over the scaled scores would give it
-            base_best, base_at = s[base].max(0)
-            novel_best, novel_at = s[novel].max(0)
-            base_id, novel_first = base[base_at], novel[novel_at] < base[base_at]
-            for f in FACTORS:
-                scaled = novel_best * f
-                novel_wins = (scaled > base_best) | ((scaled == base_best) & novel_first)
-                counts[f] += confusion(torch.where(novel_wins, k, base_id), gt, k + 1)
-    model.train(was_training)
+    for s, label in _scored(model, m, masked, imgsz, device, autocast, max_images, batch):
+        gt = merged[label]
+        # a factor only decides, per pixel, between the best base class and the best novel one ("unknown");
+        # an exact tie goes to the lower class id, as an argmax over the scaled scores would give it
+        base_best, base_at = s[base].max(0)
+        novel_best, novel_at = s[novel].max(0)
+        base_id, novel_first = base[base_at], novel[novel_at] < base[base_at]
+        for f in FACTORS:
+            scaled = novel_best * f
+            novel_wins = (scaled > base_best) | ((scaled == base_best) & novel_first)
+            counts[f] += confusion(torch.where(novel_wins, k, base_id), gt, k + 1)
     miou = {f: compute_metrics(cm.numpy(), [*m.base, k], [])["base_mIoU"] for f, cm in counts.items()}
     best = max(FACTORS, key=lambda f: (miou[f], f))
     return best, miou
@@ -80,24 +91,15 @@ def choose_class_scales(model: nn.Module, m: Manifest, imgsz: int, device: torch
     examples = [i for i, item in enumerate(m.splits["train"]) if item.example]
     if not examples:
         return {}
-    picked = examples[::max(1, math.ceil(len(examples) / max_images))]
-    loader = DataLoader(Subset(EvalDataset(m, "train", imgsz or None), picked), batch_size=batch,
-                        collate_fn=collate_eval)
     base, novel = torch.tensor(m.base, dtype=torch.long), torch.tensor(m.novel, dtype=torch.long)
     draw = torch.Generator().manual_seed(0)
     kept: list[tuple[torch.Tensor, ...]] = []  # per image: best base score, its class, novel scores [n, P], truth
-    was_training = model.training
-    model.eval()
-    for b in loader:
-        with autocast():
-            scores = class_scores(model, b["image"].to(device), b["sizes"], [tuple(x.shape) for x in b["labels"]])
-        for s, label in zip(scores, b["labels"]):
-            s, gt = s.float().cpu().flatten(1), label.long().flatten()
-            at = torch.nonzero(gt != IGNORE).squeeze(1)
-            at = at[torch.randperm(len(at), generator=draw)[:pixels]]
-            base_best, base_at = s[base][:, at].max(0)
-            kept.append((base_best, base[base_at], s[novel][:, at], gt[at]))
-    model.train(was_training)
+    for s, label in _scored(model, m, examples, imgsz, device, autocast, max_images, batch):
+        s, gt = s.flatten(1), label.flatten()
+        at = torch.nonzero(gt != IGNORE).squeeze(1)
+        at = at[torch.randperm(len(at), generator=draw)[:pixels]]
+        base_best, base_at = s[base][:, at].max(0)
+        kept.append((base_best, base[base_at], s[novel][:, at], gt[at]))
     k = len(m.classes)
 
     def miou(chosen: dict[int, float]) -> float:
