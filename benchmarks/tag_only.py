@@ -76,8 +76,8 @@ def main() -> None:
     if not rows:
         sys.exit(f"no tag-only reports for {args.dataset} in {args.results}")
     path = args.results / "tag-only.json"
-    kept = [r for r in json.loads(path.read_text()).get("runs", []) if r.get("dataset") != args.dataset] \
-        if path.exists() and isinstance(json.loads(path.read_text()).get("runs"), list) else []
+    earlier = json.loads(path.read_text()).get("runs") if path.exists() else None  # other datasets' rows stay
+    kept = [r for r in earlier if r.get("dataset") != args.dataset] if isinstance(earlier, list) else []
     atomic_write(path, lambda p: p.write_text(json.dumps({"runs": kept + rows}, indent=2) + "\n"))
     text = table(rows)
     print(text)
