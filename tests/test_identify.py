@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import ROOT, assert_user_error, run_cli
-from weakshot_cli.data.identify import SEPARATING_SHARE, flagged, tag_pairs
+from weakshot_cli.data.identify import SEPARATING_SHARE, flagged, separating_images, tag_pairs
 from weakshot_cli.data.manifest import load_manifest
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -30,6 +30,13 @@ def test_counts_worked_out_by_hand():
                                        "separating": 0, "share": 0.0}
     assert [(p["novel"], p["other"]) for p in flagged(pairs.values())] == [("tree", "road")]
     assert SEPARATING_SHARE == 0.25
+
+
+def test_separating_images_are_those_of_flagged_pairs():
+    """car/sign tagged together in ten images and apart in one (share 0.1, flagged): that one image separates them.
+    tree is tagged alone, with nothing it shares unknown pixels with: no pair, so it separates nothing."""
+    tags = [{1, 2}] * 10 + [{1}, {0, 3}]
+    assert separating_images(tags, [False] * 12, CLASSES, [1, 2, 3]) == [False] * 10 + [True, False]
 
 
 def _split(name: str, novel: str, ignore: int, out, *extra):

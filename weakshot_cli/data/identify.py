@@ -39,3 +39,12 @@ def tag_pairs(tags: Sequence[set[int]], tag_only: Sequence[bool], classes: Seque
 def flagged(pairs: Sequence[dict]) -> list[dict]:
     """The pairs the tags cannot tell apart (SEPARATING_SHARE)."""
     return [p for p in pairs if p["share"] < SEPARATING_SHARE]
+
+
+def separating_images(tags: Sequence[set[int]], tag_only: Sequence[bool], classes: Sequence[str],
+                      novel: Sequence[int]) -> list[bool]:
+    """Per image, whether its tags separate a flagged pair: the few images a loss can learn those names from."""
+    index = {name: i for i, name in enumerate(classes)}
+    weak = [(index[p["novel"]], index[p["other"]]) for p in flagged(tag_pairs(tags, tag_only, classes, novel))]
+    novel_set = set(novel)
+    return [any((c in t) != (d in t and (d in novel_set or only)) for c, d in weak) for t, only in zip(tags, tag_only)]

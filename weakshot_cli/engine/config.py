@@ -78,6 +78,7 @@ class TrainConfig:
     tag_keep: float = 0.5  # a crop keeps novel tags if it keeps this fraction of unknown pixels (0: any of them)
     pairing: str = "paper"  # paper: a reference shares a novel tag | tags: and differs in another where it can
     example_repeat: int = 1  # an example image (a mask that labels novel classes) is an anchor this often per epoch
+    separating_repeat: int = 1  # so is an image whose tags separate a pair split flags (identify.py)
     tag_only: bool = True  # train on tag-only images (tags, no mask; or pseudo-labelled from tags) too
     workers: int = 2
     # run
@@ -215,7 +216,8 @@ _POSITIVE = (lambda v: _finite(v) and v > 0), "a positive finite number"
 RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     **{k: _count(1) for k in ("num_queries", "hidden_dim", "mask_dim", "dec_layers", "nheads", "dim_feedforward",
                               "num_sim_points", "num_dist_points", "iters", "batch", "save_every", "log_every",
-                              "simnet_width", "example_repeat")},
+                              "simnet_width", "example_repeat",
+                              "separating_repeat")},
     **{k: _count(0) for k in ("num_points", "sim_class_points", "epochs", "workers", "val_every")},
     **{k: _WEIGHT for k in ("no_object_weight", "ce_weight", "mask_weight", "dice_weight", "comp_weight",
                             "sim_weight", "dist_weight", "weight_decay", "backbone_lr_mult", "clip_grad",

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from weakshot_cli.data.dataset import AugConfig, EvalDataset, TrainDataset, collate_eval, collate_train
+from weakshot_cli.data.identify import separating_images
 from weakshot_cli.data.manifest import Manifest, load_manifest
 from weakshot_cli.data.pairing import PairBatchSampler
 from weakshot_cli.data.rejections import read_rejections
@@ -97,9 +98,13 @@ def make_loaders(t: Training, dataset: TrainDataset) -> tuple[DataLoader, DataLo
     """The training loader, its data order continuing at iteration t.it, and the validation loader (None without
     a val split)."""
     cfg, m = t.cfg, t.m
+    tags = [set(item.tags) for item in dataset.items]
+    separating = ([False] * len(tags) if cfg.separating_repeat == 1 else
+                  separating_images(tags, [item.label is None for item in dataset.items], m.classes, m.novel))
+    repeats = [max(cfg.example_repeat if item.example else 1, cfg.separating_repeat if sep else 1)
+               for item, sep in zip(dataset.items, separating)]
     sampler = PairBatchSampler([item.tags for item in dataset.items], m.base, m.novel, cfg.batch, cfg.seed,
-                               t.ddp.rank, t.ddp.world, start_iter=t.it, pairing=cfg.pairing,
-                               repeats=[cfg.example_repeat if item.example else 1 for item in dataset.items])
+                               t.ddp.rank, t.ddp.world, start_iter=t.it, pairing=cfg.pairing, repeats=repeats)
     # its own generator: creating the iterator would otherwise draw from the global RNG and shift it on resume
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_train, num_workers=cfg.workers,
                         persistent_workers=cfg.workers > 0, pin_memory=t.device.type == "cuda",
