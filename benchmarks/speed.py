@@ -156,10 +156,11 @@ def hf_net(device: torch.device) -> Net:
         return lambda: model(pixel_values=images, mask_labels=masks, class_labels=labels,
                              output_hidden_states=True).loss
 
-    def scores(images: torch.Tensor) -> torch.Tensor:
+    def scores(images: torch.Tensor) -> torch.Tensor:  # the steps of transformers' post_process_semantic_segmentation
         out = model(pixel_values=images, output_hidden_states=True)
-        masks = F.interpolate(out.masks_queries_logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.einsum("bqc,bqhw->bchw", out.class_queries_logits.softmax(-1)[..., :-1], masks.sigmoid())
+        probs = torch.einsum("bqc,bqhw->bchw", out.class_queries_logits.softmax(-1)[..., :-1],
+                             out.masks_queries_logits.sigmoid())
+        return F.interpolate(probs, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     return Net(model, model, loss, scores)
 

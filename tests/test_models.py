@@ -164,9 +164,9 @@ def test_semantic_probs_matches_definition():
     logits, masks = torch.randn(2, 4, 4), torch.randn(2, 4, 3, 3)
     probs = semantic_probs(logits, masks, (6, 6))
     assert probs.shape == (2, 3, 6, 6)
-    up = torch.nn.functional.interpolate(masks, size=(6, 6), mode="bilinear", align_corners=False).sigmoid()
     cls = logits.softmax(-1)
-    expected = sum(cls[:, q, :3, None, None] * up[:, q, None] for q in range(4))
+    low = sum(cls[:, q, :3, None, None] * masks[:, q, None].sigmoid() for q in range(4))
+    expected = torch.nn.functional.interpolate(low, size=(6, 6), mode="bilinear", align_corners=False)
     torch.testing.assert_close(probs, expected)
     # masks that cover everything: each pixel's class scores add up to the queries' object probability
     full = semantic_probs(logits, torch.full((2, 4, 3, 3), 50.0), (3, 3))
