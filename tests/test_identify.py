@@ -9,7 +9,10 @@ import pytest
 
 from conftest import ROOT, assert_user_error, run_cli
 from weakshot_cli.data.identify import SEPARATING_SHARE, flagged, separating_images, tag_pairs
-from weakshot_cli.data.manifest import load_manifest
+from weakshot_cli.data.dataset import AugConfig, TrainDataset
+from weakshot_cli.data.manifest import Item, Manifest, load_manifest
+from weakshot_cli.engine.config import TrainConfig
+from weakshot_cli.engine.train import anchor_repeats
 
 SHARED = ROOT.parent / "shared" / "data"
 CLASSES = ["road", "car", "sign", "tree"]  # road base; car, sign, tree novel
@@ -37,6 +40,17 @@ def test_separating_images_are_those_of_flagged_pairs():
     tree is tagged alone, with nothing it shares unknown pixels with: no pair, so it separates nothing."""
     tags = [{1, 2}] * 10 + [{1}, {0, 3}]
     assert separating_images(tags, [False] * 12, CLASSES, [1, 2, 3]) == [False] * 10 + [True, False]
+
+
+def test_training_repeats_the_separating_images_but_not_for_the_oracle():
+    """With separating_repeat, the one image that tells car from sign is a batch anchor that often; an example
+    keeps its own repeat; the oracle, which sees every novel mask, repeats nothing for tags."""
+    tags = [[1, 2]] * 10 + [[1], [0, 3]]
+    items = [Item(f"{i}.jpg", f"{i}.png", t, full=f"full/{i}.png", example=i == 0) for i, t in enumerate(tags)]
+    m = Manifest(CLASSES, base=[0], novel=[1, 2, 3], splits={"train": items})
+    cfg = TrainConfig(separating_repeat=8, example_repeat=3)
+    assert anchor_repeats(TrainDataset(m, AugConfig()), cfg) == [3] + [1] * 9 + [8, 1]
+    assert anchor_repeats(TrainDataset(m, AugConfig(), oracle=True), cfg) == [3] + [1] * 11
 
 
 def _split(name: str, novel: str, ignore: int, out, *extra):

@@ -94,17 +94,25 @@ def _after_crash(run_dir: Path, last_iter: int) -> None:
     remove_interrupted_writes(run_dir / "weights")
 
 
+def anchor_repeats(dataset: TrainDataset, cfg: TrainConfig) -> list[int]:
+    """How often each image is a batch anchor per epoch: the few images that carry a name the rest cannot (an
+    example mask; tags that separate a pair split flags) are otherwise seen as rarely as any other."""
+    m, items = dataset.m, dataset.items
+    # the oracle sees every novel mask, so no tag is needed to name a class
+    separating = ([False] * len(items) if cfg.separating_repeat == 1 or dataset.oracle else
+                  separating_images([set(it.tags) for it in items], [it.label is None for it in items], m.classes,
+                                    m.novel))
+    return [max(cfg.example_repeat if it.example else 1, cfg.separating_repeat if sep else 1)
+            for it, sep in zip(items, separating)]
+
+
 def make_loaders(t: Training, dataset: TrainDataset) -> tuple[DataLoader, DataLoader | None]:
     """The training loader, its data order continuing at iteration t.it, and the validation loader (None without
     a val split)."""
     cfg, m = t.cfg, t.m
-    tags = [set(item.tags) for item in dataset.items]
-    separating = ([False] * len(tags) if cfg.separating_repeat == 1 else
-                  separating_images(tags, [item.label is None for item in dataset.items], m.classes, m.novel))
-    repeats = [max(cfg.example_repeat if item.example else 1, cfg.separating_repeat if sep else 1)
-               for item, sep in zip(dataset.items, separating)]
     sampler = PairBatchSampler([item.tags for item in dataset.items], m.base, m.novel, cfg.batch, cfg.seed,
-                               t.ddp.rank, t.ddp.world, start_iter=t.it, pairing=cfg.pairing, repeats=repeats)
+                               t.ddp.rank, t.ddp.world, start_iter=t.it, pairing=cfg.pairing,
+                               repeats=anchor_repeats(dataset, cfg))
     # its own generator: creating the iterator would otherwise draw from the global RNG and shift it on resume
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_train, num_workers=cfg.workers,
                         persistent_workers=cfg.workers > 0, pin_memory=t.device.type == "cuda",
