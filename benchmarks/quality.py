@@ -393,7 +393,21 @@ def report(dataset_name: str, work: Path, budget_name: str, out: Path, variant: 
 
 # What the summary over splits reads from each split's report: the oracle, `train` with its defaults (one stage) and
 # the README's whole path (pseudolabel + retrain with their defaults), and SimFormer as published.
-SPLIT_RUNS = {"oracle": "oracle", "single": "tags-pp-cal", "default": "tags-pp-retrain", "paper": "full"}
+SPLIT_RUNS = {"oracle": "oracle", "single": "tags-pp-cal", "default": "tags-pp-cal-retrain", "paper": "full"}
+
+
+def split_run(runs: dict, key: str) -> str:
+    """The run SPLIT_RUNS names for ``key``; for the README's path, tags-pp-retrain where that is the same run:
+    it pseudo-labels with tags-pp's weights, which are tags-pp-cal's (CALIBRATED) without their calibration, so
+    where every seed's calibration chose x1 (and no per-class factor, which only example masks give) both
+    pseudo-label and retrain alike."""
+    run = SPLIT_RUNS[key]
+    cal = runs.get("tags-pp-cal", {})
+    if (run == "tags-pp-cal-retrain" and run not in runs and "tags-pp-retrain" in runs and cal
+            and all(v == 1.0 for v in cal.get("novel_scale", {}).values())
+            and set(cal.get("novel_scale", {})) >= {f"seed{s}" for s in runs["tags-pp-retrain"]["seeds"]}):
+        return "tags-pp-retrain"
+    return run
 
 
 def precision_from_recall(run: dict, seed: int) -> float | None:
@@ -422,10 +436,11 @@ def splits_report(out: Path) -> None:
         if not path.exists():
             continue
         runs = json.loads(path.read_text())["runs"]
-        seeds = sorted(set.union(*(set(runs[r]["seeds"]) for r in SPLIT_RUNS.values() if r in runs)))
+        chosen = {key: split_run(runs, key) for key in SPLIT_RUNS}
+        seeds = sorted(set.union(*(set(runs[r]["seeds"]) for r in chosen.values() if r in runs)))
         for seed in seeds:
             row = {"split": name, "novel": DATASETS[name][1].split(","), "seed": seed}
-            for key, run in SPLIT_RUNS.items():
+            for key, run in chosen.items():
                 if run in runs and seed in runs[run]["seeds"]:
                     i = runs[run]["seeds"].index(seed)
                     row[key] = runs[run]["novel_mIoU"]["values"][i]
@@ -434,6 +449,7 @@ def splits_report(out: Path) -> None:
                         row[f"{key}_precision"] = runs[run]["novel_precision"]["values"][i]
                     elif (derived := precision_from_recall(runs[run], seed)) is not None:
                         row[f"{key}_precision"] = derived
+                    row.setdefault("runs", {})[key] = run
             rows.append(row)
     atomic_write(out / "quality-msrc-splits.json",
                  lambda p: p.write_text(json.dumps({"splits": rows, "runs": SPLIT_RUNS}, indent=2) + "\n"))
