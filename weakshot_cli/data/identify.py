@@ -6,10 +6,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 # A pair is flagged when the images that separate it (one of the two tagged, not the other) number fewer than this
 # share of the rarer class's tagged images: set between the pairs whose names every recipe confuses (CamVid's) and
 # those it learns (MSRC's open split); the measured shares are in docs/usage.md.
 SEPARATING_SHARE = 0.25
+
+
+def _unknown_tags(tags: Sequence[set[int]], tag_only: Sequence[bool], k: int,
+                  novel: Sequence[int]) -> np.ndarray:
+    """[images, classes]: whether the class may lie in the image's unknown pixels (a novel tag anywhere; a base
+    tag only in a tag-only image, where every pixel is unknown). Arrays, not loops: COCO has 118k images."""
+    tagged = np.zeros((len(tags), k), dtype=bool)
+    for i, t in enumerate(tags):
+        tagged[i, list(t)] = True
+    is_novel = np.zeros(k, dtype=bool)
+    is_novel[list(novel)] = True
+    return tagged & (is_novel[None] | np.asarray(tag_only, dtype=bool).reshape(-1, 1))
 
 
 def tag_pairs(tags: Sequence[set[int]], tag_only: Sequence[bool], classes: Sequence[str],
@@ -19,20 +33,18 @@ def tag_pairs(tags: Sequence[set[int]], tag_only: Sequence[bool], classes: Seque
     the images where each may lie in the unknown pixels, where both do, and where exactly one does (separating);
     weakest first (separating, as a share of the rarer class's images)."""
     novel = sorted(novel)
+    unknown = _unknown_tags(tags, tag_only, len(classes), novel)
+    counts = unknown.sum(0)
     pairs = []
     for c in novel:
-        for d in range(len(classes)):
+        together = (unknown[:, c:c + 1] & unknown).sum(0)
+        for d in np.flatnonzero(together):
             if d == c or (d in novel and d < c):
                 continue
-            with_c = [c in t for t in tags]
-            with_d = [d in t and (d in novel or only) for t, only in zip(tags, tag_only)]
-            together = sum(a and b for a, b in zip(with_c, with_d))
-            if not together:
-                continue
-            separating = sum(with_c) + sum(with_d) - 2 * together
-            pairs.append({"novel": classes[c], "other": classes[d], "tagged": [sum(with_c), sum(with_d)],
-                          "together": together, "separating": separating,
-                          "share": round(separating / min(sum(with_c), sum(with_d)), 3)})
+            separating = int(counts[c] + counts[d] - 2 * together[d])
+            pairs.append({"novel": classes[c], "other": classes[d], "tagged": [int(counts[c]), int(counts[d])],
+                          "together": int(together[d]), "separating": separating,
+                          "share": round(separating / min(counts[c], counts[d]), 3)})
     return sorted(pairs, key=lambda p: (p["share"], p["separating"]))
 
 
@@ -45,6 +57,8 @@ def separating_images(tags: Sequence[set[int]], tag_only: Sequence[bool], classe
                       novel: Sequence[int]) -> list[bool]:
     """Per image, whether its tags separate a flagged pair: the few images a loss can learn those names from."""
     index = {name: i for i, name in enumerate(classes)}
-    weak = [(index[p["novel"]], index[p["other"]]) for p in flagged(tag_pairs(tags, tag_only, classes, novel))]
-    novel_set = set(novel)
-    return [any((c in t) != (d in t and (d in novel_set or only)) for c, d in weak) for t, only in zip(tags, tag_only)]
+    unknown = _unknown_tags(tags, tag_only, len(classes), novel)
+    found = np.zeros(len(tags), dtype=bool)
+    for p in flagged(tag_pairs(tags, tag_only, classes, novel)):
+        found |= unknown[:, index[p["novel"]]] != unknown[:, index[p["other"]]]
+    return found.tolist()
