@@ -403,7 +403,7 @@ def split_run(runs: dict, key: str) -> str:
     pseudo-label and retrain alike."""
     run = SPLIT_RUNS[key]
     cal = runs.get("tags-pp-cal", {})
-    if (run == "tags-pp-cal-retrain" and run not in runs and "tags-pp-retrain" in runs and cal
+    if (run == "tags-pp-cal-retrain" and run not in runs and "tags-pp-retrain" in runs
             and all(v == 1.0 for v in cal.get("novel_scale", {}).values())
             and set(cal.get("novel_scale", {})) >= {f"seed{s}" for s in runs["tags-pp-retrain"]["seeds"]}):
         return "tags-pp-retrain"

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from conftest import ROOT, assert_user_error, run_cli
-from weakshot_cli.data.identify import SEPARATING_SHARE, flagged, separating_images, tag_pairs
 from weakshot_cli.data.dataset import AugConfig, TrainDataset
+from weakshot_cli.data.identify import SEPARATING_SHARE, flagged, separating_images, tag_pairs
 from weakshot_cli.data.manifest import Item, Manifest, load_manifest
 from weakshot_cli.engine.config import TrainConfig
 from weakshot_cli.engine.train import anchor_repeats

@@ -32,8 +32,12 @@ def tag_pairs(tags: Sequence[set[int]], tag_only: Sequence[bool], classes: Seque
     or a base class in a tag-only image, where every pixel is unknown; in a masked image base pixels are labelled):
     the images where each may lie in the unknown pixels, where both do, and where exactly one does (separating);
     weakest first (separating, as a share of the rarer class's images)."""
+    return _pairs(_unknown_tags(tags, tag_only, len(classes), novel), classes, novel)
+
+
+def _pairs(unknown: np.ndarray, classes: Sequence[str], novel: Sequence[int]) -> list[dict]:
+    """tag_pairs from _unknown_tags' matrix."""
     novel = sorted(novel)
-    unknown = _unknown_tags(tags, tag_only, len(classes), novel)
     counts = unknown.sum(0)
     pairs = []
     for c in novel:
@@ -59,6 +63,6 @@ def separating_images(tags: Sequence[set[int]], tag_only: Sequence[bool], classe
     index = {name: i for i, name in enumerate(classes)}
     unknown = _unknown_tags(tags, tag_only, len(classes), novel)
     found = np.zeros(len(tags), dtype=bool)
-    for p in flagged(tag_pairs(tags, tag_only, classes, novel)):
+    for p in flagged(_pairs(unknown, classes, novel)):
         found |= unknown[:, index[p["novel"]]] != unknown[:, index[p["other"]]]
     return found.tolist()

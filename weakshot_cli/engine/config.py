@@ -217,8 +217,7 @@ _POSITIVE = (lambda v: _finite(v) and v > 0), "a positive finite number"
 RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     **{k: _count(1) for k in ("num_queries", "hidden_dim", "mask_dim", "dec_layers", "nheads", "dim_feedforward",
                               "num_sim_points", "num_dist_points", "iters", "batch", "save_every", "log_every",
-                              "simnet_width", "example_repeat",
-                              "separating_repeat")},
+                              "simnet_width", "example_repeat", "separating_repeat")},
     **{k: _count(0) for k in ("num_points", "sim_class_points", "epochs", "workers", "val_every")},
     **{k: _WEIGHT for k in ("no_object_weight", "ce_weight", "mask_weight", "dice_weight", "comp_weight",
                             "sim_weight", "dist_weight", "weight_decay", "backbone_lr_mult", "clip_grad",
