@@ -3,8 +3,8 @@
     python benchmarks/quality.py --dataset camvid --examples 2 --runs tags-pp,tags-pp-cal,tags-pp-cal-retrain
     python benchmarks/examples.py          # examples.json, examples.png and a table from the finished reports
 
-K = 0 is the plain split's report (quality-<dataset>.json), K > 0 the ``--examples K`` variant's
-(quality-<dataset>-k<K>.json, its examples drawn with the run's seed). One stage is ``train``'s default
+K = 0 is the plain split's report (quality-<dataset>.json; for a recipe, quality-<dataset>-<settings>.json), K > 0
+the ``--examples K`` variant's (quality-<dataset>-k<K>.json, its examples drawn with the run's seed). One stage is ``train``'s default
 (tags-pp-cal), the two-stage path the README's (tags-pp-cal-retrain; see STAGES); the oracle (all masks) is the
 plain split's.
 """
@@ -32,8 +32,17 @@ STAGES = {"one stage": "tags-pp-cal", "two stages, uncalibrated pseudo-labels": 
 DATASETS = ("camvid", "msrc")
 
 
+EXAMPLES_ONLY = ("example_repeat",)  # settings that act on example images alone: without examples they change nothing
+
+
+def _k0_recipe(recipe: str) -> str:
+    """The settings of ``recipe`` that matter without examples: its K = 0 runs are the report with those."""
+    return "-".join(part for part in recipe.split("-") if part and not part.startswith(EXAMPLES_ONLY))
+
+
 def gather(results: Path) -> list[dict]:
-    """One row per dataset, K, seed and stage with a finished run."""
+    """One row per dataset, recipe, K, seed and stage with a finished run. A recipe's K = 0 row comes from the
+    report with its settings (less those that act on examples alone); a recipe without one has no K = 0 row."""
     rows = []
     for dataset in DATASETS:
         plain = results / f"quality-{dataset}.json"
@@ -43,22 +52,24 @@ def gather(results: Path) -> list[dict]:
         if oracle is None:
             continue
         oracle_novel = dict(zip(oracle["seeds"], oracle["novel_mIoU"]["values"]))
-        # K = 0 counts for every recipe; a K > 0 report with settings (quality.py --set) is a recipe of its own
-        reports = [(0, "", plain)] + sorted((int(m.group(1)), (m.group(2) or "").lstrip("-"), p)
-                                            for p in results.glob(f"quality-{dataset}-k*.json")
-                                            if (m := re.fullmatch(rf"quality-{dataset}-k(\d+)(-.+)?\.json", p.name)))
-        recipes = {r for _, r, _ in reports}
-        for k, recipe, path in reports:
+        examples = sorted((int(m.group(1)), (m.group(2) or "").lstrip("-"), p)
+                          for p in results.glob(f"quality-{dataset}-k*.json")
+                          if (m := re.fullmatch(rf"quality-{dataset}-k(\d+)(-.+)?\.json", p.name)))
+        reports = []
+        for recipe in sorted({"", *(r for _, r, _ in examples)}):
+            base = _k0_recipe(recipe)
+            k0 = results / (f"quality-{dataset}-{base}.json" if base else plain.name)
+            reports += [(0, recipe, k0)] if k0.exists() else []
+        for k, recipe, path in reports + examples:
             runs = json.loads(path.read_text())["runs"]
             for stage, name in STAGES.items():
                 if name not in runs:
                     continue
                 for seed, novel in zip(runs[name]["seeds"], runs[name]["novel_mIoU"]["values"]):
                     reference = oracle_novel.get(seed, float(np.mean(list(oracle_novel.values()))))
-                    for each in sorted(recipes) if k == 0 else [recipe]:
-                        rows.append({"dataset": dataset, "recipe": each or "default", "k": k, "seed": seed,
-                                     "stage": stage, "novel_mIoU": round(novel, 2),
-                                     "oracle_novel_mIoU": round(reference, 2)})
+                    rows.append({"dataset": dataset, "recipe": recipe or "default", "k": k, "seed": seed,
+                                 "stage": stage, "novel_mIoU": round(novel, 2),
+                                 "oracle_novel_mIoU": round(reference, 2)})
     return rows
 
 
