@@ -93,7 +93,7 @@ def chart(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(10, 4))
     for dataset, recipe in dict.fromkeys((r["dataset"], r["recipe"]) for r in rows):
         for stage, style in zip(STAGES, (":", "--", "-")):
             mine = [r for r in rows if (r["dataset"], r["recipe"], r["stage"]) == (dataset, recipe, stage)]
@@ -108,7 +108,7 @@ def chart(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("example masks per novel class (K)")
     ax.set_ylabel("novel mIoU, % of the oracle's")
     ax.set_ylim(0, 110)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes, not over the lines
     ax.set_title("What a few example masks buy (mobile preset, val)")
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
