@@ -4,9 +4,9 @@
     python benchmarks/examples.py          # examples.json, examples.png and a table from the finished reports
 
 K = 0 is the plain split's report (quality-<dataset>.json; for a recipe, quality-<dataset>-<settings>.json), K > 0
-the ``--examples K`` variant's (quality-<dataset>-k<K>.json, its examples drawn with the run's seed). One stage is ``train``'s default
-(tags-pp-cal), the two-stage path the README's (tags-pp-cal-retrain; see STAGES); the oracle (all masks) is the
-plain split's.
+the ``--examples K`` variant's (quality-<dataset>-k<K>.json, its examples drawn with the run's seed). One stage is
+``train``'s default (tags-pp-cal), the two-stage path the README's (tags-pp-cal-retrain; see STAGES); the oracle
+(all masks) is the plain split's.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from weakshot_cli.io import atomic_write  # noqa: E402
 STAGES = {"one stage": "tags-pp-cal", "two stages, uncalibrated pseudo-labels": "tags-pp-retrain",
           "two-stage path (README)": "tags-pp-cal-retrain"}
 DATASETS = ("camvid", "msrc")
-
-
 EXAMPLES_ONLY = ("example_repeat",)  # settings that act on example images alone: without examples they change nothing
 
 
