@@ -110,6 +110,8 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
                         None),
     "tags-pp-cal-retrain": ("(i2) (h2) + choosing pseudolabels with its calibrated scores + retrain: the README's "
                             "path exactly (pseudolabel applies the checkpoint's calibration)", None),
+    "tags-pp-retrain-all": ("(i3) as (i1), retrained on every pseudo-labelled image, tag-only ones included (tag_only "
+                            "true; with --masked-only the first stage saw the masked images alone)", None),
 }
 RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode, retrain flags, from its weights)
     "retrain": ("full", "keep", PAPER, True),
@@ -120,6 +122,7 @@ RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode,
     "tags-retrain-init": ("tags", "choose", ["--method", "dense"], False),
     "tags-pp-retrain": ("tags-pp", "choose", ["--method", "dense"], True),
     "tags-pp-cal-retrain": ("tags-pp-cal", "choose", ["--method", "dense"], True),
+    "tags-pp-retrain-all": ("tags-pp", "choose", ["--method", "dense", "--set", "tag_only=true"], True),
 }
 # run: the run whose final weights it calibrates (what training does with calibrate on)
 CALIBRATED = {"tags-pp-cal": "tags-pp", "full-cal": "full"}
