@@ -13,7 +13,7 @@ MANIFEST = "weakshot.json"
 VERSION = 1
 
 
-@dataclass
+@dataclass(slots=True)  # one per image: tens of thousands at COCO's scale
 class Item:
     """``full`` (benchmark-mode training items only) holds the unhidden mask: read by ``--oracle``
     and never by weak-shot training. An ``example`` is a training image whose label marks its novel classes too (a
@@ -67,17 +67,20 @@ class Manifest:
             "novel": self.novel,
             "ignore_index": self.ignore_index,
             "novel_masks": self.novel_masks,
-            "splits": {
-                name: [{"image": it.image, "label": it.label, "tags": it.tags, **({"full": it.full} if it.full else {}),
-                        **({"example": True} if it.example else {})} for it in items]
-                for name, items in self.splits.items()
-            },
+            "splits": self.splits,  # Items: save writes each as _item_dict, one at a time
             "source": self.source,
         }
 
     def save(self, root: str | Path) -> Path:
         self.root = Path(root)
-        return write_json(self.root / MANIFEST, self.to_dict())
+        return write_json(self.root / MANIFEST, self.to_dict(), default=_item_dict)
+
+
+def _item_dict(it: object) -> dict:
+    if not isinstance(it, Item):
+        raise TypeError(f"{type(it).__name__} is not JSON serializable")
+    return {"image": it.image, "label": it.label, "tags": it.tags, **({"full": it.full} if it.full else {}),
+            **({"example": True} if it.example else {})}
 
 
 def image_counts(items: list[Item]) -> dict[str, int]:

@@ -13,21 +13,22 @@ SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "va
                "test": "test"}
 
 
-@dataclass
+@dataclass(slots=True)  # one per image: tens of thousands at COCO's scale
 class Pair:
-    """An image and its label PNG; ``label`` is None for an image without one (tag-only in real mode)."""
+    """An image and its label PNG; ``label`` is None for an image without one (tag-only in real mode). Paths are
+    kept as strings: a Path object is several times the memory, and a dataset has one Pair per image."""
 
     split: str
     stem: str
-    image: Path
-    label: Path | None
+    image: str
+    label: str | None
 
 
 @dataclass
 class Discovery:
     pairs: list[Pair]
     unlabelled: list[Pair]
-    orphan_labels: list[Path]
+    orphan_labels: list[str]
 
 
 def _split_of(rel: Path) -> str:
@@ -35,10 +36,10 @@ def _split_of(rel: Path) -> str:
     return SPLIT_NAMES.get(rel.parts[0].lower(), "train") if len(rel.parts) > 1 else "train"
 
 
-def _index(root: Path, exts: tuple[str, ...], suffix: str, kind: str) -> dict[tuple[str, str], Path]:
+def _index(root: Path, exts: tuple[str, ...], suffix: str, kind: str) -> dict[tuple[str, str], str]:
     if not root.is_dir():
         raise UserError(f"{kind} folder not found", root)
-    found: dict[tuple[str, str], Path] = {}
+    found: dict[tuple[str, str], str] = {}
     for p in sorted(root.rglob("*")):
         if p.name.startswith(".") or p.suffix.lower() not in exts or not p.is_file():
             continue
@@ -50,7 +51,7 @@ def _index(root: Path, exts: tuple[str, ...], suffix: str, kind: str) -> dict[tu
         key = (_split_of(p.relative_to(root)), unicodedata.normalize("NFC", stem))
         if key in found:
             raise UserError(f"duplicate {kind} stem {stem!r} in split {key[0]!r} (also {found[key]})", p)
-        found[key] = p
+        found[key] = str(p)
     return found
 
 

@@ -80,10 +80,10 @@ class SplitOptions:
                             "without a label PNG are tag-only already")
 
 
-@dataclass
+@dataclass(slots=True)  # one per image: tens of thousands at COCO's scale
 class Scanned:
     pair: Pair
-    present: set[int]  # class ids in the label after conversion
+    present: tuple[int, ...]  # class ids in the label after conversion (a tuple: a set is 3x the memory)
     unknown: int  # pixels that are 255 after conversion (every pixel of a tag-only image)
 
     @property
@@ -198,20 +198,21 @@ def _coco_pair(opts: SplitOptions, split: str, im: coco.CocoImage, label: np.nda
     if label_path.exists():
         raise UserError(f"duplicate image stem {stem!r} in split {split!r}", path)
     write_label_png(label_path, label)
-    return Pair(split, stem, image, label_path)
+    return Pair(split, stem, str(image), str(label_path))
 
 
 def _usable(found: Discovery, tags: Tags | None, images: Path, warn: Warnings) -> list[Pair]:
     """The pairs, and in real mode each training image with tags but no label PNG as a tag-only image; any
     other image without a label is skipped, with a warning. A dataset without training images is refused."""
-    kept = [p for p in found.unlabelled if tags is not None and p.split == "train" and _tags_of(tags, p)]
+    tagged = [tags is not None and p.split == "train" and bool(_tags_of(tags, p)) for p in found.unlabelled]
+    kept = [p for p, t in zip(found.unlabelled, tagged) if t]
     usable = found.pairs + kept
     if not usable:
         raise UserError("empty dataset: no image has a matching label" + (" or tags" if tags else ""), images)
     if not any(p.split == "train" for p in usable):
         raise UserError("no training images: every image found lies in val/ or test/ folders or has no label; do "
                         "image and mask names match (they are compared exactly, case included)?", images)
-    skipped = [p.image for p in found.unlabelled if p not in kept]
+    skipped = [p.image for p, t in zip(found.unlabelled, tagged) if not t]
     if skipped:
         why = ("without tags (or with an empty tag list) or outside train" if tags is not None
                else "(give --tags to train on them as tag-only)")
@@ -224,7 +225,7 @@ def _usable(found: Discovery, tags: Tags | None, images: Path, warn: Warnings) -
 def _tags_of(tags: Tags, pair: Pair) -> set[int] | None:
     """Tags are keyed by the image's stem, with or without --img-suffix."""
     found = tags.get(pair.stem)
-    return found if found is not None else tags.get(pair.image.stem)
+    return found if found is not None else tags.get(Path(pair.image).stem)
 
 
 def _scan(pairs: list[Pair], k: int, convention: LabelConvention, warn: Warnings, console: Console,
@@ -237,11 +238,11 @@ def _scan(pairs: list[Pair], k: int, convention: LabelConvention, warn: Warnings
                       disable=not console.is_terminal):
         img = open_image(pair.image)
         if pair.label is None:
-            scanned.append(Scanned(pair, set(), img.width * img.height))
+            scanned.append(Scanned(pair, (), img.width * img.height))
             continue
         raw = read_raw_label(pair.label)
         if raw.shape != (img.height, img.width):
-            raise UserError(f"label is {raw.shape[1]}x{raw.shape[0]} but its image {pair.image.name} is "
+            raise UserError(f"label is {raw.shape[1]}x{raw.shape[0]} but its image {Path(pair.image).name} is "
                             f"{img.width}x{img.height}", pair.label)
         counts = np.bincount(raw.ravel(), minlength=256)
         hist += counts
@@ -251,7 +252,7 @@ def _scan(pairs: list[Pair], k: int, convention: LabelConvention, warn: Warnings
         if bad:
             raise UserError(f"label values {bad} exceed the {k} classes (ids 0..{k - 1}); check "
                             "--ignore-index / --reduce-zero-label / --label-map", pair.label)
-        scanned.append(Scanned(pair, ids - {IGNORE}, int(counts[lut == IGNORE].sum())))
+        scanned.append(Scanned(pair, tuple(sorted(ids - {IGNORE})), int(counts[lut == IGNORE].sum())))
     if not coco_mode:
         used = set(np.flatnonzero(hist))
         if used <= {0, 255} and k > 2 and 255 in used:
@@ -368,14 +369,14 @@ def _real_mode(opts: SplitOptions, scanned: list[Scanned], classes: list[str], t
             raise UserError("no class is missing from the training masks and tagged in a training image, so there "
                             "is no novel class; use --novel to name them", opts.tags)
     tagged_novel = [s for s in train if s.masked and (_tags_of(tags, s.pair) or set()) & set(novel)
-                    and not s.present & set(novel)]  # an example labels its novel classes
+                    and set(novel).isdisjoint(s.present)]  # an example labels its novel classes
     nowhere = [s for s in tagged_novel if s.unknown == 0]
     if nowhere:
         warn(f"{len(nowhere)} of {len(tagged_novel)} masked training images tagged with a novel class have no "
              f"unknown (ignore) pixel for it (first: {nowhere[0].pair.label}); masks that label unannotated "
              "objects as a base class (often background) hide the novel classes: pass --unknown-class NAME to "
              "make that class unknown")
-    matched = {s.pair.stem for s in scanned} | {s.pair.image.stem for s in scanned}
+    matched = {s.pair.stem for s in scanned} | {Path(s.pair.image).stem for s in scanned}
     unmatched = sorted(set(tags) - matched)
     if unmatched:
         warn(f"{len(unmatched)} tagged image(s) are not in the dataset (first: {unmatched[0]!r})", opts.tags)
@@ -473,16 +474,16 @@ def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: l
                                 disable=not console.is_terminal)):
         split = s.pair.split
         if s.pair.label is None:  # real mode: tags, no mask
-            splits.setdefault(split, []).append(Item(str(s.pair.image.resolve()), None,
+            splits.setdefault(split, []).append(Item(str(Path(s.pair.image).resolve()), None,
                                                      sorted(_tags_of(tags, s.pair)), None))
             continue
         label = lut[read_raw_label(s.pair.label)].astype(np.uint8)
-        item_tags = set(s.present) if benchmark else s.present | (_tags_of(tags, s.pair) or set())
+        item_tags = set(s.present) | (set() if benchmark else _tags_of(tags, s.pair) or set())
         full = None
-        example = split == "train" and (i in examples if benchmark else bool(s.present & set(novel)))
+        example = split == "train" and (i in examples if benchmark else not set(novel).isdisjoint(s.present))
         if split == "train" and benchmark:
             full = f"full/train/{s.pair.stem}.png"
-            if s.pair.label != staging / full:  # COCO input already cached it there
+            if s.pair.label != str(staging / full):  # COCO input already cached it there
                 write_label_png(staging / full, label)
             if not example:
                 label = hide[label]  # honest weak-shot: novel pixels never reach training, but on examples
@@ -490,7 +491,7 @@ def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: l
         if i not in simulated:  # --tag-only-fraction: the image keeps its tags and loses its mask
             rel = f"labels/{split}/{s.pair.stem}.png"
             write_label_png(staging / rel, label)
-        splits.setdefault(split, []).append(Item(str(s.pair.image.resolve()), rel, sorted(item_tags), full,
+        splits.setdefault(split, []).append(Item(str(Path(s.pair.image).resolve()), rel, sorted(item_tags), full,
                                                  example and rel is not None))
     train_items = splits.get("train", [])
     pairs = tag_pairs([set(it.tags) for it in train_items], [it.label is None for it in train_items], classes, novel)
