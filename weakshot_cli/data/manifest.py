@@ -59,21 +59,13 @@ class Manifest:
             raise UserError(f"path {rel!r} escapes the dataset folder", self.root / MANIFEST)
         return full
 
-    def to_dict(self) -> dict:
-        return {
-            "version": self.version,
-            "classes": self.classes,
-            "base": self.base,
-            "novel": self.novel,
-            "ignore_index": self.ignore_index,
-            "novel_masks": self.novel_masks,
-            "splits": self.splits,  # Items: save writes each as _item_dict, one at a time
-            "source": self.source,
-        }
-
     def save(self, root: str | Path) -> Path:
         self.root = Path(root)
-        return write_json(self.root / MANIFEST, self.to_dict(), default=_item_dict)
+        doc = {"version": self.version, "classes": self.classes, "base": self.base, "novel": self.novel,
+               "ignore_index": self.ignore_index, "novel_masks": self.novel_masks,
+               "splits": self.splits,  # Items, each written as _item_dict one at a time: no copy of the whole list
+               "source": self.source}
+        return write_json(self.root / MANIFEST, doc, default=_item_dict)
 
 
 def _item_dict(it: object) -> dict:
