@@ -385,6 +385,13 @@ def _(t: Ctx) -> Case:
     return Case(coco_split(t, path), (str(path), "needs integer id, height, width and a file_name"))
 
 
+@case("split-coco-image-id-beyond-64-bits")
+def _(t: Ctx) -> Case:
+    """ijson's C parser refuses the number ('integer overflow'); its Python one reads it, and split refuses it."""
+    path = coco(t, images=[{"id": 2**64, "file_name": "a.jpg", "height": 20, "width": 30}])
+    return Case(coco_split(t, path), (str(path),))
+
+
 @case("split-coco-broken-polygon")
 def _(t: Ctx) -> Case:
     path = coco(t, [[1, 2, 3, 4]])

@@ -146,6 +146,12 @@ def _peak_rasterising(tmp: Path, n: int) -> int:
     return peak
 
 
+def test_coco_image_ids_beyond_64_bits_are_refused(tmp_path):
+    """Python's JSON readers (ijson's fallback among them) read any integer; split keeps ids in 64 bits."""
+    with pytest.raises(UserError, match="has an id beyond 64 bits"):
+        coco.coco_images([{"id": 2**64, "file_name": "a.jpg", "height": 2, "width": 2}], tmp_path / "x.json")
+
+
 def test_coco_annotations_are_streamed_not_held(tmp_path):
     """Memory stays flat as a COCO file grows: four times the images (and annotations) take under 1.5 times the
     peak (measured: 1.06x), where parsing the file whole took four times as much."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, assert_user_error, run_cli
 from weakshot_cli.data.dataset import AugConfig, TrainDataset
-from weakshot_cli.data.identify import SEPARATING_SHARE, flagged, separating_images, tag_pairs
+from weakshot_cli.data.identify import SEPARATING_SHARE, flagged, separating_images, tag_matrix, tag_pairs
 from weakshot_cli.data.manifest import Item, Manifest, load_manifest
 from weakshot_cli.engine.config import TrainConfig
 from weakshot_cli.engine.train import anchor_repeats
@@ -25,7 +26,8 @@ def test_counts_worked_out_by_hand():
     flagged. car never meets tree, nor road where road is unknown: no pair."""
     tags = [{1, 2}] * 6 + [{1}, {1}, {0}, {0, 3}, {0, 3}]
     tag_only = [False] * 9 + [True, True]
-    pairs = {(p["novel"], p["other"]): p for p in tag_pairs(tags, tag_only, CLASSES, [1, 2, 3])}
+    pairs = {(p["novel"], p["other"]): p for p in tag_pairs(tag_matrix(tags, 4), np.array(tag_only), CLASSES,
+                                                                [1, 2, 3])}
     assert set(pairs) == {("car", "sign"), ("tree", "road")}
     assert pairs[("car", "sign")] == {"novel": "car", "other": "sign", "tagged": [8, 6], "together": 6,
                                       "separating": 2, "share": 0.333}
@@ -39,7 +41,7 @@ def test_separating_images_are_those_of_flagged_pairs():
     """car/sign tagged together in ten images and apart in one (share 0.1, flagged): that one image separates them.
     tree is tagged alone, with nothing it shares unknown pixels with: no pair, so it separates nothing."""
     tags = [{1, 2}] * 10 + [{1}, {0, 3}]
-    assert separating_images(tags, [False] * 12, CLASSES, [1, 2, 3]) == [False] * 10 + [True, False]
+    assert separating_images(tag_matrix(tags, 4), np.zeros(12, bool), CLASSES, [1, 2, 3]) == [False] * 10 + [True, False]
 
 
 def test_training_repeats_the_separating_images_but_not_for_the_oracle():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,21 @@ def test_palette_pngs_are_read_as_indices_and_nested_folders_pair_by_stem(tmp_pa
     m = load_manifest(out)
     assert m.splits["train"][0].tags == [0, 1]
     np.testing.assert_array_equal(label(m, m.splits["train"][0]), np.where(lab == 1, 255, lab))
+
+
+def test_hidden_files_and_folders_are_not_pairs(tmp_path):
+    """A notebook's checkpoint folder holds copies under the same stems, and macOS writes ._ files: neither is an
+    image of the dataset, so neither is a duplicate to refuse."""
+    lab = blocks(10, 12, [0, 1, 255])
+    images, masks, classes = write_dataset(tmp_path / "src", {"train": {"x": lab}}, ["bg", "fg"])
+    for root in (images, masks):
+        (root / "train" / ".ipynb_checkpoints").mkdir()
+        shutil.copy(root / "train" / "x.png", root / "train" / ".ipynb_checkpoints" / "x.png")
+        (root / "train" / "._x.png").write_bytes(b"AppleDouble")
+    out = tmp_path / "ws"
+    r = run_cli("split", "--images", images, "--masks", masks, "--classes", classes, "--novel", "fg", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert [Path(it.image).name for it in load_manifest(out).splits["train"]] == ["x.png"]
 
 
 def test_reduce_zero_label_ade_convention(tmp_path):

@@ -237,8 +237,7 @@ def commit(staging: Path, out: Path, command: str, replaced: set[Path], last: st
     and the new one last, so a crash never leaves a valid-looking dataset with missing or mixed labels. Ctrl-C
     waits until the renames (a moment) are done."""
     root = out.resolve()
-    staged = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == last)
-    for src in staged:
+    for src in _staged(staging, last):
         target = root / src.relative_to(staging)
         if (target.exists() or target.is_symlink()) and target not in replaced:
             raise UserError("would overwrite a file this dataset did not make; move it away or choose another -o",
@@ -247,10 +246,24 @@ def commit(staging: Path, out: Path, command: str, replaced: set[Path], last: st
         if replaced:
             remove_own(out, command, sorted(replaced, key=lambda p: p.name != last))
         mark(out, command)
-        for src in staged:
+        for src in _staged(staging, last):
             target = root / src.relative_to(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
             src.replace(target)
+
+
+def _staged(staging: Path, last: str) -> Iterator[Path]:
+    """The staged files, the top-level ``last`` after all others; walked, not listed: a dataset stages 100k labels."""
+    def walk(folder: Path) -> Iterator[Path]:
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    yield from walk(Path(e.path))
+                elif e.is_file() and not (folder == staging and e.name == last):
+                    yield Path(e.path)
+    yield from walk(staging)
+    if (staging / last).is_file():
+        yield staging / last
 
 
 @contextlib.contextmanager

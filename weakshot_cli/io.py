@@ -88,13 +88,13 @@ def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def write_json(path: str | Path, obj: Any, allow_nan: bool = True, default: Callable[[Any], Any] | None = None) -> Path:
+def write_json(path: str | Path, obj: Any, allow_nan: bool = True) -> Path:
     """Streamed to the file, never held as one string: a manifest or COCO file of 100k images stays out of memory.
     ``allow_nan=False`` refuses NaN and infinities (a ValueError), which strict JSON readers reject: for files
-    scripts read, after ``finite_or_null``. ``default`` turns other objects into JSON ones as they are written."""
+    scripts read, after ``finite_or_null``."""
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, allow_nan=allow_nan, default=default)
+            json.dump(obj, f, indent=2, allow_nan=allow_nan)
             f.write("\n")
     return atomic_write(path, write)
 

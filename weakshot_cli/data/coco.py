@@ -7,7 +7,8 @@ rule); crowd regions are painted as ignore (255) in the same order.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +19,44 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from models import IGNORE
+from weakshot_cli.data.compact import Strings
 from weakshot_cli.data.labels import MAX_PIXELS, image_size
 from weakshot_cli.errors import UserError
 
 
-@dataclass
+@dataclass(slots=True)
 class CocoImage:
     id: int
     file_name: str
     height: int
     width: int
+
+
+class CocoImages:
+    """A COCO file's images, column by column: no object per image (COCO has 118k)."""
+
+    def __init__(self) -> None:
+        self.ids, self.heights, self.widths = array("q"), array("q"), array("q")
+        self.file_names = Strings()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> CocoImage:
+        return CocoImage(self.ids[i], self.file_names[i], self.heights[i], self.widths[i])
+
+    def index_of(self) -> Callable[[int], int]:
+        """image id -> position, -1 for an id not listed; a sorted array searched, not a dict of every id."""
+        order = np.argsort(np.frombuffer(self.ids, dtype=np.int64), kind="stable")
+        ids = np.frombuffer(self.ids, dtype=np.int64)[order]
+
+        def index(image_id: int) -> int:
+            at = int(np.searchsorted(ids, image_id)) if INT64[0] <= image_id <= INT64[1] else len(ids)
+            return int(order[at]) if at < len(ids) and ids[at] == image_id else -1
+        return index
+
+
+INT64 = (-2**63, 2**63 - 1)
 
 
 def _open(path: Path) -> BinaryIO:
@@ -75,7 +104,7 @@ def _top_level(path: Path) -> dict[str, str]:
 
 
 
-def load_coco(path: str | Path) -> tuple[list[CocoImage], list[str], dict[int, int]]:
+def load_coco(path: str | Path) -> tuple[CocoImages, list[str], dict[int, int]]:
     """Check the JSON's shape and its categories and images; return the images, class names and category id ->
     contiguous id. The annotations are not read here (rasterise streams them)."""
     path = Path(path)
@@ -98,25 +127,32 @@ def load_coco(path: str | Path) -> tuple[list[CocoImage], list[str], dict[int, i
     names = [c["name"] for c in cats]
     if len(set(names)) != len(names):
         raise UserError("COCO categories have duplicate names", path)
-    return coco_images(next(_items(path, "images")), path), names, {c["id"]: i for i, c in enumerate(cats)}
+    return coco_images(_items(path, "images.item"), path), names, {c["id"]: i for i, c in enumerate(cats)}
 
 
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def coco_images(entries: list, path: Path) -> list[CocoImage]:
-    images = []
+def coco_images(entries: Iterable, path: Path) -> CocoImages:
+    """The image entries, read one at a time, checked."""
+    images = CocoImages()
     for im in entries:
         if not isinstance(im, dict) or not all(_is_int(im.get(k)) for k in ("id", "height", "width")) \
                 or not isinstance(im.get("file_name"), str):
             raise UserError(f"image entry {im!r:.80} needs integer id, height, width and a file_name", path)
-        images.append(CocoImage(im["id"], im["file_name"], im["height"], im["width"]))
-        if images[-1].height <= 0 or images[-1].width <= 0:
-            raise UserError(f"image {images[-1].file_name!r:.80} has a non-positive size", path)
-        if images[-1].height * images[-1].width > MAX_PIXELS:
-            raise UserError(f"image {images[-1].file_name!r:.80} is larger than {MAX_PIXELS:,} pixels", path)
-    if len({im.id for im in images}) != len(images):
+        name, h, w = im["file_name"], im["height"], im["width"]
+        if h <= 0 or w <= 0:
+            raise UserError(f"image {name!r:.80} has a non-positive size", path)
+        if h * w > MAX_PIXELS:
+            raise UserError(f"image {name!r:.80} is larger than {MAX_PIXELS:,} pixels", path)
+        if not INT64[0] <= im["id"] <= INT64[1]:
+            raise UserError(f"image {name!r:.80} has an id beyond 64 bits", path)
+        images.ids.append(im["id"])
+        images.heights.append(h)
+        images.widths.append(w)
+        images.file_names.append(name)
+    if len(np.unique(np.frombuffer(images.ids, dtype=np.int64))) != len(images):
         raise UserError("COCO images have duplicate ids", path)
     return images
 
@@ -191,13 +227,13 @@ def _decode(seg: object, h: int, w: int, path: Path, ann_id: object) -> np.ndarr
 CHUNK_IMAGES = 256
 
 
-def rasterise(path: Path, images: list[CocoImage], cat_to_id: dict[int, int], scratch: Path,
+def rasterise(path: Path, images: CocoImages, cat_to_id: dict[int, int], scratch: Path,
               background: int = IGNORE) -> Iterator[tuple[int, np.ndarray]]:
     """(image id, semantic label map (uint8)) for every image in ``images``' order, one at a time; pixels outside
     every annotation get ``background`` (255, ignore, by default). The annotations are read as a stream, checked
     and written to chunk files in ``scratch`` (a folder the caller owns and removes) before the first map, so
     memory holds one chunk's annotations and one map whatever the size of the file."""
-    chunk_of = {im.id: i // CHUNK_IMAGES for i, im in enumerate(images)}
+    index_of = images.index_of()
     chunks = [scratch / f"{c:06d}.jsonl" for c in range(-(-len(images) // CHUNK_IMAGES))]
     with ExitStack() as stack:
         files = [stack.enter_context(open(c, "w", encoding="utf-8")) for c in chunks]
@@ -205,20 +241,22 @@ def rasterise(path: Path, images: list[CocoImage], cat_to_id: dict[int, int], sc
             if not isinstance(ann, dict) or "segmentation" not in ann:
                 raise UserError(f"annotation {ann!r:.60} has no segmentation", path)
             image_id, category_id = ann.get("image_id"), ann.get("category_id")
-            if not _is_int(image_id) or image_id not in chunk_of:
+            at = index_of(image_id) if _is_int(image_id) else -1
+            if at < 0:
                 raise UserError(f"annotation {ann.get('id')!r:.40} refers to unknown image_id {image_id!r:.40}", path)
             if not _is_int(category_id) or category_id not in cat_to_id:
                 raise UserError(f"annotation {ann.get('id')!r:.40} has unknown category_id {category_id!r:.40}",
                                 path)
-            files[chunk_of[image_id]].write(json.dumps(ann) + "\n")
+            files[at // CHUNK_IMAGES].write(json.dumps(ann) + "\n")
     for c, chunk in enumerate(chunks):
-        by_image: dict[int, list[dict]] = {im.id: [] for im in images[c * CHUNK_IMAGES:(c + 1) * CHUNK_IMAGES]}
+        these = range(c * CHUNK_IMAGES, min((c + 1) * CHUNK_IMAGES, len(images)))
+        by_image: dict[int, list[dict]] = {images.ids[i]: [] for i in these}
         with open(chunk, encoding="utf-8") as f:
             for line in f:
                 ann = json.loads(line)
                 by_image[ann["image_id"]].append(ann)
         chunk.unlink()
-        for im in images[c * CHUNK_IMAGES:(c + 1) * CHUNK_IMAGES]:
+        for im in map(images.__getitem__, these):
             label = np.full((im.height, im.width), background, dtype=np.uint8)
             decoded = [(_decode(a["segmentation"], im.height, im.width, path, a.get("id")), a)
                        for a in by_image.pop(im.id)]

@@ -4,7 +4,7 @@ get swapped or blurred names, whatever the model (CamVid: 9 of 367 frames say a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -14,42 +14,48 @@ import numpy as np
 SEPARATING_SHARE = 0.25
 
 
-def _unknown_tags(tags: Sequence[set[int]], tag_only: Sequence[bool], k: int,
-                  novel: Sequence[int]) -> np.ndarray:
-    """[images, classes]: whether the class may lie in the image's unknown pixels (a novel tag anywhere; a base
-    tag only in a tag-only image, where every pixel is unknown). Arrays, not loops: COCO has 118k images."""
+def tag_matrix(tags: Sequence[Iterable[int]], k: int) -> np.ndarray:
+    """[images, classes] bool from each image's tag ids."""
     tagged = np.zeros((len(tags), k), dtype=bool)
     for i, t in enumerate(tags):
         tagged[i, list(t)] = True
-    is_novel = np.zeros(k, dtype=bool)
+    return tagged
+
+
+def _unknown(tagged: np.ndarray, tag_only: np.ndarray, novel: Sequence[int]) -> np.ndarray:
+    """[images, classes]: whether the class may lie in the image's unknown pixels (a novel tag anywhere; a base
+    tag only in a tag-only image, where every pixel is unknown). Arrays, not loops: COCO has 118k images."""
+    is_novel = np.zeros(tagged.shape[1], dtype=bool)
     is_novel[list(novel)] = True
     return tagged & (is_novel[None] | np.asarray(tag_only, dtype=bool).reshape(-1, 1))
 
 
-def tag_pairs(tags: Sequence[set[int]], tag_only: Sequence[bool], classes: Sequence[str],
-              novel: Sequence[int]) -> list[dict]:
+def tag_pairs(tagged: np.ndarray, tag_only: np.ndarray, classes: Sequence[str], novel: Sequence[int]) -> list[dict]:
     """Per novel class and each other class that shares its unknown pixels in some image (another novel class,
     or a base class in a tag-only image, where every pixel is unknown; in a masked image base pixels are labelled):
     the images where each may lie in the unknown pixels, where both do, and where exactly one does (separating);
-    weakest first (separating, as a share of the rarer class's images)."""
-    return _pairs(_unknown_tags(tags, tag_only, len(classes), novel), classes, novel)
-
-
-def _pairs(unknown: np.ndarray, classes: Sequence[str], novel: Sequence[int]) -> list[dict]:
-    """tag_pairs from _unknown_tags' matrix."""
+    weakest first (separating, as a share of the rarer class's images). ``tagged`` is [images, classes] bool
+    (tag_matrix), ``tag_only`` [images] bool."""
     novel = sorted(novel)
-    counts = unknown.sum(0)
+    counts = np.zeros(tagged.shape[1], dtype=np.int64)
+    together = np.zeros((len(novel), tagged.shape[1]), dtype=np.int64)  # images where both may lie
+    for s in range(0, len(tagged), ROWS_AT_ONCE):  # a few rows at a time: no copy of the matrix at COCO's size
+        rows = _unknown(tagged[s:s + ROWS_AT_ONCE], tag_only[s:s + ROWS_AT_ONCE], novel).astype(np.float32)
+        counts += rows.sum(0).astype(np.int64)
+        together += (rows[:, novel].T @ rows).astype(np.int64)
     pairs = []
-    for c in novel:
-        together = (unknown[:, c:c + 1] & unknown).sum(0)
-        for d in np.flatnonzero(together):
+    for row, c in enumerate(novel):
+        for d in np.flatnonzero(together[row]):
             if d == c or (d in novel and d < c):
                 continue
-            separating = int(counts[c] + counts[d] - 2 * together[d])
+            separating = int(counts[c] + counts[d] - 2 * together[row, d])
             pairs.append({"novel": classes[c], "other": classes[d], "tagged": [int(counts[c]), int(counts[d])],
-                          "together": int(together[d]), "separating": separating,
+                          "together": int(together[row, d]), "separating": separating,
                           "share": round(separating / min(counts[c], counts[d]), 3)})
     return sorted(pairs, key=lambda p: (p["share"], p["separating"]))
+
+
+ROWS_AT_ONCE = 1024  # float32 sums of 0/1 rows are exact up to 2**24 rows
 
 
 def flagged(pairs: Sequence[dict]) -> list[dict]:
@@ -57,12 +63,12 @@ def flagged(pairs: Sequence[dict]) -> list[dict]:
     return [p for p in pairs if p["share"] < SEPARATING_SHARE]
 
 
-def separating_images(tags: Sequence[set[int]], tag_only: Sequence[bool], classes: Sequence[str],
+def separating_images(tagged: np.ndarray, tag_only: np.ndarray, classes: Sequence[str],
                       novel: Sequence[int]) -> list[bool]:
     """Per image, whether its tags separate a flagged pair: the few images a loss can learn those names from."""
     index = {name: i for i, name in enumerate(classes)}
-    unknown = _unknown_tags(tags, tag_only, len(classes), novel)
-    found = np.zeros(len(tags), dtype=bool)
-    for p in flagged(_pairs(unknown, classes, novel)):
+    unknown = _unknown(tagged, tag_only, novel)
+    found = np.zeros(len(tagged), dtype=bool)
+    for p in flagged(tag_pairs(tagged, tag_only, classes, novel)):
         found |= unknown[:, index[p["novel"]]] != unknown[:, index[p["other"]]]
     return found.tolist()

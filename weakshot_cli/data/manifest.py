@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from models import IGNORE
 from weakshot_cli.errors import UserError
-from weakshot_cli.io import read_json, write_json
+from weakshot_cli.io import atomic_write, read_json
 
 MANIFEST = "weakshot.json"
 VERSION = 1
@@ -37,7 +40,7 @@ class Manifest:
     classes: list[str]
     base: list[int]
     novel: list[int]
-    splits: dict[str, list[Item]]
+    splits: dict[str, Sequence[Item]]
     root: Path = field(default=Path("."), compare=False)
     novel_masks: bool = False
     source: dict = field(default_factory=dict)
@@ -60,22 +63,36 @@ class Manifest:
         return full
 
     def save(self, root: str | Path) -> Path:
+        """Written as a stream, one line per item: a split's items may be made as they are read (split's are)."""
         self.root = Path(root)
-        doc = {"version": self.version, "classes": self.classes, "base": self.base, "novel": self.novel,
-               "ignore_index": self.ignore_index, "novel_masks": self.novel_masks,
-               "splits": self.splits,  # Items, each written as _item_dict one at a time: no copy of the whole list
-               "source": self.source}
-        return write_json(self.root / MANIFEST, doc, default=_item_dict)
+        head = {"version": self.version, "classes": self.classes, "base": self.base, "novel": self.novel,
+                "ignore_index": self.ignore_index, "novel_masks": self.novel_masks, "source": self.source}
+
+        def write(f: TextIO) -> None:
+            f.write("{\n")
+            for key, value in head.items():
+                f.write(f"  {json.dumps(key)}: {json.dumps(value, indent=2).replace(chr(10), chr(10) + '  ')},\n")
+            f.write('  "splits": {')
+            for n, (name, items) in enumerate(self.splits.items()):
+                f.write(f"{',' if n else ''}\n    {json.dumps(name)}: [")
+                for i, it in enumerate(items):
+                    f.write(f"{',' if i else ''}\n      {json.dumps(_item_dict(it))}")
+                f.write("\n    ]")
+            f.write("\n  }\n}\n")
+        return atomic_write(self.root / MANIFEST, lambda tmp: _write_text(tmp, write))
 
 
-def _item_dict(it: object) -> dict:
-    if not isinstance(it, Item):
-        raise TypeError(f"{type(it).__name__} is not JSON serializable")
+def _write_text(path: Path, write: Callable[[TextIO], None]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        write(f)
+
+
+def _item_dict(it: Item) -> dict:
     return {"image": it.image, "label": it.label, "tags": it.tags, **({"full": it.full} if it.full else {}),
             **({"example": True} if it.example else {})}
 
 
-def image_counts(items: list[Item]) -> dict[str, int]:
+def image_counts(items: Sequence[Item]) -> dict[str, int]:
     """Masked, tag-only and example images of a split."""
     tag_only = sum(it.label is None for it in items)
     return {"masked": len(items) - tag_only, "tag_only": tag_only, "examples": sum(it.example for it in items)}

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,12 +21,13 @@ from rich.progress import track
 
 from weakshot_cli import folders
 from weakshot_cli.data import coco
+from weakshot_cli.data.compact import ClassSets
 from weakshot_cli.data.identify import flagged, tag_pairs
 from weakshot_cli.data.labels import IGNORE, LabelConvention, open_image, read_class_names, read_label_map, \
     read_raw_label
 from weakshot_cli.data.manifest import MANIFEST, Item, Manifest, image_counts
 from weakshot_cli.data.presets import PRESETS, preset_num_classes
-from weakshot_cli.data.sources import SPLIT_NAMES, Discovery, Pair, discover_folders, safe_join
+from weakshot_cli.data.sources import SPLIT_NAMES, SPLITS, Listing, discover_folders, file_stem, safe_join
 from weakshot_cli.data.tags import Tags, load_tags
 from weakshot_cli.errors import Interrupted, UserError
 from weakshot_cli.io import WriteError, write_label_png
@@ -80,15 +80,14 @@ class SplitOptions:
                             "without a label PNG are tag-only already")
 
 
-@dataclass(slots=True)  # one per image: tens of thousands at COCO's scale
-class Scanned:
-    pair: Pair
-    present: tuple[int, ...]  # class ids in the label after conversion (a tuple: a set is 3x the memory)
-    unknown: int  # pixels that are 255 after conversion (every pixel of a tag-only image)
+@dataclass
+class Scan:
+    """What reading every label once found, per image of the listing: the class ids present after conversion and
+    the pixels that are 255 after conversion (every pixel of a tag-only image)."""
 
-    @property
-    def masked(self) -> bool:
-        return self.pair.label is not None
+    present: ClassSets
+    unknown: np.ndarray  # int64 [images]
+    hist: np.ndarray  # [256] pixels per label value as stored, over every label
 
 
 class Warnings:
@@ -152,10 +151,10 @@ EXAMPLE_SHARE = 0.1
 UNANNOTATED_WARN = 0.25  # share of pixels outside every COCO annotation above which the lack of a background class is named
 
 
-def _coco_pairs(opts: SplitOptions, staging: Path, warn: Warnings) -> tuple[Discovery, list[str]]:
-    """Rasterise each COCO JSON (``[split=]path``) into label PNGs cached in the new dataset. Pixels outside
-    every annotation are ignore, or the class ``--background`` (a category, or a new last class)."""
-    pairs, names = [], None
+def _coco_pairs(opts: SplitOptions, staging: Path, warn: Warnings) -> tuple[Listing, list[str]]:
+    """Rasterise each COCO JSON (``[split=]path``) into label PNGs cached in the new dataset's full/ folder. Pixels
+    outside every annotation are ignore, or the class ``--background`` (a category, or a new last class)."""
+    listing, names = Listing(opts.images, staging / "full"), None
     unannotated = total = 0
     for spec in opts.coco:
         split, _, path = spec.rpartition("=")
@@ -172,87 +171,94 @@ def _coco_pairs(opts: SplitOptions, staging: Path, warn: Warnings) -> tuple[Disc
             if background >= coco.IGNORE:
                 raise UserError(f"--background {opts.background!r} would be class 255, the ignore value: "
                                 f"{len(names)} categories leave no room for it", path)
-        by_id = {im.id: im for im in images}
         with tempfile.TemporaryDirectory(dir=staging, prefix=".coco-") as scratch:  # one map in memory at a time
-            for image_id, label in coco.rasterise(path, images, cat_to_id, Path(scratch), background):
+            labels = coco.rasterise(path, images, cat_to_id, Path(scratch), background)
+            for i, (_, label) in enumerate(labels):
                 unannotated, total = unannotated + int((label == coco.IGNORE).sum()), total + label.size
-                pairs.append(_coco_pair(opts, split, by_id[image_id], label, staging, path))
+                _add_coco_image(opts, listing, split, images[i], label, path)
     if opts.background is None and total and unannotated > UNANNOTATED_WARN * total:
         warn(f"{100 * unannotated / total:.0f}% of pixels lie outside every COCO annotation and become ignore, so "
              "the model learns no background and labels every pixel as some object; pass --background NAME to "
              "make them a class")
     if opts.background is not None and opts.background not in (names or []):
         names = [*(names or []), opts.background]
-    return Discovery(pairs, [], []), names or []
+    return listing, names or []
 
 
-def _coco_pair(opts: SplitOptions, split: str, im: coco.CocoImage, label: np.ndarray, staging: Path,
-               path: Path) -> Pair:
+def _add_coco_image(opts: SplitOptions, listing: Listing, split: str, im: coco.CocoImage, label: np.ndarray,
+                    path: Path) -> None:
     """An image of a COCO file and its rasterised label, written to the staged dataset's full/ folder."""
-    image = safe_join(opts.images, im.file_name, path)
+    rel = im.file_name
+    image = safe_join(opts.images, rel, path)
     if not image.exists() and (opts.images / split).is_dir():
-        image = safe_join(opts.images / split, im.file_name, path)
+        rel = f"{split}/{rel}"
+        image = safe_join(opts.images, rel, path)
     coco.check_image_size(im, image, path)
-    stem = Path(im.file_name).stem
-    label_path = staging / "full" / split / f"{stem}.png"
-    if label_path.exists():
+    stem = file_stem(rel.rpartition("/")[2], "")
+    label_rel = f"{split}/{stem}.png"
+    if (listing.label_root / label_rel).exists():
         raise UserError(f"duplicate image stem {stem!r} in split {split!r}", path)
-    write_label_png(label_path, label)
-    return Pair(split, stem, str(image), str(label_path))
+    write_label_png(listing.label_root / label_rel, label)
+    listing.add(split, rel, label_rel)
 
 
-def _usable(found: Discovery, tags: Tags | None, images: Path, warn: Warnings) -> list[Pair]:
-    """The pairs, and in real mode each training image with tags but no label PNG as a tag-only image; any
-    other image without a label is skipped, with a warning. A dataset without training images is refused."""
-    tagged = [tags is not None and p.split == "train" and bool(_tags_of(tags, p)) for p in found.unlabelled]
-    kept = [p for p, t in zip(found.unlabelled, tagged) if t]
-    usable = found.pairs + kept
+def _usable(listing: Listing, orphan_labels: list[str], tags: Tags | None, images: Path, warn: Warnings) -> Listing:
+    """The images with a label, and in real mode each training image with tags but no label PNG as a tag-only
+    image; any other image without a label is skipped, with a warning. A dataset without training images is
+    refused."""
+    usable = Listing(listing.image_root, listing.label_root, listing.suffix)
+    skipped = []
+    for i in range(len(listing)):
+        if listing.labels[i] or tags is not None and listing.split(i) == "train" and _tags_of(tags, listing, i):
+            usable.add(listing.split(i), listing.images[i], listing.labels[i] or None)
+        else:
+            skipped.append(i)
     if not usable:
         raise UserError("empty dataset: no image has a matching label" + (" or tags" if tags else ""), images)
-    if not any(p.split == "train" for p in usable):
+    if "train" not in map(usable.split, range(len(usable))):
         raise UserError("no training images: every image found lies in val/ or test/ folders or has no label; do "
                         "image and mask names match (they are compared exactly, case included)?", images)
-    skipped = [p.image for p, t in zip(found.unlabelled, tagged) if not t]
     if skipped:
         why = ("without tags (or with an empty tag list) or outside train" if tags is not None
                else "(give --tags to train on them as tag-only)")
-        warn(f"{len(skipped)} image(s) have no label PNG and are skipped {why} (first: {skipped[0]})")
-    if found.orphan_labels:
-        warn(f"{len(found.orphan_labels)} label PNG(s) have no image (first: {found.orphan_labels[0]})")
+        warn(f"{len(skipped)} image(s) have no label PNG and are skipped {why} (first: {listing.image(skipped[0])})")
+    if orphan_labels:
+        warn(f"{len(orphan_labels)} label PNG(s) have no image (first: {orphan_labels[0]})")
     return usable
 
 
-def _tags_of(tags: Tags, pair: Pair) -> set[int] | None:
+def _tags_of(tags: Tags, listing: Listing, i: int) -> set[int] | None:
     """Tags are keyed by the image's stem, with or without --img-suffix."""
-    found = tags.get(pair.stem)
-    return found if found is not None else tags.get(Path(pair.image).stem)
+    found = tags.get(listing.stem(i))
+    return found if found is not None else tags.get(listing.image_stem(i))
 
 
-def _scan(pairs: list[Pair], k: int, convention: LabelConvention, warn: Warnings, console: Console,
-          coco_mode: bool) -> tuple[list[Scanned], np.ndarray]:
+def _scan(listing: Listing, k: int, convention: LabelConvention, warn: Warnings, console: Console,
+          coco_mode: bool) -> Scan:
     """Read every image and label once: sizes, truncation, value histogram, classes present."""
     lut = convention.lut()
-    hist = np.zeros(256, dtype=np.int64)
-    scanned = []
-    for pair in track(pairs, description="Scanning labels", console=console, transient=True,
-                      disable=not console.is_terminal):
-        img = open_image(pair.image)
-        if pair.label is None:
-            scanned.append(Scanned(pair, (), img.width * img.height))
+    scan = Scan(ClassSets(len(listing), k), np.zeros(len(listing), dtype=np.int64), np.zeros(256, dtype=np.int64))
+    for i in track(range(len(listing)), description="Scanning labels", console=console, transient=True,
+                   disable=not console.is_terminal):
+        img = open_image(listing.image(i))
+        label = listing.label(i)
+        if label is None:
+            scan.unknown[i] = img.width * img.height
             continue
-        raw = read_raw_label(pair.label)
+        raw = read_raw_label(label)
         if raw.shape != (img.height, img.width):
-            raise UserError(f"label is {raw.shape[1]}x{raw.shape[0]} but its image {Path(pair.image).name} is "
-                            f"{img.width}x{img.height}", pair.label)
+            raise UserError(f"label is {raw.shape[1]}x{raw.shape[0]} but its image {Path(listing.image(i)).name} is "
+                            f"{img.width}x{img.height}", label)
         counts = np.bincount(raw.ravel(), minlength=256)
-        hist += counts
+        scan.hist += counts
         values = np.flatnonzero(counts)
-        ids = set(int(v) for v in np.unique(lut[values]))
         bad = sorted(int(v) for v in values if lut[v] != IGNORE and lut[v] >= k)
         if bad:
             raise UserError(f"label values {bad} exceed the {k} classes (ids 0..{k - 1}); check "
-                            "--ignore-index / --reduce-zero-label / --label-map", pair.label)
-        scanned.append(Scanned(pair, tuple(sorted(ids - {IGNORE})), int(counts[lut == IGNORE].sum())))
+                            "--ignore-index / --reduce-zero-label / --label-map", label)
+        scan.present.set(i, [int(c) for c in np.unique(lut[values]) if c != IGNORE])
+        scan.unknown[i] = int(counts[lut == IGNORE].sum())
+    hist = scan.hist
     if not coco_mode:
         used = set(np.flatnonzero(hist))
         if used <= {0, 255} and k > 2 and 255 in used:
@@ -262,7 +268,7 @@ def _scan(pairs: list[Pair], k: int, convention: LabelConvention, warn: Warnings
             warn(f"ignore value {convention.ignore_index} never occurs in the labels")
         if convention.reduce_zero_label and hist[0] == 0:
             warn("--reduce-zero-label is set but no label contains 0; are the labels already 0-based?")
-    return scanned, hist
+    return scan
 
 
 VALUE_ROWS = 20  # the value table shows this many of the commonest values unless --all-values
@@ -290,10 +296,10 @@ class LabelValues:
     coco: bool
 
 
-def _label_values(hist: np.ndarray, scanned: list[Scanned], classes: list[str], convention: LabelConvention,
-                  coco_mode: bool, all_values: bool) -> LabelValues:
-    lut = convention.lut()
-    images_with = Counter(c for s in scanned for c in s.present)
+def _label_values(scan: Scan, classes: list[str], convention: LabelConvention, coco_mode: bool,
+                  all_values: bool) -> LabelValues:
+    lut, hist = convention.lut(), scan.hist
+    images_with = scan.present.counts()
     values = np.flatnonzero(hist)
     shown = values if all_values or len(values) <= VALUE_ROWS else values[np.sort(np.argsort(-hist[values])[:VALUE_ROWS])]
     rows = []
@@ -301,7 +307,7 @@ def _label_values(hist: np.ndarray, scanned: list[Scanned], classes: list[str], 
         cid = int(lut[v])
         known = cid != IGNORE
         rows.append(ValueRow(int(v), cid if known else None, classes[cid] if known else "ignore", int(hist[v]),
-                             images_with[cid] if known else None))
+                             int(images_with[cid]) if known else None))
     return LabelValues(rows, int(hist.sum()), len(values) - len(shown), coco_mode)
 
 
@@ -345,38 +351,44 @@ def _class_id(name: str, classes: list[str], option: str) -> int:
     return classes.index(name)
 
 
-def _real_mode(opts: SplitOptions, scanned: list[Scanned], classes: list[str], tags: Tags, warn: Warnings
+def _train(listing: Listing) -> np.ndarray:
+    """Indices of the training images."""
+    return np.flatnonzero(np.frombuffer(listing.splits, dtype=np.uint8) == SPLITS.index("train"))
+
+
+def _real_mode(opts: SplitOptions, listing: Listing, scan: Scan, classes: list[str], tags: Tags, warn: Warnings
                ) -> tuple[list[int], list[int]]:
     """Base-only masks + a tags file: novel = the classes that no training mask contains and some training
     image is tagged with (or --novel); a class in neither is unused. Returns (novel, unused)."""
-    train = [s for s in scanned if s.pair.split == "train"]
-    in_train_masks = {c for s in train for c in s.present}
-    tagged = {c for s in train for c in _tags_of(tags, s.pair) or ()}
+    train, masked = _train(listing), listing.masked()
+    in_train_masks = set(np.flatnonzero(scan.present.counts(train)).tolist())
+    tagged = {c for i in train for c in _tags_of(tags, listing, i) or ()}
     unused = sorted(set(range(len(classes))) - in_train_masks - tagged)
     if opts.novel is not None:
         novel = _choose_novel(opts, classes, warn)
-        masked = [s for s in train if s.masked]
+        masked_train = train[masked[train]]
         for c in novel:  # a mask that labels a novel class is an example, as long as such masks are a few
-            labelled = [s for s in masked if c in s.present]
-            if len(labelled) > EXAMPLE_SHARE * len(masked):
-                raise UserError(f"novel class {classes[c]!r} is labelled in {len(labelled)} of {len(masked)} training "
-                                f"masks, more than examples ({EXAMPLE_SHARE:.0%} at most), so it is also a base class: "
-                                "leave it out of --novel", labelled[0].pair.label)
+            labelled = masked_train[scan.present.column(c)[masked_train]]
+            if len(labelled) > EXAMPLE_SHARE * len(masked_train):
+                raise UserError(f"novel class {classes[c]!r} is labelled in {len(labelled)} of {len(masked_train)} "
+                                f"training masks, more than examples ({EXAMPLE_SHARE:.0%} at most), so it is also a "
+                                "base class: leave it out of --novel", listing.label(labelled[0]))
         unused = [c for c in unused if c not in novel]
     else:
         novel = sorted(tagged - in_train_masks)
         if not novel:
             raise UserError("no class is missing from the training masks and tagged in a training image, so there "
                             "is no novel class; use --novel to name them", opts.tags)
-    tagged_novel = [s for s in train if s.masked and (_tags_of(tags, s.pair) or set()) & set(novel)
-                    and set(novel).isdisjoint(s.present)]  # an example labels its novel classes
-    nowhere = [s for s in tagged_novel if s.unknown == 0]
+    has_novel = np.logical_or.reduce([scan.present.column(c) for c in novel])  # an example labels its novel classes
+    tagged_novel = [i for i in train if masked[i] and (_tags_of(tags, listing, i) or set()) & set(novel)
+                    and not has_novel[i]]
+    nowhere = [i for i in tagged_novel if scan.unknown[i] == 0]
     if nowhere:
         warn(f"{len(nowhere)} of {len(tagged_novel)} masked training images tagged with a novel class have no "
-             f"unknown (ignore) pixel for it (first: {nowhere[0].pair.label}); masks that label unannotated "
+             f"unknown (ignore) pixel for it (first: {listing.label(nowhere[0])}); masks that label unannotated "
              "objects as a base class (often background) hide the novel classes: pass --unknown-class NAME to "
              "make that class unknown")
-    matched = {s.pair.stem for s in scanned} | {Path(s.pair.image).stem for s in scanned}
+    matched = {listing.stem(i) for i in range(len(listing))} | {listing.image_stem(i) for i in range(len(listing))}
     unmatched = sorted(set(tags) - matched)
     if unmatched:
         warn(f"{len(unmatched)} tagged image(s) are not in the dataset (first: {unmatched[0]!r})", opts.tags)
@@ -405,29 +417,31 @@ def _stage(opts: SplitOptions, staging: Path, replaced: set[Path], coco_mode: bo
     try:
         if coco_mode:
             found, classes = _coco_pairs(opts, staging, warn)
+            orphans: list[str] = []
             convention = LabelConvention()
         else:
             label_map = read_label_map(opts.label_map) if opts.label_map else None
             convention = LabelConvention(opts.ignore_index, opts.reduce_zero_label, label_map)
             classes = read_class_names(opts.classes)
-            found = discover_folders(opts.images, opts.masks, opts.img_suffix, opts.mask_suffix)
+            found, orphans = discover_folders(opts.images, opts.masks, opts.img_suffix, opts.mask_suffix)
         if opts.unknown_class is not None:
             convention = replace(convention, unknown_class=_class_id(opts.unknown_class, classes, "--unknown-class"))
         tags = load_tags(opts.tags, classes) if opts.tags is not None else None
-        pairs = _usable(found, tags, opts.images, warn)
-        scanned, hist = _scan(pairs, len(classes), convention, warn, console, coco_mode)
+        listing = _usable(found, orphans, tags, opts.images, warn)
+        del found, orphans
+        scan = _scan(listing, len(classes), convention, warn, console, coco_mode)
         if show_values is not None:
-            show_values(_label_values(hist, scanned, classes, convention, coco_mode, opts.all_values))
+            show_values(_label_values(scan, classes, convention, coco_mode, opts.all_values))
         if tags is not None:
-            novel, unused = _real_mode(opts, scanned, classes, tags, warn)
+            novel, unused = _real_mode(opts, listing, scan, classes, tags, warn)
         else:
             novel = _choose_novel(opts, classes, warn)
-            unused = sorted(set(range(len(classes))) - set(novel)
-                            - {c for s in scanned if s.pair.split == "train" for c in s.present})
+            in_train_masks = np.flatnonzero(scan.present.counts(_train(listing))).tolist()
+            unused = sorted(set(range(len(classes))) - set(novel) - set(in_train_masks))
         if unused:
             warn.note(f"{len(unused)} class(es) occur in no training mask and no tag and cannot be learned; they "
                       f"are kept as unused base classes: {', '.join(classes[c] for c in unused)}")
-        manifest = _write(opts, staging, scanned, classes, novel, unused, tags or {}, convention, argv, warn,
+        manifest = _write(opts, staging, listing, scan, classes, novel, unused, tags or {}, convention, argv, warn,
                           console)
         folders.commit(staging, opts.out, "split", replaced, last=MANIFEST)
     except KeyboardInterrupt:
@@ -439,74 +453,113 @@ def _stage(opts: SplitOptions, staging: Path, replaced: set[Path], coco_mode: bo
     return manifest
 
 
-def _draw_examples(scanned: list[Scanned], train: list[int], novel: list[int], k: int, simulated: set[int],
-                   seed: int, warn: Warnings, classes: list[str]) -> set[int]:
+def _draw_examples(present: ClassSets, train: np.ndarray, novel: list[int], k: int, simulated: np.ndarray,
+                   seed: int, warn: Warnings, classes: list[str]) -> np.ndarray:
     """Benchmark mode's --examples: K masked training images per novel class, drawn with the seed among those whose
-    mask contains it; they keep their full masks."""
+    mask contains it; they keep their full masks. Returns [images] bool."""
     rng = np.random.default_rng([seed, 1])  # its own stream: the tag-only draw is the same with or without examples
-    chosen: set[int] = set()
+    chosen = np.zeros(len(present), dtype=bool)
     for c in novel if k else []:
-        candidates = [i for i in train if c in scanned[i].present and i not in simulated]
+        candidates = train[present.column(c)[train] & ~simulated[train]]
         if len(candidates) < k:
             warn(f"--examples {k}: novel class {classes[c]!r} is in only {len(candidates)} training masks; all are "
                  "examples")
-        chosen |= set(rng.choice(candidates, min(k, len(candidates)), replace=False).tolist()) if candidates else set()
+        if len(candidates):
+            chosen[rng.choice(candidates, min(k, len(candidates)), replace=False)] = True
     return chosen
 
 
-def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: list[str], novel: list[int],
+@dataclass
+class _Written:
+    """What split wrote for each image of the listing, from which its manifest item is made on demand."""
+
+    listing: Listing
+    tags: ClassSets  # the item's tags
+    label: np.ndarray  # [images] bool: a label file under labels/ (not tag-only)
+    full: np.ndarray  # [images] bool: a full mask under full/train/ (benchmark mode's training images)
+    example: np.ndarray  # [images] bool
+
+    def item(self, i: int) -> Item:
+        split, stem = self.listing.split(i), self.listing.stem(i)
+        return Item(str(Path(self.listing.image(i)).resolve()),
+                    f"labels/{split}/{stem}.png" if self.label[i] else None, self.tags.get(i),
+                    f"full/train/{stem}.png" if self.full[i] else None, bool(self.example[i]))
+
+
+class _Items(Sequence[Item]):
+    """One split's manifest items, made when read: a list of Item objects would be split's largest memory cost."""
+
+    def __init__(self, written: _Written, indices: np.ndarray):
+        self.written, self.indices = written, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, n: int) -> Item:  # type: ignore[override]  # no slices: nothing reads them
+        return self.written.item(int(self.indices[n]))
+
+    def __iter__(self) -> Iterator[Item]:
+        return map(self.written.item, self.indices.tolist())
+
+
+def _write(opts: SplitOptions, staging: Path, listing: Listing, scan: Scan, classes: list[str], novel: list[int],
            unused: list[int], tags: Tags, convention: LabelConvention, argv: list[str] | None,
            warn: Warnings, console: Console) -> Manifest:
     benchmark = opts.tags is None
     lut = convention.lut()
     hide = np.arange(256, dtype=np.uint8)
     hide[novel] = IGNORE
-    train = [i for i, s in enumerate(scanned) if s.pair.split == "train"]
+    n, train, masked = len(listing), _train(listing), listing.masked()
     rng = np.random.default_rng(opts.seed)
-    simulated = set(rng.choice(train, round(len(train) * opts.tag_only_fraction), replace=False).tolist())
-    examples = _draw_examples(scanned, train, novel, opts.examples, simulated, opts.seed, warn, classes)
-    if all(scanned[i].pair.label is None or i in simulated for i in train):
+    simulated = np.zeros(n, dtype=bool)
+    simulated[rng.choice(train, round(len(train) * opts.tag_only_fraction), replace=False)] = True
+    examples = _draw_examples(scan.present, train, novel, opts.examples, simulated, opts.seed, warn, classes)
+    if not (masked[train] & ~simulated[train]).any():
         why = (f"--tag-only-fraction {opts.tag_only_fraction} takes the mask of every one of the {len(train)} "
-               "training images" if simulated else "no training image has a mask (masks in val/ or test/ only)")
+               "training images" if simulated.any() else "no training image has a mask (masks in val/ or test/ only)")
         raise UserError(f"{why}; weak-shot training learns the base classes from training masks", opts.out)
-    splits: dict[str, list[Item]] = {}
-    for i, s in enumerate(track(scanned, description="Writing labels", console=console, transient=True,
-                                disable=not console.is_terminal)):
-        split = s.pair.split
-        if s.pair.label is None:  # real mode: tags, no mask
-            splits.setdefault(split, []).append(Item(str(Path(s.pair.image).resolve()), None,
-                                                     sorted(_tags_of(tags, s.pair)), None))
+    is_train = np.zeros(n, dtype=bool)
+    is_train[train] = True
+    written = _Written(listing, ClassSets(n, len(classes)), masked & ~simulated, masked & is_train & benchmark,
+                       np.zeros(n, dtype=bool))
+    cached = listing.label_root == staging / "full"  # COCO input: full/ holds the rasterised labels already
+    for i in track(range(n), description="Writing labels", console=console, transient=True,
+                   disable=not console.is_terminal):
+        split, stem = listing.split(i), listing.stem(i)
+        if not masked[i]:  # real mode: tags, no mask
+            written.tags.set(i, _tags_of(tags, listing, i))
             continue
-        label = lut[read_raw_label(s.pair.label)].astype(np.uint8)
-        item_tags = set(s.present) | (set() if benchmark else _tags_of(tags, s.pair) or set())
-        full = None
-        example = split == "train" and (i in examples if benchmark else not set(novel).isdisjoint(s.present))
-        if split == "train" and benchmark:
-            full = f"full/train/{s.pair.stem}.png"
-            if s.pair.label != str(staging / full):  # COCO input already cached it there
-                write_label_png(staging / full, label)
+        label = lut[read_raw_label(listing.label(i))].astype(np.uint8)
+        present = scan.present.get(i)
+        written.tags.set(i, present if benchmark else set(present) | (_tags_of(tags, listing, i) or set()))
+        example = split == "train" and (examples[i] if benchmark else not set(novel).isdisjoint(present))
+        if written.full[i]:
+            if not cached:
+                write_label_png(staging / f"full/train/{stem}.png", label)
             if not example:
                 label = hide[label]  # honest weak-shot: novel pixels never reach training, but on examples
-        rel = None
-        if i not in simulated:  # --tag-only-fraction: the image keeps its tags and loses its mask
-            rel = f"labels/{split}/{s.pair.stem}.png"
-            write_label_png(staging / rel, label)
-        splits.setdefault(split, []).append(Item(str(Path(s.pair.image).resolve()), rel, sorted(item_tags), full,
-                                                 example and rel is not None))
-    train_items = splits.get("train", [])
-    pairs = tag_pairs([set(it.tags) for it in train_items], [it.label is None for it in train_items], classes, novel)
+        if written.label[i]:  # --tag-only-fraction: the image keeps its tags and loses its mask
+            write_label_png(staging / f"labels/{split}/{stem}.png", label)
+        written.example[i] = example and written.label[i]
+    splits_of = np.frombuffer(listing.splits, dtype=np.uint8)
+    splits = {name: _Items(written, np.flatnonzero(splits_of == SPLITS.index(name)))
+              for name in SPLITS if (splits_of == SPLITS.index(name)).any()}
+    train_items = np.flatnonzero(is_train)
+    pairs = tag_pairs(written.tags.matrix(train_items), ~written.label[train_items], classes, novel)
     for p in flagged(pairs):
         warn(f"tags cannot tell {p['novel']} from {p['other']}: {p['separating']} of {len(train_items)} training "
              f"images separate them ({p['together']} are tagged with both); expect their names to be confused, or "
              "add masks that label them")
+    tag_counts = written.tags.counts(train_items)
     for c in novel:
-        if not any(c in it.tags for it in splits.get("train", [])):
+        if not tag_counts[c]:
             warn(f"novel class {classes[c]!r} is tagged in no training image; it cannot be learned")
+    examples_of = written.tags.counts(np.flatnonzero(written.example & is_train))
     manifest = Manifest(
         classes=classes,
         base=[c for c in range(len(classes)) if c not in novel],
         novel=novel,
-        splits=dict(sorted(splits.items(), key=lambda kv: ["train", "val", "test"].index(kv[0]))),
+        splits=splits,
         source={
             "mode": "benchmark" if benchmark else "real",
             "command": argv,
@@ -518,8 +571,7 @@ def _write(opts: SplitOptions, staging: Path, scanned: list[Scanned], classes: l
             "preset": opts.preset,
             "seed": opts.seed,
             "tag_only_fraction": opts.tag_only_fraction,
-            "examples": {classes[c]: sum(it.example and c in it.tags for it in splits.get("train", []))
-                         for c in novel},
+            "examples": {classes[c]: int(examples_of[c]) for c in novel},
             "background": opts.background,
             "label_convention": convention.as_dict(),
             "unused": unused,

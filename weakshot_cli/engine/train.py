@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
@@ -16,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from weakshot_cli.data.dataset import AugConfig, EvalDataset, TrainDataset, collate_eval, collate_train
-from weakshot_cli.data.identify import separating_images
+from weakshot_cli.data.identify import separating_images, tag_matrix
 from weakshot_cli.data.manifest import Manifest, load_manifest
 from weakshot_cli.data.pairing import PairBatchSampler
 from weakshot_cli.data.rejections import read_rejections
@@ -100,8 +101,8 @@ def anchor_repeats(dataset: TrainDataset, cfg: TrainConfig) -> list[int]:
     m, items = dataset.m, dataset.items
     # the oracle sees every novel mask, so no tag is needed to name a class
     separating = ([False] * len(items) if cfg.separating_repeat == 1 or dataset.oracle else
-                  separating_images([set(it.tags) for it in items], [it.label is None for it in items], m.classes,
-                                    m.novel))
+                  separating_images(tag_matrix([it.tags for it in items], len(m.classes)),
+                                    np.array([it.label is None for it in items], dtype=bool), m.classes, m.novel))
     return [max(cfg.example_repeat if it.example else 1, cfg.separating_repeat if sep else 1)
             for it, sep in zip(items, separating)]
 
