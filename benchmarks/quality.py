@@ -112,6 +112,8 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
                             "path exactly (pseudolabel applies the checkpoint's calibration)", None),
     "tags-pp-retrain-all": ("(i3) as (i1), retrained on every pseudo-labelled image, tag-only ones included (tag_only "
                             "true; with --masked-only the first stage saw the masked images alone)", None),
+    "tags-pp-retrain-novel": ("(i4) as (i3), the tag-only images' pseudo-labels keeping their novel classes alone "
+                              "(tag_only_base false: base pixels ignore)", None),
 }
 RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode, retrain flags, from its weights)
     "retrain": ("full", "keep", PAPER, True),
@@ -123,6 +125,8 @@ RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode,
     "tags-pp-retrain": ("tags-pp", "choose", ["--method", "dense"], True),
     "tags-pp-cal-retrain": ("tags-pp-cal", "choose", ["--method", "dense"], True),
     "tags-pp-retrain-all": ("tags-pp", "choose", ["--method", "dense", "--set", "tag_only=true"], True),
+    "tags-pp-retrain-novel": ("tags-pp", "choose", ["--method", "dense", "--set", "tag_only=true", "--set",
+                                                    "tag_only_base=false"], True),
 }
 # run: the run whose final weights it calibrates (what training does with calibrate on)
 CALIBRATED = {"tags-pp-cal": "tags-pp", "full-cal": "full"}

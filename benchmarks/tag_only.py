@@ -1,7 +1,7 @@
 """Do tag-only images pay? Four arms of the README's path on one dataset, from quality.py's reports.
 
     python benchmarks/quality.py --dataset msrc --tag-only-fraction 0.5 --masked-only \
-        --runs tags-pp,tags-pp-cal,tags-pp-retrain,tags-pp-retrain-all                  # (A) and (D)
+        --runs tags-pp,tags-pp-cal,tags-pp-retrain,tags-pp-retrain-all,tags-pp-retrain-novel  # (A), (D), (E)
     python benchmarks/quality.py --dataset msrc --tag-only-fraction 0.5 --runs tags-pp,tags-pp-cal,tags-pp-retrain  # (B)
     python benchmarks/tag_only.py --dataset msrc        # tag-only.json and a table
 
@@ -9,7 +9,9 @@
 tags of the other half. (A) trains and retrains on the masked half alone (``--set tag_only=false``); (B) adds the
 tag-only half to both stages: train reads their tags, pseudolabel labels them and retrain trains on them; (C) is
 the plain split, every image masked; (D) trains the first stage as (A) does, on the masked half alone, and brings
-the tag-only half in through pseudolabel and retrain only (``tags-pp-retrain-all``). One stage is ``train``'s
+the tag-only half in through pseudolabel and retrain only (``tags-pp-retrain-all``); (E) as (D), but retrain reads
+only the novel classes of the tag-only half's pseudo-labels (``--set tag_only_base=false``: a tag-only image has
+no base mask, so its base pixels come from the model). One stage is ``train``'s
 default (tags-pp-cal), the two-stage path the README's (tags-pp-retrain).
 """
 
@@ -35,6 +37,8 @@ ARMS = {  # arm: (label, report suffix, stage -> run)
     "C": ("every image masked", "", STAGES),
     "D": ("masked half alone, then the tag-only half through pseudolabel and retrain", "-to50-masked",
           {"two-stage path": "tags-pp-retrain-all"}),
+    "E": ("as (D), the tag-only half's pseudo-labels keeping their novel classes alone", "-to50-masked",
+          {"two-stage path": "tags-pp-retrain-novel"}),
 }
 
 
@@ -83,7 +87,7 @@ def verdict(rows: list[dict], stage: str = "two-stage path") -> list[dict]:
     mean = lambda arm, k: float(np.mean([r[k] for r in by_arm[arm].values()]))  # noqa: E731
     spread = lambda arm: float(np.ptp([r["novel_mIoU"] for r in by_arm[arm].values()]))  # noqa: E731
     out = []
-    for arm in ("B", "D"):
+    for arm in ("B", "D", "E"):
         if not by_arm[arm] or not by_arm["A"]:
             continue
         gain = mean(arm, "novel_mIoU") - mean("A", "novel_mIoU")

@@ -269,6 +269,18 @@ def test_tag_only_images_keep_their_tagged_classes(base_biased, tag_only, tmp_pa
     for m in (src, new):
         assert {Path(it.image).name for it in TrainDataset(m, AugConfig(64), tag_only=False).items} == masked
     assert len(TrainDataset(new, AugConfig(64)).items) == len(new.splits["train"]) > len(masked)
+    # --set tag_only_base=false: a mask made from tags alone teaches its novel classes; its base pixels are ignore
+    novel_only, plain = TrainDataset(new, AugConfig(64), tag_only_base=False), TrainDataset(new, AugConfig(64))
+    ignored = 0
+    for i, it in enumerate(new.splits["train"]):
+        a, p = novel_only[i, 7, 0]["sem"], plain[i, 7, 0]["sem"]
+        on_base = torch.isin(p, torch.tensor(new.base))
+        if it.label in new.source["tag_only_labels"]:
+            assert (a[on_base] == 255).all() and torch.equal(a[~on_base], p[~on_base])
+            ignored += int(on_base.sum())
+        else:
+            assert torch.equal(a, p)
+    assert ignored > 0
 
 
 def test_tag_check_matches_the_model(labelled, ckpt, synth):

@@ -140,10 +140,14 @@ class TrainDataset(Dataset):
     batch (see PairBatchSampler) is passed through to build_targets."""
 
     def __init__(self, manifest: Manifest, aug: AugConfig, split: str = "train", oracle: bool = False,
-                 tag_only: bool = True):
+                 tag_only: bool = True, tag_only_base: bool = True):
         self.m, self.aug, self.oracle = manifest, aug, oracle
         # without tag-only images, also without those whose mask pseudolabel made from tags alone
         from_tags = set(manifest.source.get("tag_only_labels") or [])
+        # tag_only_base false: such a mask teaches its novel classes alone; its base pixels, which no mask vouches
+        # for, are ignore
+        self.novel_only = set() if tag_only_base else from_tags
+        self.base = torch.tensor(manifest.base, dtype=torch.long)
         self.items: list[Item] = [it for it in manifest.splits[split]
                                   if tag_only or (it.label is not None and it.label not in from_tags)]
         self.novel = torch.tensor(manifest.novel, dtype=torch.long)
@@ -160,6 +164,8 @@ class TrainDataset(Dataset):
         image = tv_tensors.Image(load_rgb(self.m.resolve(item.image)))
         raw = read_raw_label(self.m.resolve(item.full)) if self.oracle else item_label(self.m, item, image.shape[-2:])
         label = tv_tensors.Mask(torch.from_numpy(raw.astype(np.int64))[None])
+        if item.label in self.novel_only and not self.oracle:
+            label[torch.isin(label, self.base)] = IGNORE
         a = self.aug
         short = min(image.shape[-2:])
         s = a.scale[0] + (a.scale[1] - a.scale[0]) * torch.rand(1, generator=g).item()

@@ -80,6 +80,7 @@ class TrainConfig:
     example_repeat: int = 1  # an example image (a mask that labels novel classes) is an anchor this often per epoch
     separating_repeat: int = 1  # so is an image whose tags separate a pair split flags (identify.py)
     tag_only: bool = True  # train on tag-only images (tags, no mask; or pseudo-labelled from tags) too
+    tag_only_base: bool = True  # a pseudo-label made from tags alone keeps its base classes (false: ignore there)
     workers: int = 2
     # run
     method: str = "paper"  # the loss profile applied (METHODS; these defaults are its values); kept for the record

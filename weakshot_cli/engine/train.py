@@ -173,7 +173,7 @@ def train(cfg: TrainConfig, m: Manifest, run_dir: Path, console: Console, ddp: d
     if device.type == "cpu" and ddp.world == 1:  # leave a core per loader worker: oversubscribed OpenMP spins
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.workers))
     dataset = TrainDataset(m, AugConfig(cfg.imgsz, (cfg.scale_min, cfg.scale_max), tag_keep=cfg.tag_keep),
-                           oracle=cfg.oracle, tag_only=cfg.tag_only)
+                           oracle=cfg.oracle, tag_only=cfg.tag_only, tag_only_base=cfg.tag_only_base)
     iters = math.ceil(cfg.epochs * len(dataset) / cfg.batch) if cfg.epochs > 0 else cfg.iters
     t = build_training(cfg, m, run_dir, console, ddp, device, iters=iters,
                        source=resume if resume is not None else init, announce=announce)
