@@ -146,6 +146,21 @@ def _peak_rasterising(tmp: Path, n: int) -> int:
     return peak
 
 
+def test_coco_with_a_val_split_can_be_split_again(tmp_path):
+    """A val image's label lies in labels/val/ only (full/ keeps training masks for --oracle), and the dataset can be
+    replaced with --exist-ok: a stray full/val/ copy once made the second run refuse its own file."""
+    ball = {"id": 1, "image_id": 1, "category_id": 9, "segmentation": coco_box(2, 2, 6, 6)}
+    images, path = write_coco(tmp_path, [ball])
+    out = tmp_path / "ws"
+    for _ in range(2):
+        r = run_cli("split", "--images", images, "--coco", f"train={path}", "--coco", f"val={path}", "--novel", "ball",
+                    "-o", out, "--exist-ok")
+        assert r.returncode == 0, r.stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "full/train/a.png", "labels/train/a.png", "labels/val/a.png"]
+    assert load_manifest(out).splits["val"][0].full is None
+
+
 def test_coco_image_ids_beyond_64_bits_are_refused(tmp_path):
     """Python's JSON readers (ijson's fallback among them) read any integer; split keeps ids in 64 bits."""
     with pytest.raises(UserError, match="has an id beyond 64 bits"):
