@@ -146,19 +146,27 @@ def _peak_rasterising(tmp: Path, n: int) -> int:
     return peak
 
 
-def test_coco_with_a_val_split_can_be_split_again(tmp_path):
-    """A val image's label lies in labels/val/ only (full/ keeps training masks for --oracle), and the dataset can be
-    replaced with --exist-ok: a stray full/val/ copy once made the second run refuse its own file."""
-    ball = {"id": 1, "image_id": 1, "category_id": 9, "segmentation": coco_box(2, 2, 6, 6)}
-    images, path = write_coco(tmp_path, [ball])
+@pytest.mark.parametrize("mode", ["benchmark", "real"])
+def test_coco_labels_are_where_the_manifest_says_and_split_can_run_again(tmp_path, mode):
+    """full/ keeps benchmark mode's training masks alone (for --oracle): a val label lies in labels/val/ only, and in
+    real mode there is no full/. Stray copies of the rasterised labels there once made a second split --exist-ok
+    refuse them as files the dataset did not make."""
+    dog = {"id": 1, "image_id": 1, "category_id": 2, "segmentation": coco_box(2, 2, 6, 6)}
+    images, path = write_coco(tmp_path, [dog])
+    roles = ["--novel", "ball"]
+    if mode == "real":
+        (tmp_path / "tags.json").write_text(json.dumps({"a": ["dog", "ball"]}))
+        roles = ["--tags", tmp_path / "tags.json"]
     out = tmp_path / "ws"
     for _ in range(2):
-        r = run_cli("split", "--images", images, "--coco", f"train={path}", "--coco", f"val={path}", "--novel", "ball",
+        r = run_cli("split", "--images", images, "--coco", f"train={path}", "--coco", f"val={path}", *roles,
                     "-o", out, "--exist-ok")
         assert r.returncode == 0, r.stderr
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
-        "full/train/a.png", "labels/train/a.png", "labels/val/a.png"]
-    assert load_manifest(out).splits["val"][0].full is None
+    m = load_manifest(out)
+    listed = {it.label for items in m.splits.values() for it in items} | {it.full for it in m.splits["train"]}
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*.png")} == listed - {None}
+    assert listed - {None} == ({"full/train/a.png"} if mode == "benchmark" else set()) | {"labels/train/a.png",
+                                                                                           "labels/val/a.png"}
 
 
 def test_coco_image_ids_beyond_64_bits_are_refused(tmp_path):

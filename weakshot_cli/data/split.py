@@ -530,7 +530,7 @@ def _write(opts: SplitOptions, staging: Path, listing: Listing, scan: Scan, clas
             written.tags.set(i, _tags_of(tags, listing, i))
             continue
         label = lut[read_raw_label(listing.label(i))].astype(np.uint8)
-        if cached and split != "train":  # only a training image's full mask is kept apart (for --oracle)
+        if cached and not written.full[i]:  # full/ keeps benchmark mode's training masks alone (for --oracle)
             Path(listing.label(i)).unlink()
         present = scan.present.get(i)
         written.tags.set(i, present if benchmark else set(present) | (_tags_of(tags, listing, i) or set()))
