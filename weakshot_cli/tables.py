@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from weakshot_cli.data.identify import SEPARATING_SHARE
-from weakshot_cli.data.manifest import Manifest, image_counts
+from weakshot_cli.data.manifest import Manifest
 from weakshot_cli.engine.progress import figure
 
 if TYPE_CHECKING:
@@ -43,24 +43,31 @@ def dataset_table(m: Manifest) -> Table:
     table.add_column("role")
     for name in m.splits:
         table.add_column(f"{name} images", justify="right")
-    train = m.splits.get("train", [])
-    tag_only = Counter(t for it in train if it.label is None for t in it.tags)
+    counts: dict[str, Counter] = {name: Counter() for name in m.splits}
+    tag_only, example_tags, per_split = Counter(), Counter(), {}
+    for name, items in m.splits.items():  # one pass: split's items are made as they are read
+        per_split[name] = {"masked": 0, "tag_only": 0}
+        for it in items:
+            counts[name].update(it.tags)
+            per_split[name]["tag_only" if it.label is None else "masked"] += 1
+            if name == "train" and it.label is None:
+                tag_only.update(it.tags)
+            if name == "train" and it.example:
+                example_tags.update(it.tags)
     if tag_only:
         table.add_column("train tag-only", justify="right")
-    examples = {c: sum(it.example and c in it.tags for it in train) for c in m.novel}
+    examples = {c: example_tags[c] for c in m.novel}
     if any(examples.values()):
         table.add_column("example masks", justify="right")
-    counts = {name: Counter(t for it in items for t in it.tags) for name, items in m.splits.items()}
     for c, cname in enumerate(m.classes):
         role = "[magenta]novel[/]" if c in m.novel else "[dim]unused[/]" if c in unused else "base"
         extra = [str(tag_only[c])] if tag_only else []
         extra += [str(examples[c]) if c in examples else ""] if any(examples.values()) else []
         table.add_row(str(c), cname, role, *(str(counts[n][c]) for n in m.splits), *extra)
     table.add_section()
-    per_split = [image_counts(items) for items in m.splits.values()]
-    table.add_row("", "masked images", "", *(str(c["masked"]) for c in per_split))
-    if any(c["tag_only"] for c in per_split):
-        table.add_row("", "tag-only images", "", *(str(c["tag_only"]) for c in per_split))
+    table.add_row("", "masked images", "", *(str(c["masked"]) for c in per_split.values()))
+    if any(c["tag_only"] for c in per_split.values()):
+        table.add_row("", "tag-only images", "", *(str(c["tag_only"]) for c in per_split.values()))
     table.add_row("", "all images", "", *(str(len(items)) for items in m.splits.values()))
     return table
 

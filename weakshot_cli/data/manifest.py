@@ -92,12 +92,6 @@ def _item_dict(it: Item) -> dict:
             **({"example": True} if it.example else {})}
 
 
-def image_counts(items: Sequence[Item]) -> dict[str, int]:
-    """Masked, tag-only and example images of a split."""
-    tag_only = sum(it.label is None for it in items)
-    return {"masked": len(items) - tag_only, "tag_only": tag_only, "examples": sum(it.example for it in items)}
-
-
 def _fail(path: Path, msg: str) -> UserError:
     return UserError(f"inconsistent manifest: {msg}", path)
 

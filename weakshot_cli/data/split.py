@@ -25,7 +25,7 @@ from weakshot_cli.data.compact import ClassSets
 from weakshot_cli.data.identify import flagged, tag_pairs
 from weakshot_cli.data.labels import IGNORE, LabelConvention, open_image, read_class_names, read_label_map, \
     read_raw_label
-from weakshot_cli.data.manifest import MANIFEST, Item, Manifest, image_counts
+from weakshot_cli.data.manifest import MANIFEST, Item, Manifest
 from weakshot_cli.data.presets import PRESETS, preset_num_classes
 from weakshot_cli.data.sources import SPLIT_NAMES, SPLITS, Listing, discover_folders, file_stem, safe_join
 from weakshot_cli.data.tags import Tags, load_tags
@@ -577,7 +577,9 @@ def _write(opts: SplitOptions, staging: Path, listing: Listing, scan: Scan, clas
             "background": opts.background,
             "label_convention": convention.as_dict(),
             "unused": unused,
-            "counts": {name: image_counts(items) for name, items in splits.items()},
+            "counts": {name: {"masked": int(written.label[items.indices].sum()),
+                              "tag_only": int((~written.label[items.indices]).sum()),
+                              "examples": int(written.example[items.indices].sum())} for name, items in splits.items()},
             "identifiability": pairs,
         },
     )
