@@ -462,6 +462,14 @@ def _(t: Ctx) -> Case:
     return Case(t.split(), (str(t.out), "exists and is not a folder"))
 
 
+@case("split-unreadable-image-subfolder", pytest.mark.skipif(ROOT_USER, reason="root ignores permissions"))
+def _(t: Ctx) -> Case:
+    folder = t.src / "images" / "train" / "locked"  # teardown restores folders of that name
+    folder.mkdir()
+    folder.chmod(0o300)
+    return Case(t.split(), (str(folder), "cannot list this folder (Permission denied)"))
+
+
 @case("split-unwritable-output-folder", pytest.mark.skipif(ROOT_USER, reason="root ignores permissions"))
 def _(t: Ctx) -> Case:
     t.out = t.locked() / "ws"

@@ -79,7 +79,11 @@ def _walk(root: Path, exts: tuple[str, ...], rel: str = "") -> Iterator[str]:
     """Files under ``root`` with one of ``exts``, relative, in sorted path order (each folder's entries sorted by
     name, a folder's files right after it), one folder's names in memory at a time. Hidden files and folders are
     skipped (a .ipynb_checkpoints copy would pair twice), and so are links to folders (a loop would never end)."""
-    for name in sorted(os.listdir(root / rel)):
+    try:
+        names = sorted(os.listdir(root / rel))
+    except OSError as e:
+        raise UserError(f"cannot list this folder ({e.strerror})", root / rel) from None
+    for name in names:
         if name.startswith("."):
             continue
         path = f"{rel}/{name}" if rel else name
