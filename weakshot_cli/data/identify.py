@@ -4,7 +4,7 @@ get swapped or blurred names, whatever the model (CamVid: 9 of 367 frames say a 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -30,17 +30,20 @@ def _unknown(tagged: np.ndarray, tag_only: np.ndarray, novel: Sequence[int]) -> 
     return tagged & (is_novel[None] | np.asarray(tag_only, dtype=bool).reshape(-1, 1))
 
 
-def tag_pairs(tagged: np.ndarray, tag_only: np.ndarray, classes: Sequence[str], novel: Sequence[int]) -> list[dict]:
+def tag_pairs(tagged: np.ndarray | Callable[[slice], np.ndarray], tag_only: np.ndarray, classes: Sequence[str],
+              novel: Sequence[int]) -> list[dict]:
     """Per novel class and each other class that shares its unknown pixels in some image (another novel class,
     or a base class in a tag-only image, where every pixel is unknown; in a masked image base pixels are labelled):
     the images where each may lie in the unknown pixels, where both do, and where exactly one does (separating);
     weakest first (separating, as a share of the rarer class's images). ``tagged`` is [images, classes] bool
-    (tag_matrix), ``tag_only`` [images] bool."""
+    (tag_matrix), or a function giving a slice of its rows (split's are packed bits); ``tag_only`` [images] bool."""
+    rows_of = tagged.__getitem__ if isinstance(tagged, np.ndarray) else tagged
     novel = sorted(novel)
-    counts = np.zeros(tagged.shape[1], dtype=np.int64)
-    together = np.zeros((len(novel), tagged.shape[1]), dtype=np.int64)  # images where both may lie
-    for s in range(0, len(tagged), ROWS_AT_ONCE):  # a few rows at a time: no copy of the matrix at COCO's size
-        rows = _unknown(tagged[s:s + ROWS_AT_ONCE], tag_only[s:s + ROWS_AT_ONCE], novel).astype(np.float32)
+    counts = np.zeros(len(classes), dtype=np.int64)  # images where each class may lie
+    together = np.zeros((len(novel), len(classes)), dtype=np.int64)  # images where both may
+    for s in range(0, len(tag_only), ROWS_AT_ONCE):  # a few rows at a time: no copy of the matrix at COCO's size
+        at = slice(s, s + ROWS_AT_ONCE)
+        rows = _unknown(rows_of(at), tag_only[at], novel).astype(np.float32)
         counts += rows.sum(0).astype(np.int64)
         together += (rows[:, novel].T @ rows).astype(np.int64)
     pairs = []

@@ -547,7 +547,8 @@ def _write(opts: SplitOptions, staging: Path, listing: Listing, scan: Scan, clas
     splits = {name: _Items(written, np.flatnonzero(splits_of == SPLITS.index(name)))
               for name in SPLITS if (splits_of == SPLITS.index(name)).any()}
     train_items = np.flatnonzero(is_train)
-    pairs = tag_pairs(written.tags.matrix(train_items), ~written.label[train_items], classes, novel)
+    pairs = tag_pairs(lambda rows: written.tags.matrix(train_items[rows]), ~written.label[train_items], classes,
+                      novel)
     for p in flagged(pairs):
         warn(f"tags cannot tell {p['novel']} from {p['other']}: {p['separating']} of {len(train_items)} training "
              f"images separate them ({p['together']} are tagged with both); expect their names to be confused, or "
