@@ -79,7 +79,7 @@ def measured(args: list[str], threads: int = 1) -> dict:
     if r.returncode != 0:
         sys.exit(f"{' '.join(args[:4])} failed:\n{r.stderr[-2000:]}")
     kib = int(r.stderr.rsplit("peak_rss_kib", 1)[1].split()[0])
-    return {"seconds": round(seconds, 2), "peak_rss_gib": round(kib / 2**20, 3)}
+    return {"seconds": round(seconds, 2), "peak_rss_gib": round(kib / 2**20, 4)}
 
 
 def cli(*args: object) -> list[str]:
