@@ -47,8 +47,9 @@ class CocoImages:
 
     def index_of(self) -> Callable[[int], int]:
         """image id -> position, -1 for an id not listed; a sorted array searched, not a dict of every id."""
-        order = np.argsort(np.frombuffer(self.ids, dtype=np.int64), kind="stable")
-        ids = np.frombuffer(self.ids, dtype=np.int64)[order]
+        ids = np.frombuffer(self.ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        ids = ids[order]
 
         def index(image_id: int) -> int:
             at = int(np.searchsorted(ids, image_id)) if INT64[0] <= image_id <= INT64[1] else len(ids)

@@ -3,9 +3,8 @@ whole run, and a Python object per image (a path, a set of class ids) costs 100-
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from array import array
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -27,7 +26,9 @@ class Strings:
         self._ends.append(len(self._data))
 
     def __getitem__(self, i: int) -> str:
-        start = self._ends[i - 1] if i % len(self) else 0
+        if i < 0:
+            i += len(self)
+        start = self._ends[i - 1] if i > 0 else 0
         return self._data[start:self._ends[i]].decode("utf-8", "surrogatepass")
 
     def lengths(self) -> np.ndarray:

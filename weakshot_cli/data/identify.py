@@ -30,6 +30,9 @@ def _unknown(tagged: np.ndarray, tag_only: np.ndarray, novel: Sequence[int]) -> 
     return tagged & (is_novel[None] | np.asarray(tag_only, dtype=bool).reshape(-1, 1))
 
 
+ROWS_AT_ONCE = 1024  # tag_pairs' rows at a time (float32 sums of 0/1 rows are exact up to 2**24 rows)
+
+
 def tag_pairs(tagged: np.ndarray | Callable[[slice], np.ndarray], tag_only: np.ndarray, classes: Sequence[str],
               novel: Sequence[int]) -> list[dict]:
     """Per novel class and each other class that shares its unknown pixels in some image (another novel class,
@@ -56,9 +59,6 @@ def tag_pairs(tagged: np.ndarray | Callable[[slice], np.ndarray], tag_only: np.n
                           "together": int(together[row, d]), "separating": separating,
                           "share": round(separating / min(counts[c], counts[d]), 3)})
     return sorted(pairs, key=lambda p: (p["share"], p["separating"]))
-
-
-ROWS_AT_ONCE = 1024  # float32 sums of 0/1 rows are exact up to 2**24 rows
 
 
 def flagged(pairs: Sequence[dict]) -> list[dict]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -68,23 +68,24 @@ class Manifest:
         head = {"version": self.version, "classes": self.classes, "base": self.base, "novel": self.novel,
                 "ignore_index": self.ignore_index, "novel_masks": self.novel_masks, "source": self.source}
 
-        def write(f: TextIO) -> None:
-            f.write("{\n")
-            for key, value in head.items():
-                f.write(f"  {json.dumps(key)}: {json.dumps(value, indent=2).replace(chr(10), chr(10) + '  ')},\n")
-            f.write('  "splits": {')
-            for n, (name, items) in enumerate(self.splits.items()):
-                f.write(f"{',' if n else ''}\n    {json.dumps(name)}: [")
-                for i, it in enumerate(items):
-                    f.write(f"{',' if i else ''}\n      {json.dumps(_item_dict(it))}")
-                f.write("\n    ]")
-            f.write("\n  }\n}\n")
-        return atomic_write(self.root / MANIFEST, lambda tmp: _write_text(tmp, write))
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", encoding="utf-8") as f:
+                _stream(f, head, self.splits)
+        return atomic_write(self.root / MANIFEST, write)
 
 
-def _write_text(path: Path, write: Callable[[TextIO], None]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        write(f)
+def _stream(f: TextIO, head: dict, splits: dict[str, Sequence[Item]]) -> None:
+    """The manifest's JSON: ``head``'s fields, then the splits, one item a line."""
+    f.write("{\n")
+    for key, value in head.items():
+        f.write(f"  {json.dumps(key)}: {json.dumps(value, indent=2).replace(chr(10), chr(10) + '  ')},\n")
+    f.write('  "splits": {')
+    for n, (name, items) in enumerate(splits.items()):
+        f.write(f"{',' if n else ''}\n    {json.dumps(name)}: [")
+        for i, it in enumerate(items):
+            f.write(f"{',' if i else ''}\n      {json.dumps(_item_dict(it))}")
+        f.write("\n    ]")
+    f.write("\n  }\n}\n")
 
 
 def _item_dict(it: Item) -> dict:

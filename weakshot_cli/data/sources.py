@@ -48,6 +48,14 @@ class Listing:
     def split(self, i: int) -> str:
         return SPLITS[self.splits[i]]
 
+    def in_split(self, name: str) -> np.ndarray:
+        """[images] bool: which lie in split ``name``."""
+        return np.frombuffer(self.splits, dtype=np.uint8) == SPLITS.index(name)
+
+    def indices(self, name: str) -> np.ndarray:
+        """The positions of split ``name``'s images, in listing order."""
+        return np.flatnonzero(self.in_split(name))
+
     def image(self, i: int) -> str:
         return str(self.image_root / self.images[i])
 

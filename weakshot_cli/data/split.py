@@ -215,7 +215,7 @@ def _usable(listing: Listing, orphan_labels: list[str], tags: Tags | None, image
             skipped.append(i)
     if not usable:
         raise UserError("empty dataset: no image has a matching label" + (" or tags" if tags else ""), images)
-    if "train" not in map(usable.split, range(len(usable))):
+    if not usable.in_split("train").any():
         raise UserError("no training images: every image found lies in val/ or test/ folders or has no label; do "
                         "image and mask names match (they are compared exactly, case included)?", images)
     if skipped:
@@ -351,16 +351,11 @@ def _class_id(name: str, classes: list[str], option: str) -> int:
     return classes.index(name)
 
 
-def _train(listing: Listing) -> np.ndarray:
-    """Indices of the training images."""
-    return np.flatnonzero(np.frombuffer(listing.splits, dtype=np.uint8) == SPLITS.index("train"))
-
-
 def _real_mode(opts: SplitOptions, listing: Listing, scan: Scan, classes: list[str], tags: Tags, warn: Warnings
                ) -> tuple[list[int], list[int]]:
     """Base-only masks + a tags file: novel = the classes that no training mask contains and some training
     image is tagged with (or --novel); a class in neither is unused. Returns (novel, unused)."""
-    train, masked = _train(listing), listing.masked()
+    train, masked = listing.indices("train"), listing.masked()
     in_train_masks = set(np.flatnonzero(scan.present.counts(train)).tolist())
     tagged = {c for i in train for c in _tags_of(tags, listing, i) or ()}
     unused = sorted(set(range(len(classes))) - in_train_masks - tagged)
@@ -436,7 +431,7 @@ def _stage(opts: SplitOptions, staging: Path, replaced: set[Path], coco_mode: bo
             novel, unused = _real_mode(opts, listing, scan, classes, tags, warn)
         else:
             novel = _choose_novel(opts, classes, warn)
-            in_train_masks = np.flatnonzero(scan.present.counts(_train(listing))).tolist()
+            in_train_masks = np.flatnonzero(scan.present.counts(listing.indices("train"))).tolist()
             unused = sorted(set(range(len(classes))) - set(novel) - set(in_train_masks))
         if unused:
             warn.note(f"{len(unused)} class(es) occur in no training mask and no tag and cannot be learned; they "
@@ -509,7 +504,7 @@ def _write(opts: SplitOptions, staging: Path, listing: Listing, scan: Scan, clas
     lut = convention.lut()
     hide = np.arange(256, dtype=np.uint8)
     hide[novel] = IGNORE
-    n, train, masked = len(listing), _train(listing), listing.masked()
+    n, train, masked = len(listing), listing.indices("train"), listing.masked()
     rng = np.random.default_rng(opts.seed)
     simulated = np.zeros(n, dtype=bool)
     simulated[rng.choice(train, round(len(train) * opts.tag_only_fraction), replace=False)] = True
@@ -518,10 +513,8 @@ def _write(opts: SplitOptions, staging: Path, listing: Listing, scan: Scan, clas
         why = (f"--tag-only-fraction {opts.tag_only_fraction} takes the mask of every one of the {len(train)} "
                "training images" if simulated.any() else "no training image has a mask (masks in val/ or test/ only)")
         raise UserError(f"{why}; weak-shot training learns the base classes from training masks", opts.out)
-    is_train = np.zeros(n, dtype=bool)
-    is_train[train] = True
-    written = _Written(listing, ClassSets(n, len(classes)), masked & ~simulated, masked & is_train & benchmark,
-                       np.zeros(n, dtype=bool))
+    written = _Written(listing, ClassSets(n, len(classes)), label=masked & ~simulated,
+                       full=masked & listing.in_split("train") & benchmark, example=np.zeros(n, dtype=bool))
     cached = listing.label_root == staging / "full"  # COCO input: full/ holds the rasterised labels already
     for i in track(range(n), description="Writing labels", console=console, transient=True,
                    disable=not console.is_terminal):
@@ -543,21 +536,17 @@ def _write(opts: SplitOptions, staging: Path, listing: Listing, scan: Scan, clas
         if written.label[i]:  # --tag-only-fraction: the image keeps its tags and loses its mask
             write_label_png(staging / f"labels/{split}/{stem}.png", label)
         written.example[i] = example and written.label[i]
-    splits_of = np.frombuffer(listing.splits, dtype=np.uint8)
-    splits = {name: _Items(written, np.flatnonzero(splits_of == SPLITS.index(name)))
-              for name in SPLITS if (splits_of == SPLITS.index(name)).any()}
-    train_items = np.flatnonzero(is_train)
-    pairs = tag_pairs(lambda rows: written.tags.matrix(train_items[rows]), ~written.label[train_items], classes,
-                      novel)
+    splits = {name: _Items(written, listing.indices(name)) for name in SPLITS if listing.in_split(name).any()}
+    pairs = tag_pairs(lambda rows: written.tags.matrix(train[rows]), ~written.label[train], classes, novel)
     for p in flagged(pairs):
-        warn(f"tags cannot tell {p['novel']} from {p['other']}: {p['separating']} of {len(train_items)} training "
+        warn(f"tags cannot tell {p['novel']} from {p['other']}: {p['separating']} of {len(train)} training "
              f"images separate them ({p['together']} are tagged with both); expect their names to be confused, or "
              "add masks that label them")
-    tag_counts = written.tags.counts(train_items)
+    tag_counts = written.tags.counts(train)
     for c in novel:
         if not tag_counts[c]:
             warn(f"novel class {classes[c]!r} is tagged in no training image; it cannot be learned")
-    examples_of = written.tags.counts(np.flatnonzero(written.example & is_train))
+    examples_of = written.tags.counts(train[written.example[train]])
     manifest = Manifest(
         classes=classes,
         base=[c for c in range(len(classes)) if c not in novel],
