@@ -201,6 +201,7 @@ def test_pseudo_labels_in_strips_equal_those_of_the_whole_image(synth, monkeypat
 BIG_IMAGE_LIMIT_GIB = 2.25
 
 
+@pytest.mark.slow  # 19 s: the default suite stays under its 5 minutes on a fresh clone
 def test_a_huge_image_is_predicted_in_bounded_memory(tiny_ckpt, tmp_path):
     """Case 10: a 9000x9000 PNG used to fail with 'can't allocate 3.56 GB' (full-size scores of every class)."""
     y, x = np.mgrid[0:6000, 0:6000]
