@@ -114,6 +114,8 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
                             "true; with --masked-only the first stage saw the masked images alone)", None),
     "tags-pp-retrain-novel": ("(i4) as (i3), the tag-only images' pseudo-labels keeping their novel classes alone "
                               "(tag_only_base false: base pixels ignore)", None),
+    "tags-pp-retrain-all-t75": ("(i5) as (i3), a tag-only image's pixels labelled only where their score reaches 0.75 "
+                                "(pseudolabel --tag-only-min-score 0.75)", None),
 }
 RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode, retrain flags, from its weights)
     "retrain": ("full", "keep", PAPER, True),
@@ -127,7 +129,9 @@ RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode,
     "tags-pp-retrain-all": ("tags-pp", "choose", ["--method", "dense", "--set", "tag_only=true"], True),
     "tags-pp-retrain-novel": ("tags-pp", "choose", ["--method", "dense", "--set", "tag_only=true", "--set",
                                                     "tag_only_base=false"], True),
+    "tags-pp-retrain-all-t75": ("tags-pp", "choose", ["--method", "dense", "--set", "tag_only=true"], True),
 }
+PSEUDOLABEL_FLAGS = {"tags-pp-retrain-all-t75": ["--tag-only-min-score", "0.75"]}  # beyond --mode
 # run: the run whose final weights it calibrates (what training does with calibrate on)
 CALIBRATED = {"tags-pp-cal": "tags-pp", "full-cal": "full"}
 MOBILE = PRESETS["mobile"]
@@ -231,9 +235,11 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
         if not first.exists():
             sys.exit(f"run {name!r} needs the {source!r} run of seed {seed} first")
         seconds = json.loads((work / source / "result.json").read_text())["train_seconds"]
+        pl_flags = PSEUDOLABEL_FLAGS.get(name, [])
         pl = work / ("dataset-pl" if mode == "keep" else f"dataset-pl-{source}-{mode}")
+        pl = pl.with_name(pl.name + "".join(pl_flags).replace("--", "-"))
         if not (pl / "pseudolabel.json").exists():  # shared by the retrain runs that differ only in their start
-            seconds += weakshot("pseudolabel", first, dataset, "-o", pl, "--mode", mode, "--device", "cpu",
+            seconds += weakshot("pseudolabel", first, dataset, "-o", pl, "--mode", mode, *pl_flags, "--device", "cpu",
                                 "--amp", "off", "--exist-ok", threads=threads)
         # from the source run: the README's command, whose defaults start from the checkpoint that made the
         # pseudo-labels for half the preset's iterations; else from ImageNet for the same iterations

@@ -244,8 +244,10 @@ def test_tag_only_images_keep_their_tagged_classes(base_biased, tag_only, tmp_pa
     assert "pseudo-labels vs image tags" in r.stdout and "full masks" not in r.stdout
     report = json.loads((out / "pseudolabel.json").read_text())
     src, new = load_manifest(tag_only), load_manifest(out)
-    assert set(report) == {"mode", "min_score", "images", "tag_only_images", "tag_check", "by_source"}
-    assert report["tag_only_images"] == 4 and report["mode"] == "keep" and report["min_score"] == 0
+    assert set(report) == {"mode", "min_score", "tag_only_min_score", "images", "tag_only_images", "tag_check",
+                           "by_source"}
+    assert report["tag_only_images"] == 4 and report["mode"] == "keep"
+    assert report["min_score"] == report["tag_only_min_score"] == 0
     assert_tag_check_matches_files(report, src, new)
 
     model = model_from_checkpoint(load_checkpoint(path), torch.device("cpu"))
@@ -281,6 +283,30 @@ def test_tag_only_images_keep_their_tagged_classes(base_biased, tag_only, tmp_pa
         else:
             assert torch.equal(a, p)
     assert ignored > 0
+
+
+def test_tag_only_min_score_applies_to_tag_only_images_alone(base_biased, tag_only, tmp_path):
+    """--tag-only-min-score out of reach: every pixel of a tag-only image (all labelled by the model) stays
+    ignore, while a masked image keeps its base mask and, at --min-score 0, gets its novel pixels."""
+    path, _ = base_biased
+    out = tmp_path / "pl"
+    r = run_cli("pseudolabel", path, tag_only, "-o", out, "--tag-only-min-score", "1e9", *IMGSZ)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "pseudolabel.json").read_text())
+    assert report["min_score"] == 0 and report["tag_only_min_score"] == 1e9
+    src, new = load_manifest(tag_only), load_manifest(out)
+    novel_pixels = 0
+    for old, it in zip(src.splits["train"], new.splits["train"]):
+        pseudo = np.asarray(Image.open(new.resolve(it.label)))
+        if old.label is None:
+            assert (pseudo == 255).all()
+        else:
+            base = np.asarray(Image.open(src.resolve(old.label)))
+            np.testing.assert_array_equal(pseudo[base != 255], base[base != 255])
+            novel_pixels += int(np.isin(pseudo, src.novel).sum())
+    assert novel_pixels > 0
+    assert_user_error(run_cli("pseudolabel", path, tag_only, "-o", tmp_path / "bad", "--tag-only-min-score", "nan"),
+                      "--tag-only-min-score")
 
 
 def test_tag_check_matches_the_model(labelled, ckpt, synth):

@@ -400,6 +400,10 @@ def pseudolabel(
     min_score: Annotated[
         float, typer.Option(help="Leave novel pixels whose class score (summed over queries) is below this as ignore.")
     ] = 0.0,
+    tag_only_min_score: Annotated[
+        Optional[float], typer.Option(help="The score a pixel of a tag-only image (no mask: every label is the "
+                                           "model's) needs to be labelled; default: --min-score.")
+    ] = None,
     mode: Annotated[
         str, typer.Option(help="choose (default): an unknown pixel takes its best-scoring tagged class; keep: it "
                                "keeps its winning class only if the image is tagged with it (the paper's rule).")
@@ -431,10 +435,10 @@ def pseudolabel(
     from weakshot_cli.engine.pseudolabel import PseudolabelOptions, run_pseudolabel
     from weakshot_cli.tables import pseudolabel_tables
 
-    report = run_pseudolabel(PseudolabelOptions(checkpoint=checkpoint, dataset=dataset, out=out, min_score=min_score,
-                                                mode=mode, device=device, imgsz=imgsz, batch=batch, workers=workers,
-                                                flip=flip, scales=_scales(scales), exist_ok=exist_ok, amp=amp, coco=coco),
-                             console, err_console)
+    o = PseudolabelOptions(checkpoint=checkpoint, dataset=dataset, out=out, min_score=min_score,
+                           tag_only_min_score=tag_only_min_score, mode=mode, device=device, imgsz=imgsz, batch=batch,
+                           workers=workers, flip=flip, scales=_scales(scales), exist_ok=exist_ok, amp=amp, coco=coco)
+    report = run_pseudolabel(o, console, err_console)
     for table in pseudolabel_tables(report) if report else []:  # processes other than the first report nothing
         console.print(table)
 

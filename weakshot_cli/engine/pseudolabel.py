@@ -42,16 +42,27 @@ class PseudolabelOptions(InferenceOptions):
     dataset: Path
     out: Path
     min_score: float = 0.0
+    tag_only_min_score: float | None = None  # None: min_score
     mode: str = "choose"
     exist_ok: bool = False
     coco: bool = False
 
     def check(self) -> None:
-        if not 0 <= self.min_score < float("inf"):  # also refuses nan; inf would drop every novel pixel
-            raise UserError(f"--min-score must be >= 0 and finite, got {self.min_score}")
+        for option, value in (("--min-score", self.min_score), ("--tag-only-min-score", self.tag_only_min_score)):
+            if value is not None and not 0 <= value < float("inf"):  # also refuses nan; inf would drop every pixel
+                raise UserError(f"{option} must be >= 0 and finite, got {value}")
         if self.mode not in MODES:
             raise UserError(f"--mode must be keep or choose, got {self.mode!r}")
         super().check()
+
+    def threshold(self, item: Item) -> float:
+        """A tag-only image's labels all come from the model, so they may need a stricter score than novel pixels
+        beside a base mask."""
+        return self.min_score if item.label is not None else self.tag_only_threshold
+
+    @property
+    def tag_only_threshold(self) -> float:
+        return self.min_score if self.tag_only_min_score is None else self.tag_only_min_score
 
 
 def pseudo_label(scores: torch.Tensor, base_label: np.ndarray, tags: Sequence[int], min_score: float = 0.0,
@@ -212,7 +223,8 @@ def _run_state(o: PseudolabelOptions, imgsz: int) -> dict:
     stat = os.stat(checkpoint if checkpoint.is_file() else checkpoint / "weights" / "last.pt")
     return {"checkpoint": str(checkpoint.resolve()), "checkpoint_bytes": stat.st_size,
             "checkpoint_mtime_ns": stat.st_mtime_ns, "dataset": str(o.dataset.resolve()), "imgsz": imgsz,
-            "min_score": o.min_score, "mode": o.mode, "flip": o.flip, "scales": list(o.scales), "amp": o.amp,
+            "min_score": o.min_score, "tag_only_min_score": o.tag_only_threshold, "mode": o.mode, "flip": o.flip,
+            "scales": list(o.scales), "amp": o.amp,
             "batch": o.batch}
 
 
@@ -252,7 +264,8 @@ def _label_images(run: Inference, loader: DataLoader, m: Manifest, names: list[s
             for s, base_label, i in zip(scores, b["labels"], b["index"]):
                 if i not in todo:
                     continue
-                pseudo, stats = label_image(s, base_label.numpy().astype(np.uint8), items[i], m, o.min_score, o.mode)
+                pseudo, stats = label_image(s, base_label.numpy().astype(np.uint8), items[i], m,
+                                            o.threshold(items[i]), o.mode)
                 write_json(o.out / _stats_name(names[i]), stats)
                 write_label_png(o.out / names[i], pseudo)
                 bar.advance(task)
@@ -263,7 +276,8 @@ def _report(o: PseudolabelOptions, m: Manifest, names: list[str]) -> dict:
     the full masks."""
     out, items = o.out, m.splits["train"]
     stats = [json.loads((out / _stats_name(name)).read_text()) for name in names]
-    report: dict = {"mode": o.mode, "min_score": o.min_score, "images": len(items),
+    report: dict = {"mode": o.mode, "min_score": o.min_score, "tag_only_min_score": o.tag_only_threshold,
+                    "images": len(items),
                     "tag_only_images": sum(it.label is None for it in items),
                     "tag_check": tag_check(stats, [it.tags for it in items], m.classes, m.novel)}
     for p in flagged(m.source.get("identifiability") or []):  # split's warning, beside the check it explains
