@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes: most tests wait on CLI runs and process starts, so two workers take about half the time on two
+# cores; a test file stays in one worker, so its module fixtures are made once.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-slow clean
 
@@ -16,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/weakshot demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
