@@ -75,7 +75,7 @@ from weakshot_cli.data.manifest import Item, Manifest  # noqa: E402
 from weakshot_cli.engine.build import TrainStep, build_criterion, build_model  # noqa: E402
 from weakshot_cli.engine.checkpoint import save_checkpoint, weights_state  # noqa: E402
 from weakshot_cli.engine.config import TrainConfig, build_config  # noqa: E402
-from weakshot_cli.engine.inference import class_scores  # noqa: E402
+from weakshot_cli.engine.inference import class_scores, model_from_checkpoint  # noqa: E402
 from weakshot_cli.io import atomic_write  # noqa: E402
 
 K = 11
@@ -124,6 +124,12 @@ def weakshot_config(preset: str, sets: list[str] | None = None) -> TrainConfig:
     return build_config(preset, {"backbone_weights": "none"}, sets or [])
 
 
+def inference_model(cfg: TrainConfig, model: nn.Module, device: torch.device) -> nn.Module:
+    """What evaluate, predict, pseudolabel and export run: ``model``'s weights loaded as a checkpoint's are."""
+    return model_from_checkpoint({"config": cfg.to_dict(), "classes": [f"c{i}" for i in range(K)],
+                                  "model": model.state_dict()}, device)
+
+
 def weakshot_net(preset: str, device: torch.device, sets: list[str] | None = None) -> Net:
     cfg = weakshot_config(preset, sets)
     m = Manifest([f"c{i}" for i in range(K)], base=list(range(8)), novel=[8, 9, 10],
@@ -131,9 +137,13 @@ def weakshot_net(preset: str, device: torch.device, sets: list[str] | None = Non
     torch.manual_seed(0)
     step = TrainStep(build_model(cfg, K), build_criterion(cfg, m)).to(device)
 
+    inference: dict[str, nn.Module] = {}
+
     def scores(images: torch.Tensor) -> list[torch.Tensor]:
+        if not inference:  # made on first use, so that a training measurement holds no second copy
+            inference["model"] = inference_model(cfg, step.model, device)
         sizes = [tuple(images.shape[-2:])] * len(images)
-        return class_scores(step.model, images, sizes, sizes)
+        return class_scores(inference["model"], images, sizes, sizes)
 
     return Net(step, step.model, lambda images, targets: lambda: step(images, targets)["loss"], scores)
 
@@ -347,7 +357,8 @@ def onnx_vs_torch(threads: int, repeats: int, sizes: tuple[int, ...] = (256, 512
     from weakshot_cli.engine.export import _write_onnx
 
     net = build_net("mobile", torch.device("cpu"))
-    seg = Segmenter(net.model.eval(), MEAN, STD, torch.ones(K)).eval()
+    seg = Segmenter(inference_model(weakshot_config("mobile"), net.model, torch.device("cpu")), MEAN, STD,
+                    torch.ones(K)).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mobile.onnx"
         _write_onnx(seg, {}, path)

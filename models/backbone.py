@@ -91,3 +91,46 @@ def load_backbone_state(backbone: nn.Module, state_dict: Mapping[str, Tensor]) -
                  if keys]
         raise ValueError("backbone weights do not fit this backbone (wrong depth or norm?): " + "; ".join(parts))
     backbone.load_state_dict({k: v for k, v in given.items() if k in own}, strict=False)
+
+
+_BATCHNORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)
+
+
+def _fold(conv: nn.Conv2d, bn: nn.Module) -> None:
+    """conv's weight and bias take bn's affine map (its running statistics: inference only)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+
+
+@torch.no_grad()
+def fold_batchnorm(trunk: nn.Module) -> int:
+    """Fold every BatchNorm that directly follows a convolution into it, leaving an identity: the same function
+    (to float rounding) without a pass over each activation map, which on the CPU is a fifth of a frozen-BN ResNet-50's
+    inference. For a trunk in eval mode that will not train again; returns how many were folded.
+
+    A pair is found in the traced graph (a conv node whose one user is a BatchNorm node) or inside a module the
+    trace keeps whole (torchvision's Conv2dNormActivation: a Sequential of conv, norm, activation)."""
+    if trunk.training:
+        raise ValueError("fold_batchnorm needs a trunk in eval mode")
+    pairs: list[tuple[nn.Conv2d, nn.Module, str]] = []
+    modules = dict(trunk.named_modules())
+    graph = getattr(trunk, "graph", None)
+    for node in graph.nodes if graph is not None else ():
+        src = node.args[0] if node.op == "call_module" and node.args else None
+        if (isinstance(modules.get(node.target), _BATCHNORMS) and getattr(src, "op", None) == "call_module"
+                and isinstance(modules.get(src.target), nn.Conv2d) and len(src.users) == 1):
+            pairs.append((modules[src.target], modules[node.target], node.target))
+    for name, seq in modules.items():
+        if isinstance(seq, nn.Sequential):
+            children = list(seq.named_children())
+            pairs += [(a, b, f"{name}.{b_name}") for (_, a), (b_name, b) in zip(children, children[1:])
+                      if isinstance(a, nn.Conv2d) and isinstance(b, _BATCHNORMS)]
+    folded = set()
+    for conv, bn, name in pairs:
+        if name not in folded:  # a Sequential the trace went through is found both ways
+            _fold(conv, bn)
+            trunk.set_submodule(name, nn.Identity())
+            folded.add(name)
+    return len(folded)

@@ -9,7 +9,8 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from models import SimFormer, SimFormerCriterion, SimNet, build_backbone, load_backbone_state, semantic_probs
+from models import (SimFormer, SimFormerCriterion, SimNet, build_backbone, fold_batchnorm, load_backbone_state,
+                    semantic_probs)
 from models.backbone import BACKBONES
 from models.transformer import DecoderLayer, PositionEmbeddingSine
 
@@ -107,6 +108,35 @@ def test_backbone_strides_and_channels(name):
         stride = 4 * 2 ** i
         assert feats[level].shape == (1, CHANNELS[name][i], 64 // stride, 128 // stride)
     assert backbone.channels == dict(zip(feats, CHANNELS[name]))
+
+
+# resnet18 folds pairs of the traced graph, mobilenet_v2 pairs inside modules the trace keeps whole; every family:
+# with the slow tests (18 s).
+@pytest.mark.parametrize("name", [n if n in ("resnet18", "mobilenet_v2") else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(CHANNELS)])
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
+def test_folded_batchnorm_gives_the_same_features(name, norm):
+    """Inference folds every BatchNorm of every family into its convolution: none is left, and the features are
+    those of the unfolded trunk (with statistics far from the identity, as trained ones are)."""
+    torch.manual_seed(0)
+    backbone = build_backbone(name, norm)
+    norms = [m for m in backbone.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    with torch.no_grad():
+        for m in norms:
+            for buf, lo, hi in ((m.running_mean, -1, 1), (m.running_var, 0.5, 2), (m.weight, 0.5, 1.5),
+                                (m.bias, -0.5, 0.5)):
+                buf.copy_(torch.empty_like(buf).uniform_(lo, hi))
+    backbone.eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        before = backbone(x)
+        assert fold_batchnorm(backbone) == len(norms)
+        after = backbone(x)
+    assert not any(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in backbone.modules())
+    for level in before:
+        torch.testing.assert_close(after[level], before[level], rtol=1e-4, atol=1e-4 * before[level].abs().max())
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(build_backbone(name, norm))
 
 
 def test_backbone_rejects_unknown_names():
