@@ -107,8 +107,8 @@ def _fold(conv: nn.Conv2d, bn: nn.Module) -> None:
 @torch.no_grad()
 def fold_batchnorm(trunk: nn.Module) -> int:
     """Fold every BatchNorm that directly follows a convolution into it, leaving an identity: the same function
-    (to float rounding) without a pass over each activation map, which on the CPU is a fifth of a frozen-BN ResNet-50's
-    inference. For a trunk in eval mode that will not train again; returns how many were folded.
+    (to float rounding) without the passes over each activation map (frozen BatchNorm makes two). For a trunk in
+    eval mode that will not train again; returns how many were folded.
 
     A pair is found in the traced graph (a conv node whose one user is a BatchNorm node) or inside a module the
     trace keeps whole (torchvision's Conv2dNormActivation: a Sequential of conv, norm, activation)."""
