@@ -1,7 +1,8 @@
-"""Do tag-only images pay? Four arms of the README's path on one dataset, from quality.py's reports.
+"""Do tag-only images pay? Six arms of the README's path on one dataset, from quality.py's reports.
 
     python benchmarks/quality.py --dataset msrc --tag-only-fraction 0.5 --masked-only \
-        --runs tags-pp,tags-pp-cal,tags-pp-retrain,tags-pp-retrain-all,tags-pp-retrain-novel  # (A), (D), (E)
+        --runs tags-pp,tags-pp-cal,tags-pp-retrain,tags-pp-retrain-all,tags-pp-retrain-novel,tags-pp-retrain-all-t75
+        # (A), (D), (E), (F)
     python benchmarks/quality.py --dataset msrc --tag-only-fraction 0.5 --runs tags-pp,tags-pp-cal,tags-pp-retrain  # (B)
     python benchmarks/tag_only.py --dataset msrc        # tag-only.json and a table
 
@@ -11,7 +12,8 @@ tag-only half to both stages: train reads their tags, pseudolabel labels them an
 the plain split, every image masked; (D) trains the first stage as (A) does, on the masked half alone, and brings
 the tag-only half in through pseudolabel and retrain only (``tags-pp-retrain-all``); (E) as (D), but retrain reads
 only the novel classes of the tag-only half's pseudo-labels (``--set tag_only_base=false``: a tag-only image has
-no base mask, so its base pixels come from the model). One stage is ``train``'s
+no base mask, so its base pixels come from the model); (F) as (D), with the tag-only half's pixels labelled only
+where their score reaches 0.75 (``pseudolabel --tag-only-min-score 0.75``). One stage is ``train``'s
 default (tags-pp-cal), the two-stage path the README's (tags-pp-retrain).
 """
 
@@ -39,6 +41,8 @@ ARMS = {  # arm: (label, report suffix, stage -> run)
           {"two-stage path": "tags-pp-retrain-all"}),
     "E": ("as (D), the tag-only half's pseudo-labels keeping their novel classes alone", "-to50-masked",
           {"two-stage path": "tags-pp-retrain-novel"}),
+    "F": ("as (D), the tag-only half labelled only where its score reaches 0.75", "-to50-masked",
+          {"two-stage path": "tags-pp-retrain-all-t75"}),
 }
 
 
@@ -87,7 +91,7 @@ def verdict(rows: list[dict], stage: str = "two-stage path") -> list[dict]:
     mean = lambda arm, k: float(np.mean([r[k] for r in by_arm[arm].values()]))  # noqa: E731
     spread = lambda arm: float(np.ptp([r["novel_mIoU"] for r in by_arm[arm].values()]))  # noqa: E731
     out = []
-    for arm in ("B", "D", "E"):
+    for arm in (a for a in ARMS if a not in "AC"):
         if not by_arm[arm] or not by_arm["A"]:
             continue
         gain = mean(arm, "novel_mIoU") - mean("A", "novel_mIoU")
