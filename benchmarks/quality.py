@@ -136,7 +136,7 @@ PSEUDOLABEL_FLAGS = {"tags-pp-retrain-all-t75": ["--tag-only-min-score", "0.75"]
 CALIBRATED = {"tags-pp-cal": "tags-pp", "full-cal": "full"}
 MOBILE = PRESETS["mobile"]
 BUDGETS = {
-    # The mobile preset's own schedule: about 18 minutes per training run on one core of the 2-core CPU.
+    # The mobile preset's own schedule: about 11 minutes per training run on one core of the 2-core CPU.
     "full": dict(preset="mobile", iters=MOBILE["iters"], retrain_iters=MOBILE["iters"] // 2, batch=MOBILE["batch"],
                  imgsz=MOBILE["imgsz"]),
     "quick": dict(preset="mobile", iters=20, retrain_iters=10, batch=4, imgsz=MOBILE["imgsz"]),

@@ -322,16 +322,35 @@ def mobile_jobs(imgsz: int) -> dict[str, tuple[str, int, int]]:
             f"infer_{imgsz}": ("infer", 1, imgsz)}
 
 
-def simnet_widths(device: torch.device, precision: str, repeats: int, widths: tuple[int, ...] = (256, 128)) -> dict:
-    """The mobile preset's training step at each SimNet width (its pair matmuls are most of the step's work),
-    timed alternating: seconds, speed-up over the first width, GFLOP."""
+# The mobile preset's SimNet settings, timed against the preset (its pair matmuls were most of the step's work)
+SIMNET_VARIANTS = {"preset": [], "former 64 points": ["num_sim_points=64", "sim_class_points=48", "num_dist_points=64"],
+                   "width 128": ["simnet_width=128"]}
+
+
+def simnet_variants(device: torch.device, precision: str, repeats: int) -> dict:
+    """The mobile preset's training step beside SIMNET_VARIANTS, timed alternating: seconds, speed-up of the preset
+    over each, GFLOP."""
     cfg = weakshot_config("mobile")
-    res = measure({str(w): task_fn(weakshot_net("mobile", device, [f"simnet_width={w}"]), "train", device, precision,
-                                   cfg.batch, cfg.imgsz) for w in widths}, device, repeats)
-    first = res[str(widths[0])][0]
-    out = {w: {"s": round(s, 4), "speedup": round(first / s, 3), "gflop": round(f / 1e9, 2)}
-           for w, (s, f) in res.items()}
-    print(precision, "mobile simnet widths", out, flush=True)
+    res = measure({n: task_fn(weakshot_net("mobile", device, sets), "train", device, precision, cfg.batch, cfg.imgsz)
+                   for n, sets in SIMNET_VARIANTS.items()}, device, repeats)
+    preset = res["preset"][0]
+    out = {n: {"s": round(s, 4), "preset_speedup": round(s / preset, 3), "gflop": round(f / 1e9, 2)}
+           for n, (s, f) in res.items()}
+    print(precision, "mobile simnet variants", out, flush=True)
+    return out
+
+
+def inference_only(device: torch.device, precision: str, imgsz: int, repeats: int) -> dict:
+    """Inference (batch 1) of weakshot as its commands run it, beside the same weights unfolded (BatchNorm kept, as
+    the training network runs) and transformers' MaskFormer: seconds and ratios to transformers."""
+    ws = build_net("weakshot", device)
+    unfolded = Net(ws.module, ws.model, ws.loss, lambda images: class_scores(
+        ws.model, images, [tuple(images.shape[-2:])] * len(images), [tuple(images.shape[-2:])] * len(images)))
+    nets = {"weakshot": ws, "weakshot_unfolded": unfolded, "transformers": build_net("transformers", device)}
+    res = measure({n: task_fn(net, "infer", device, precision, 1, imgsz) for n, net in nets.items()}, device, repeats)
+    hf = res["transformers"][0]
+    out = {n: {"s": round(s, 4), "ratio_to_transformers": round(s / hf, 3)} for n, (s, _) in res.items()}
+    print(precision, "inference", out, flush=True)
     return out
 
 
@@ -533,8 +552,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-throughput", action="store_true", help="skip the CamVid predict/pseudolabel runs")
     ap.add_argument("--only-onnx", action="store_true",
                     help="only the ONNX Runtime vs PyTorch inference of the mobile preset, added to speed.json")
-    ap.add_argument("--only-simnet-width", action="store_true",
-                    help="only the mobile preset's training step at SimNet widths 256 and 128, added to speed.json")
+    ap.add_argument("--only-simnet", action="store_true",
+                    help="only the mobile preset's training step beside other SimNet settings, added to speed.json")
+    ap.add_argument("--only-inference", action="store_true",
+                    help="only inference against transformers (and unfolded BatchNorm), added to speed.json")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
                     help="folder for speed.json (CPU) or speed-cuda.json")
     a = ap.parse_args()
@@ -551,14 +572,16 @@ def main() -> None:
     a = parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    if a.only_onnx or a.only_simnet_width:  # one part alone, added to an earlier speed.json
+    if a.only_onnx or a.only_simnet or a.only_inference:  # one part alone, added to an earlier speed.json
         path = a.out / "speed.json"
         result = json.loads(path.read_text()) if path.exists() else {}
         stamp = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_facts()["model"], "threads": a.threads}
         if a.only_onnx:
             result["onnx"] = onnx_vs_torch(a.threads, a.repeats) | stamp
+        elif a.only_simnet:
+            result["mobile_simnet"] = {p: simnet_variants(device, p, a.repeats) for p in a.precisions} | stamp
         else:
-            result["mobile_simnet_width"] = {p: simnet_widths(device, p, a.repeats) for p in a.precisions} | stamp
+            result["inference"] = {p: inference_only(device, p, a.imgsz, a.repeats) for p in a.precisions} | stamp
         atomic_write(path, lambda p: p.write_text(json.dumps(result, indent=2)))
         return
     import transformers
@@ -577,7 +600,7 @@ def main() -> None:
         peak = rates[p]["peak_gflops_assumed"]
         entry = {"autocast": p != "fp32", "grad_scaler": p == "fp16", **rates[p],
                  **compare(device, p, a.batch, a.imgsz, a.repeats, peak)}
-        mob_entry = mobile(device, p, a.imgsz, a.repeats, peak) | {"simnet_width": simnet_widths(device, p, a.repeats)}
+        mob_entry = mobile(device, p, a.imgsz, a.repeats, peak) | {"simnet": simnet_variants(device, p, a.repeats)}
         entry["peak_memory_gib"], mob_entry["peak_memory_gib"] = memories(a.device, p, a.batch, a.imgsz, a.threads)
         result["precisions"][p], result["mobile"]["precisions"][p] = entry, mob_entry
         save()  # after each precision, so a long run that is stopped keeps what it measured

@@ -124,7 +124,7 @@ PRESETS: dict[str, dict] = {
                   lr=5e-4, backbone_lr_mult=1.0, num_points=4096, num_sim_points=64, sim_class_points=48,
                   num_dist_points=64, save_every=250),
     # The CPU preset: ImageNet MobileNetV2 (frozen BatchNorm), Mask2Former's masked attention, 256 crops; its
-    # schedule is chosen by measurement on MSRC-21 (benchmarks/quality.py), about 18 minutes on one CPU core.
+    # schedule is chosen by measurement on MSRC-21 (benchmarks/quality.py), about 11 minutes on one CPU core.
     "mobile": dict(backbone="mobilenet_v2", backbone_weights="imagenet", hidden_dim=128, mask_dim=64, dec_layers=3,
                    nheads=4, dim_feedforward=512, num_queries=30, imgsz=256, transformer_in="res5", batch=8, iters=400,
                    lr=5e-4, backbone_lr_mult=0.1, masked_attention=True, num_points=4096, num_sim_points=32,
