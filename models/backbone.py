@@ -114,23 +114,21 @@ def fold_batchnorm(trunk: nn.Module) -> int:
     trace keeps whole (torchvision's Conv2dNormActivation: a Sequential of conv, norm, activation)."""
     if trunk.training:
         raise ValueError("fold_batchnorm needs a trunk in eval mode")
-    pairs: list[tuple[nn.Conv2d, nn.Module, str]] = []
+    # (conv, norm) by the norm's name: a Sequential the trace went through is found both ways, and folded once
+    pairs: dict[str, tuple[nn.Conv2d, nn.Module]] = {}
     modules = dict(trunk.named_modules())
     graph = getattr(trunk, "graph", None)
     for node in graph.nodes if graph is not None else ():
         src = node.args[0] if node.op == "call_module" and node.args else None
         if (isinstance(modules.get(node.target), _BATCHNORMS) and getattr(src, "op", None) == "call_module"
                 and isinstance(modules.get(src.target), nn.Conv2d) and len(src.users) == 1):
-            pairs.append((modules[src.target], modules[node.target], node.target))
+            pairs[node.target] = modules[src.target], modules[node.target]
     for name, seq in modules.items():
         if isinstance(seq, nn.Sequential):
             children = list(seq.named_children())
-            pairs += [(a, b, f"{name}.{b_name}") for (_, a), (b_name, b) in zip(children, children[1:])
-                      if isinstance(a, nn.Conv2d) and isinstance(b, _BATCHNORMS)]
-    folded = set()
-    for conv, bn, name in pairs:
-        if name not in folded:  # a Sequential the trace went through is found both ways
-            _fold(conv, bn)
-            trunk.set_submodule(name, nn.Identity())
-            folded.add(name)
-    return len(folded)
+            pairs |= {f"{name}.{b_name}": (a, b) for (_, a), (b_name, b) in zip(children, children[1:])
+                      if isinstance(a, nn.Conv2d) and isinstance(b, _BATCHNORMS)}
+    for name, (conv, bn) in pairs.items():
+        _fold(conv, bn)
+        trunk.set_submodule(name, nn.Identity())
+    return len(pairs)
