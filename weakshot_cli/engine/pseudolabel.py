@@ -224,8 +224,7 @@ def _run_state(o: PseudolabelOptions, imgsz: int) -> dict:
     return {"checkpoint": str(checkpoint.resolve()), "checkpoint_bytes": stat.st_size,
             "checkpoint_mtime_ns": stat.st_mtime_ns, "dataset": str(o.dataset.resolve()), "imgsz": imgsz,
             "min_score": o.min_score, "tag_only_min_score": o.tag_only_threshold, "mode": o.mode, "flip": o.flip,
-            "scales": list(o.scales), "amp": o.amp,
-            "batch": o.batch}
+            "scales": list(o.scales), "amp": o.amp, "batch": o.batch}
 
 
 def label_image(scores: ScoreMap, base: np.ndarray, item: Item, m: Manifest, min_score: float,
@@ -277,8 +276,7 @@ def _report(o: PseudolabelOptions, m: Manifest, names: list[str]) -> dict:
     out, items = o.out, m.splits["train"]
     stats = [json.loads((out / _stats_name(name)).read_text()) for name in names]
     report: dict = {"mode": o.mode, "min_score": o.min_score, "tag_only_min_score": o.tag_only_threshold,
-                    "images": len(items),
-                    "tag_only_images": sum(it.label is None for it in items),
+                    "images": len(items), "tag_only_images": sum(it.label is None for it in items),
                     "tag_check": tag_check(stats, [it.tags for it in items], m.classes, m.novel)}
     for p in flagged(m.source.get("identifiability") or []):  # split's warning, beside the check it explains
         for name, other in ((p["novel"], p["other"]), (p["other"], p["novel"])):
