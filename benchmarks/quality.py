@@ -116,6 +116,10 @@ RUNS = {  # name: (label, train flags); None: not a plain train run (see run_one
                               "(tag_only_base false: base pixels ignore)", None),
     "tags-pp-retrain-all-t75": ("(i5) as (i3), a tag-only image's pixels labelled only where their score reaches 0.75 "
                                 "(pseudolabel --tag-only-min-score 0.75)", None),
+    "tags-pp-retrain-round2": ("(i6) (i1) once more: pseudo-labelled by its retrained weights, retrained from them",
+                               None),
+    "tags-pp-retrain-all-round2": ("(i7) as (i6), the second round retrained on every image, tag-only ones included "
+                                   "(tag_only true)", None),
 }
 RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode, retrain flags, from its weights)
     "retrain": ("full", "keep", PAPER, True),
@@ -130,6 +134,8 @@ RETRAINS = {  # retrain run: (the run it pseudo-labels with, pseudolabel --mode,
     "tags-pp-retrain-novel": ("tags-pp", "choose", ["--method", "dense", "--set", "tag_only=true", "--set",
                                                     "tag_only_base=false"], True),
     "tags-pp-retrain-all-t75": ("tags-pp", "choose", ["--method", "dense", "--set", "tag_only=true"], True),
+    "tags-pp-retrain-round2": ("tags-pp-retrain", "choose", ["--method", "dense"], True),
+    "tags-pp-retrain-all-round2": ("tags-pp-retrain", "choose", ["--method", "dense", "--set", "tag_only=true"], True),
 }
 PSEUDOLABEL_FLAGS = {"tags-pp-retrain-all-t75": ["--tag-only-min-score", "0.75"]}  # beyond --mode
 # run: the run whose final weights it calibrates (what training does with calibrate on)
@@ -231,7 +237,8 @@ def run_one(name: str, dataset: Path, work: Path, budget: dict, seed: int, threa
                                                                                      dataset)
     elif name in RETRAINS:
         source, mode, flags, from_source = RETRAINS[name]
-        first = work / source / "last.pt" if source in CALIBRATED else runs / "train" / source / "weights" / "last.pt"
+        first = (work / source / "last.pt" if source in CALIBRATED else
+                 runs / ("retrain" if source in RETRAINS else "train") / source / "weights" / "last.pt")
         if not first.exists():
             sys.exit(f"run {name!r} needs the {source!r} run of seed {seed} first")
         seconds = json.loads((work / source / "result.json").read_text())["train_seconds"]
