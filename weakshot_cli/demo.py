@@ -23,14 +23,14 @@ DEMO_TRAIN = ["num_queries=16", "imgsz=64", "scale_min=0.75", "scale_max=1.5", "
               "num_sim_points=32", "sim_class_points=24", "num_dist_points=32", "workers=0", "log_every=50"]
 
 
-def _check_options(out: Path, exist_ok: bool, seed: int, iters: int, retrain_iters: int,
-                   amp: str) -> tuple[TrainConfig, TrainConfig]:
+def _check_options(out: Path, exist_ok: bool, seed: int, iters: int, retrain_iters: int, amp: str,
+                   sets: tuple[str, ...]) -> tuple[TrainConfig, TrainConfig]:
     """Refuse bad options now, not after minutes of dataset making and training; return both training
     configurations."""
     for option, n in (("--iters", iters), ("--retrain-iters", retrain_iters)):
         if n < 1:
             raise UserError(f"{option} must be >= 1, got {n}")
-    train_cfg, retrain_cfg = (build_config("small", {"iters": n, "seed": seed, "amp": amp}, DEMO_TRAIN)
+    train_cfg, retrain_cfg = (build_config("small", {"iters": n, "seed": seed, "amp": amp}, [*DEMO_TRAIN, *sets])
                               for n in (iters, retrain_iters))
     if out.exists() and not out.is_dir():
         raise UserError("exists and is not a folder; choose another -o", out)
@@ -41,9 +41,10 @@ def _check_options(out: Path, exist_ok: bool, seed: int, iters: int, retrain_ite
 
 
 def run_demo(out: Path, seed: int, exist_ok: bool, console: Console, iters: int = 300,
-             retrain_iters: int = 150, amp: str = "auto") -> dict:
-    """split -> train -> evaluate -> pseudolabel -> retrain -> evaluate -> predict; returns the figures."""
-    train_cfg, retrain_cfg = _check_options(out, exist_ok, seed, iters, retrain_iters, amp)
+             retrain_iters: int = 150, amp: str = "auto", sets: tuple[str, ...] = ()) -> dict:
+    """split -> train -> evaluate -> pseudolabel -> retrain -> evaluate -> predict; returns the figures. ``sets``
+    (``key=value``, as train's --set) change both trainings: how benchmarks/demo_check.py tries a recipe change."""
+    train_cfg, retrain_cfg = _check_options(out, exist_ok, seed, iters, retrain_iters, amp, sets)
     t0 = time.time()
     step = lambda n, text: console.print(f"\n[bold]{n}.[/] {text}  [dim]({time.time() - t0:.0f} s)[/]")  # noqa: E731
     source, dataset, pseudo, runs = out / "synthetic", out / "dataset", out / "dataset-pl", out / "runs"
