@@ -9,7 +9,8 @@ from .constants import IGNORE, LOSS_KEYS, STRIDE
 
 _HOMES = {"SimFormer": "simformer", "semantic_probs": "simformer", "SimFormerCriterion": "criterion",
           "HungarianMatcher": "matcher", "SimNet": "simnet", "build_backbone": "backbone",
-          "load_backbone_state": "backbone", "fold_batchnorm": "backbone"}
+          "load_backbone_state": "backbone", "fold_batchnorm": "backbone",
+          "residual_adds_in_place": "backbone"}
 
 __all__ = ["IGNORE", "LOSS_KEYS", "STRIDE", *_HOMES]
 

@@ -3,6 +3,7 @@ dicts load as is. A family is one table entry: the constructor and which of its 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 from torchvision.models.feature_extraction import create_feature_extractor
+from torchvision.ops import StochasticDepth
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 LEVELS = ("res2", "res3", "res4", "res5")
@@ -132,3 +134,52 @@ def fold_batchnorm(trunk: nn.Module) -> int:
         _fold(conv, bn)
         trunk.set_submodule(name, nn.Identity())
     return len(pairs)
+
+
+# Modules whose output may be their input itself (in eval mode): writing into one writes into the other.
+_PASS_THROUGH = (nn.Identity, nn.Dropout, StochasticDepth)
+
+
+def _starts_with_conv(module: nn.Module) -> bool:
+    """Whether ``module`` writes a new map (a convolution, or a Sequential that starts with one, as torchvision's
+    Conv2dNormActivation), whose later steps no one outside it reads."""
+    return isinstance(module, nn.Conv2d) or (isinstance(module, nn.Sequential) and len(module) > 0
+                                             and _starts_with_conv(module[0]))
+
+
+def _owned_conv_output(node: object, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` is a convolution's output (maybe through pass-through modules) that nothing else reads."""
+    while isinstance(node, torch.fx.Node) and node.op == "call_module" and len(node.users) == 1:
+        module = modules[node.target]
+        if _starts_with_conv(module):
+            return True
+        if not isinstance(module, _PASS_THROUGH) or len(node.args) != 1:
+            return False
+        node = node.args[0]
+    return False
+
+
+@torch.no_grad()
+def residual_adds_in_place(trunk: nn.Module) -> int:
+    """Make each traced residual ``a + b`` add into its convolution branch when nothing else reads it, as
+    torchvision's eager ``out += identity`` does (the trace made it out of place): a fresh activation map per block
+    costs more than the addition itself. Inference only (autograd may need the branch); returns how many."""
+    graph = getattr(trunk, "graph", None)
+    modules = dict(trunk.named_modules())
+    count = 0
+    for node in list(graph.nodes if graph is not None else ()):
+        if node.op != "call_function" or node.target is not operator.add or node.kwargs or len(node.args) != 2:
+            continue
+        a, b = node.args
+        target, other = (a, b) if _owned_conv_output(a, modules) else (b, a)
+        if not _owned_conv_output(target, modules):
+            continue
+        with graph.inserting_after(node):
+            in_place = graph.call_method("add_", (target, other))
+        node.replace_all_uses_with(in_place)
+        graph.erase_node(node)
+        count += 1
+    if count:
+        graph.lint()
+        trunk.recompile()
+    return count

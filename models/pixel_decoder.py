@@ -36,5 +36,6 @@ class FPNPixelDecoder(nn.Module):
         y = self.top(features["res5"])
         for level in self.levels:
             lateral = self.lateral[level](features[level])
-            y = self.output[level](lateral + F.interpolate(y, size=lateral.shape[-2:], mode="nearest"))
+            # in place: the lateral map is fresh, and GroupNorm's backward reads its input, not this output
+            y = self.output[level](lateral.add_(F.interpolate(y, size=lateral.shape[-2:], mode="nearest")))
         return self.mask_features(y)

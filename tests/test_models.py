@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from models import (SimFormer, SimFormerCriterion, SimNet, build_backbone, fold_batchnorm, load_backbone_state,
-                    semantic_probs)
+                    residual_adds_in_place, semantic_probs)
 from models.backbone import BACKBONES
 from models.transformer import DecoderLayer, PositionEmbeddingSine
 
@@ -111,13 +111,18 @@ def test_backbone_strides_and_channels(name):
 
 
 # resnet18 folds pairs of the traced graph, mobilenet_v2 pairs inside modules the trace keeps whole; every family:
-# with the slow tests (18 s).
+# with the slow tests (18 s). Residual blocks per family: each one's addition runs in place, but ConvNeXt's, whose
+# branch ends in a layer-scale product.
+RESIDUAL_BLOCKS = {"resnet18": 8, "resnet34": 16, "resnet50": 16, "resnet101": 33, "mobilenet_v2": 10,
+                   "mobilenet_v3_large": 10, "efficientnet_b0": 9, "convnext_tiny": 0, "regnet_y_400mf": 16}
+
 @pytest.mark.parametrize("name", [n if n in ("resnet18", "mobilenet_v2") else pytest.param(n, marks=pytest.mark.slow)
                                   for n in sorted(CHANNELS)])
 @pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
 def test_folded_batchnorm_gives_the_same_features(name, norm):
-    """Inference folds every BatchNorm of every family into its convolution: none is left, and the features are
-    those of the unfolded trunk (with statistics far from the identity, as trained ones are)."""
+    """Inference folds every BatchNorm of every family into its convolution and adds residuals in place: no
+    BatchNorm is left, the features are those of the unfolded trunk (with statistics far from the identity, as
+    trained ones are), and the input is left as it was."""
     torch.manual_seed(0)
     backbone = build_backbone(name, norm)
     norms = [m for m in backbone.modules() if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d))]
@@ -131,7 +136,10 @@ def test_folded_batchnorm_gives_the_same_features(name, norm):
     with torch.no_grad():
         before = backbone(x)
         assert fold_batchnorm(backbone) == len(norms)
+        assert residual_adds_in_place(backbone) == RESIDUAL_BLOCKS[name]
+        given = x.clone()
         after = backbone(x)
+    torch.testing.assert_close(x, given, rtol=0, atol=0)
     assert not any(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in backbone.modules())
     for level in before:
         torch.testing.assert_close(after[level], before[level], rtol=1e-4, atol=1e-4 * before[level].abs().max())
