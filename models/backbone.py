@@ -65,6 +65,7 @@ def build_backbone(name: str = "resnet50", norm: str = "frozen_bn") -> nn.Module
     # Norm layers stay leaves of the traced graph, so they keep their types (weight decay and tests look at them).
     trunk = create_feature_extractor(net, dict(zip(spec.nodes, LEVELS)),
                                      tracer_kwargs={"leaf_modules": [FrozenBatchNorm2d]})
+    residual_adds_in_place(trunk)
     with torch.no_grad():
         trunk.eval()
         probe = trunk(torch.zeros(1, 3, 64, 64))
@@ -136,22 +137,25 @@ def fold_batchnorm(trunk: nn.Module) -> int:
     return len(pairs)
 
 
-# Modules whose output may be their input itself (in eval mode): writing into one writes into the other.
+# Modules that write a new map, whose backward reads their input but never their output; and modules whose output
+# may be their input itself (writing into one writes into the other).
+_NEW_MAP = (nn.Conv2d, nn.BatchNorm2d, FrozenBatchNorm2d, nn.GroupNorm)
 _PASS_THROUGH = (nn.Identity, nn.Dropout, StochasticDepth)
 
 
-def _starts_with_conv(module: nn.Module) -> bool:
-    """Whether ``module`` writes a new map (a convolution, or a Sequential that starts with one, as torchvision's
-    Conv2dNormActivation), whose later steps no one outside it reads."""
-    return isinstance(module, nn.Conv2d) or (isinstance(module, nn.Sequential) and len(module) > 0
-                                             and _starts_with_conv(module[0]))
+def _writes_new_map(module: nn.Module) -> bool:
+    """A convolution or norm, or a Sequential that starts with one (torchvision's Conv2dNormActivation, whose later
+    steps no one outside it reads)."""
+    if isinstance(module, nn.Sequential):
+        return len(module) > 0 and _writes_new_map(module[0])
+    return isinstance(module, _NEW_MAP)
 
 
-def _owned_conv_output(node: object, modules: dict[str, nn.Module]) -> bool:
-    """Whether ``node`` is a convolution's output (maybe through pass-through modules) that nothing else reads."""
+def _owned_branch(node: object, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` is a new map (maybe through pass-through modules) that nothing else reads."""
     while isinstance(node, torch.fx.Node) and node.op == "call_module" and len(node.users) == 1:
         module = modules[node.target]
-        if _starts_with_conv(module):
+        if _writes_new_map(module):
             return True
         if not isinstance(module, _PASS_THROUGH) or len(node.args) != 1:
             return False
@@ -159,27 +163,32 @@ def _owned_conv_output(node: object, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
-@torch.no_grad()
-def residual_adds_in_place(trunk: nn.Module) -> int:
-    """Make each traced residual ``a + b`` add into its convolution branch when nothing else reads it, as
-    torchvision's eager ``out += identity`` does (the trace made it out of place): a fresh activation map per block
-    costs more than the addition itself. Inference only (autograd may need the branch); returns how many."""
-    graph = getattr(trunk, "graph", None)
-    modules = dict(trunk.named_modules())
+def _adds_in_place(graph: torch.fx.Graph, modules: dict[str, nn.Module]) -> int:
     count = 0
-    for node in list(graph.nodes if graph is not None else ()):
+    for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not operator.add or node.kwargs or len(node.args) != 2:
             continue
         a, b = node.args
-        target, other = (a, b) if _owned_conv_output(a, modules) else (b, a)
-        if not _owned_conv_output(target, modules):
-            continue
-        with graph.inserting_after(node):
-            in_place = graph.call_method("add_", (target, other))
-        node.replace_all_uses_with(in_place)
-        graph.erase_node(node)
-        count += 1
+        target, other = (a, b) if _owned_branch(a, modules) else (b, a)
+        if _owned_branch(target, modules):
+            with graph.inserting_after(node):
+                in_place = graph.call_method("add_", (target, other))
+            node.replace_all_uses_with(in_place)
+            graph.erase_node(node)
+            count += 1
+    graph.lint()
+    return count
+
+
+def residual_adds_in_place(trunk: nn.Module) -> int:
+    """Make each traced residual ``a + b`` add into its branch when nothing else reads it, as torchvision's eager
+    ``out += identity`` does (the trace made it out of place): a fresh activation map per block costs more than the
+    addition itself. Autograd is unaffected, as in torchvision: no backward reads the branch's output. Both of a
+    feature extractor's graphs (train and eval) change; returns how many additions run in place in each."""
+    graphs = {id(g): g for g in (getattr(trunk, name, None) for name in ("graph", "train_graph", "eval_graph"))
+              if isinstance(g, torch.fx.Graph)}
+    modules = dict(trunk.named_modules())
+    count = max((_adds_in_place(graph, modules) for graph in graphs.values()), default=0)
     if count:
-        graph.lint()
         trunk.recompile()
     return count

@@ -136,15 +136,43 @@ def test_folded_batchnorm_gives_the_same_features(name, norm):
     with torch.no_grad():
         before = backbone(x)
         assert fold_batchnorm(backbone) == len(norms)
-        assert residual_adds_in_place(backbone) == RESIDUAL_BLOCKS[name]
         given = x.clone()
         after = backbone(x)
     torch.testing.assert_close(x, given, rtol=0, atol=0)
+    assert sum(node.target == "add_" for node in backbone.graph.nodes) == RESIDUAL_BLOCKS[name]
     assert not any(isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d)) for m in backbone.modules())
     for level in before:
         torch.testing.assert_close(after[level], before[level], rtol=1e-4, atol=1e-4 * before[level].abs().max())
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(build_backbone(name, norm))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
+def test_in_place_residuals_train_as_the_plain_trace(name, norm):
+    """The trunk adds its residuals in place in training too: features and every gradient are those of
+    torchvision's trace left as it is (autograd would refuse an in-place write that a backward reads)."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from models.backbone import LEVELS, _norm_layer
+
+    torch.manual_seed(0)
+    ours = build_backbone(name, norm).train()
+    spec = BACKBONES[name]
+    plain = create_feature_extractor(spec.build(weights=None, norm_layer=_norm_layer(norm, 1e-5)),
+                                     dict(zip(spec.nodes, LEVELS)), tracer_kwargs={"leaf_modules": [FrozenBatchNorm2d]})
+    plain.load_state_dict(ours.state_dict())
+    plain.train()
+    assert residual_adds_in_place(ours) == 0 and not any(node.target == "add_" for node in plain.graph.nodes)
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for trunk in (ours, plain):
+        inp = x.clone().requires_grad_(True)
+        feats = trunk(inp)
+        sum((f * torch.linspace(-1, 1, f.numel()).view_as(f)).sum() for f in feats.values()).backward()
+        grads.append([inp.grad, *(p.grad for p in trunk.parameters())])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
 
 
 def test_backbone_rejects_unknown_names():

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import SimFormer, fold_batchnorm, residual_adds_in_place, semantic_probs
+from models import SimFormer, fold_batchnorm, semantic_probs
 from weakshot_cli.data.dataset import scaled_size
 from weakshot_cli.engine.build import amp_dtype, build_model
 from weakshot_cli.engine.checkpoint import load_checkpoint
@@ -57,7 +57,7 @@ class InferenceOptions:
 
 def model_from_checkpoint(ckpt: dict, device: torch.device, source: str = "") -> SimFormer:
     """The checkpoint's network in eval mode, for inference only (its backbone's BatchNorm folded into the
-    convolutions, its residual additions in place); its config and class list alone fix the architecture."""
+    convolutions); its config and class list alone fix the architecture."""
     model = build_model(TrainConfig.from_dict(ckpt["config"]), len(ckpt["classes"]))
     try:
         model.load_state_dict(ckpt["model"])
@@ -65,7 +65,6 @@ def model_from_checkpoint(ckpt: dict, device: torch.device, source: str = "") ->
         raise UserError(f"checkpoint weights do not fit its own config ({str(e).splitlines()[0]})", source) from None
     model.eval()
     fold_batchnorm(model.backbone)
-    residual_adds_in_place(model.backbone)
     return model.to(device)
 
 
