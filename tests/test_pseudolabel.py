@@ -524,6 +524,11 @@ def test_retrain_starts_from_the_checkpoint_that_made_the_pseudo_labels(labelled
                 tmp_path / "runs", "--name", "scratch")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "runs" / "retrain" / "scratch" / "config.json").read_text())["weights"] is None
+    # the default preset (r50, TrainConfig's own defaults) too; the checkpoint's architecture wins, as ever
+    r = run_cli("retrain", labelled, *TINY[2:], "--iters", "1", "--project", tmp_path / "runs", "--name", "r50")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "runs" / "retrain" / "r50" / "config.json").read_text())["weights"] == \
+        str(Path(ckpt).resolve())
 
 
 def test_coco_output_reads_back_to_the_same_labels(ckpt, synth, tmp_path):

@@ -242,7 +242,8 @@ def _train(ctx: typer.Context, stage: str, **train_only: Optional[bool]) -> None
     dataset, preset, resume, weights = p["dataset"], p["preset"], p["resume"], p["weights"]
     overrides = {**{key: p[key] for key in CONFIG_OPTIONS}, **train_only}
     if stage == "retrain" and resume is None and dataset is not None and preset in PRESETS:
-        overrides, weights = retrain_start(dataset, overrides, p["set_"] or [], weights, PRESETS[preset]["iters"])
+        preset_iters = TrainConfig(**PRESETS[preset]).iters  # r50 is TrainConfig's defaults: no entry of its own
+        overrides, weights = retrain_start(dataset, overrides, p["set_"] or [], weights, preset_iters)
     if resume is not None:  # DATASET and --weights are checked against the run by run_train
         changes = [typed for key, typed in _typed(ctx).items()
                    if key not in (*RESUME_OPTIONS, "resume", "dataset", "weights")]
