@@ -10,7 +10,9 @@ losses under ``torch.autocast(device, dtype)``, fp16 (CUDA only) with a GradScal
 same precision, so neither is timed at one the other is not.
 
 - R50 comparison. Both networks are built from config with random weights (no download): ResNet-50, 100 queries,
-  6 decoder layers, 256-d, 11 classes, deep supervision on. Training step: forward, every loss, backward and an
+  6 decoder layers, 256-d, 11 classes, deep supervision on. weakshot's is the r50 preset as train runs it by
+  default, with frozen BatchNorm and the tags method (since 2026-12-08; before, trained BatchNorm and dense, which
+  no default run uses); transformers' trains its BatchNorm, as its model does in train mode. Training step: forward, every loss, backward and an
   AdamW step, batch 2 at 512x512 (weakshot: three base masks and a novel tag per image, so its SimNet,
   distillation and complementary losses all run; transformers: the same three masks). Inference: batch 1 at
   512x512 up to per-class score maps at full resolution. One process, the same inputs and threads; per task each
@@ -19,8 +21,8 @@ same precision, so neither is timed at one the other is not.
 - Method overhead: SimFormer-R50's training step timed (alternating, as above) beside itself with its mask losses
   on 12,544 sampled points (Mask2Former's), without the complementary loss, without SimNet and distillation, and
   without all three, i.e. plain MaskFormer inside weakshot.
-- mobile preset (MobileNetV2, masked attention) with random weights, so its BatchNorm trains (with the preset's
-  ImageNet weights it stays frozen): training step at the preset's batch 8 and 256x256, inference batch 1 at
+- mobile preset (MobileNetV2, masked attention) as train runs it (frozen BatchNorm, tags), with random weights:
+  training step at the preset's batch 8 and 256x256, inference batch 1 at
   256x256 and at --imgsz, timed the same way.
 - Work. Each warm-up runs under torch.utils.flop_counter.FlopCounterMode, which counts the FLOPs of matrix
   products, convolutions and attention, forward and backward (not elementwise work, norms, losses' reductions or
@@ -56,7 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -72,7 +74,7 @@ from common import ROOT, SHARED  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 from weakshot_cli.data.manifest import Item, Manifest  # noqa: E402
-from weakshot_cli.engine.build import TrainStep, build_criterion, build_model  # noqa: E402
+from weakshot_cli.engine.build import TrainStep, backbone_norm, build_criterion, build_model  # noqa: E402
 from weakshot_cli.engine.checkpoint import save_checkpoint, weights_state  # noqa: E402
 from weakshot_cli.engine.config import TrainConfig, build_config  # noqa: E402
 from weakshot_cli.engine.inference import class_scores, model_from_checkpoint  # noqa: E402
@@ -121,7 +123,10 @@ def make_batch(batch: int, imgsz: int, dev: torch.device) -> tuple[torch.Tensor,
 
 
 def weakshot_config(preset: str, sets: list[str] | None = None) -> TrainConfig:
-    return build_config(preset, {"backbone_weights": "none"}, sets or [])
+    """The preset as ``train`` runs it by default (ImageNet backbone: frozen BatchNorm and the tags method), with
+    random weights instead of the download; frozen BatchNorm takes the same time whatever its statistics."""
+    cfg = build_config(preset, {}, sets or [])
+    return replace(cfg, backbone_weights="none", norm=backbone_norm(cfg))
 
 
 def inference_model(cfg: TrainConfig, model: nn.Module, device: torch.device) -> nn.Module:
@@ -523,7 +528,7 @@ def throughput(device: str, threads: int, data: Path) -> dict:
         subprocess.run([*cli, "split", "--images", data / "images", "--masks", data / "labels", "--classes",
                         data / "classes.txt", "--ignore-index", "11", "--novel", "tree,car,sign_symbol", "-o",
                         tmp / "ws"], env=env, check=True, capture_output=True)
-        cfg = build_config("r50", {"backbone_weights": "none", "val_imgsz": 0}, [])
+        cfg = replace(weakshot_config("r50"), val_imgsz=0)
         torch.manual_seed(0)
         classes = (data / "classes.txt").read_text().split()
         save_checkpoint(tmp / "r50.pt", weights_state(build_model(cfg, len(classes)), cfg, classes,

@@ -12,10 +12,14 @@ from weakshot_cli.engine.config import TrainConfig
 from weakshot_cli.errors import UserError
 
 
+def backbone_norm(cfg: TrainConfig) -> str:
+    """The config's backbone norm; "auto" keeps pretrained BN statistics frozen and trains BN from scratch."""
+    return cfg.norm if cfg.norm != "auto" else ("bn" if cfg.backbone_weights == "none" else "frozen_bn")
+
+
 def build_model(cfg: TrainConfig, num_classes: int) -> SimFormer:
-    """The config's network; norm "auto" keeps pretrained BN statistics frozen and trains BN from scratch."""
-    norm = cfg.norm if cfg.norm != "auto" else ("bn" if cfg.backbone_weights == "none" else "frozen_bn")
-    model = SimFormer(num_classes, backbone=cfg.backbone, backbone_norm=norm, num_queries=cfg.num_queries,
+    """The config's network."""
+    model = SimFormer(num_classes, backbone=cfg.backbone, backbone_norm=backbone_norm(cfg), num_queries=cfg.num_queries,
                       hidden_dim=cfg.hidden_dim, mask_dim=cfg.mask_dim, dec_layers=cfg.dec_layers, nheads=cfg.nheads,
                       dim_feedforward=cfg.dim_feedforward, dropout=cfg.dropout, transformer_in=cfg.transformer_in,
                       masked_attention=cfg.masked_attention)
