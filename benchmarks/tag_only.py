@@ -60,6 +60,7 @@ ARMS = {  # arm: (label, report suffix, stage -> run, the (A) and (C) arms it is
     "H": ("(A32), then a second round on the masked half alone (what (G) adds the tag-only half to)",
           "-to50-masked" + P32, {"second round": "tags-pp-retrain-round2"}, ("A32", "C32")),
 }
+CONTROLS = ("H",)  # arms that add no tag-only image: no verdict of their own
 
 
 def gather(results: Path, dataset: str) -> list[dict]:
@@ -110,7 +111,7 @@ def verdict(rows: list[dict]) -> list[dict]:
     spread = lambda arm: float(np.ptp([r["novel_mIoU"] for r in by_arm[arm].values()]))  # noqa: E731
     out = []
     for arm, (_, _, _, (a, c)) in ARMS.items():
-        if arm in (a, c) or not by_arm[arm] or not by_arm[a]:
+        if arm in (a, c, *CONTROLS) or not by_arm[arm] or not by_arm[a]:
             continue
         gain = mean(arm, "novel_mIoU") - mean(a, "novel_mIoU")
         gap = mean(c, "novel_mIoU") - mean(a, "novel_mIoU") if by_arm[c] else None
