@@ -13,9 +13,20 @@ from torch import Tensor, nn
 from torchvision import models
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import StochasticDepth
-from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.ops import misc
 
 LEVELS = ("res2", "res3", "res4", "res5")
+
+
+class FrozenBatchNorm2d(misc.FrozenBatchNorm2d):
+    """torchvision's frozen BatchNorm computing in its input's dtype, as detectron2's does: under autocast, float32
+    statistics would promote every backbone activation to float32 (measured on SimFormer-R50 under bf16: a step
+    1.9x slower and 0.6 GiB more memory)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        bias = self.bias - self.running_mean * scale
+        return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + bias.reshape(1, -1, 1, 1).to(x.dtype)
 
 
 @dataclass(frozen=True)

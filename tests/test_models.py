@@ -175,6 +175,22 @@ def test_in_place_residuals_train_as_the_plain_trace(name, norm):
         torch.testing.assert_close(a, b)
 
 
+def test_frozen_batchnorm_keeps_autocast_activations_in_low_precision():
+    """Under bf16 autocast the pretrained presets' frozen BatchNorm computes in bf16, as detectron2's does, rather
+    than promoting every activation to float32 (twice the memory and time); the features stay those of float32
+    to bf16 rounding."""
+    torch.manual_seed(0)
+    trunk = build_backbone("resnet18", "frozen_bn").train()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        full = trunk(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = trunk(x)
+    for level in full:
+        assert low[level].dtype == torch.bfloat16
+        torch.testing.assert_close(low[level].float(), full[level], rtol=0, atol=0.03 * full[level].abs().max())
+
+
 def test_backbone_rejects_unknown_names():
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("vgg16")
