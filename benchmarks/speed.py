@@ -12,8 +12,8 @@ same precision, so neither is timed at one the other is not.
 - R50 comparison. Both networks are built from config with random weights (no download): ResNet-50, 100 queries,
   6 decoder layers, 256-d, 11 classes, deep supervision on. weakshot's is the r50 preset as train runs it by
   default, with frozen BatchNorm and the tags method (since 2026-12-08; before, trained BatchNorm and dense, which
-  no default run uses); transformers' trains its BatchNorm, as its model does in train mode. Training step: forward, every loss, backward and an
-  AdamW step, batch 2 at 512x512 (weakshot: three base masks and a novel tag per image, so its SimNet,
+  no default run uses); transformers' trains its BatchNorm, as its model does in train mode. Training step:
+  forward, every loss, backward and an AdamW step, batch 2 at 512x512 (weakshot: three base masks and a novel tag per image, so its SimNet,
   distillation and complementary losses all run; transformers: the same three masks). Inference: batch 1 at
   512x512 up to per-class score maps at full resolution. One process, the same inputs and threads; per task each
   model runs once as a warm-up, then the two alternate --repeats times and the median is kept: seconds, the ratio
@@ -22,8 +22,8 @@ same precision, so neither is timed at one the other is not.
   on 12,544 sampled points (Mask2Former's), without the complementary loss, without SimNet and distillation, and
   without all three, i.e. plain MaskFormer inside weakshot.
 - mobile preset (MobileNetV2, masked attention) as train runs it (frozen BatchNorm, tags), with random weights:
-  training step at the preset's batch 8 and 256x256, inference batch 1 at
-  256x256 and at --imgsz, timed the same way.
+  training step at the preset's batch 8 and 256x256, inference batch 1 at 256x256 and at --imgsz, timed the
+  same way.
 - Work. Each warm-up runs under torch.utils.flop_counter.FlopCounterMode, which counts the FLOPs of matrix
   products, convolutions and attention, forward and backward (not elementwise work, norms, losses' reductions or
   the optimiser). Three fixes, all in count_flops: CPU flash attention, which it does not know, is counted with

@@ -12,8 +12,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 from torchvision.models.feature_extraction import create_feature_extractor
-from torchvision.ops import StochasticDepth
-from torchvision.ops import misc
+from torchvision.ops import StochasticDepth, misc
 
 LEVELS = ("res2", "res3", "res4", "res5")
 
@@ -150,7 +149,7 @@ def fold_batchnorm(trunk: nn.Module) -> int:
 
 # Modules that write a new map, whose backward reads their input but never their output; and modules whose output
 # may be their input itself (writing into one writes into the other).
-_NEW_MAP = (nn.Conv2d, nn.BatchNorm2d, FrozenBatchNorm2d, nn.GroupNorm)
+_NEW_MAP = (nn.Conv2d, nn.GroupNorm, *_BATCHNORMS)
 _PASS_THROUGH = (nn.Identity, nn.Dropout, StochasticDepth)
 
 

@@ -110,12 +110,14 @@ def test_backbone_strides_and_channels(name):
     assert backbone.channels == dict(zip(feats, CHANNELS[name]))
 
 
-# resnet18 folds pairs of the traced graph, mobilenet_v2 pairs inside modules the trace keeps whole; every family:
-# with the slow tests (18 s). Residual blocks per family: each one's addition runs in place, but ConvNeXt's, whose
-# branch ends in a layer-scale product.
+# Residual blocks per family: each one's addition runs in place, but ConvNeXt's, whose branch ends in a layer-scale
+# product.
 RESIDUAL_BLOCKS = {"resnet18": 8, "resnet34": 16, "resnet50": 16, "resnet101": 33, "mobilenet_v2": 10,
                    "mobilenet_v3_large": 10, "efficientnet_b0": 9, "convnext_tiny": 0, "regnet_y_400mf": 16}
 
+
+# resnet18 folds pairs of the traced graph, mobilenet_v2 pairs inside modules the trace keeps whole; every family:
+# with the slow tests (18 s).
 @pytest.mark.parametrize("name", [n if n in ("resnet18", "mobilenet_v2") else pytest.param(n, marks=pytest.mark.slow)
                                   for n in sorted(CHANNELS)])
 @pytest.mark.parametrize("norm", ["frozen_bn", "bn"])
@@ -177,8 +179,8 @@ def test_in_place_residuals_train_as_the_plain_trace(name, norm):
 
 def test_frozen_batchnorm_keeps_autocast_activations_in_low_precision():
     """Under bf16 autocast the pretrained presets' frozen BatchNorm computes in bf16, as detectron2's does, rather
-    than promoting every activation to float32 (twice the memory and time); the features stay those of float32
-    to bf16 rounding."""
+    than promoting every activation to float32 (more memory and time); the features stay those of float32 to bf16
+    rounding."""
     torch.manual_seed(0)
     trunk = build_backbone("resnet18", "frozen_bn").train()
     x = torch.randn(2, 3, 64, 64)
